@@ -1,0 +1,16 @@
+"""Data sources (bundled faces, image folders) and task plans."""
+
+from .base import DataBundle, ImageDataset, load_data
+from .plan import Task, TaskPlan, default_class_order, make_plan, parse_tasks, select_per_class
+
+__all__ = [
+    "DataBundle",
+    "ImageDataset",
+    "Task",
+    "TaskPlan",
+    "default_class_order",
+    "load_data",
+    "make_plan",
+    "parse_tasks",
+    "select_per_class",
+]

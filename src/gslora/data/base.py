@@ -1,0 +1,84 @@
+"""The dataset type every source produces, and the one entry point that turns a data spec into splits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from ..errors import GsloraError
+
+
+class ImageDataset(Dataset):
+    """Images as float tensors in [0, 1] of shape (3, H, W) with integer labels.
+
+    ``targets`` (a list of ints) and ``classes`` (names) are always available without loading any image, so plans
+    and subsets never touch pixels.
+    """
+
+    classes: list[str]
+    targets: list[int]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+
+class TensorImages(ImageDataset):
+    """Images held in memory as one uint8 tensor (N, 3, H, W)."""
+
+    def __init__(self, images: torch.Tensor, targets, classes):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError("images must be a uint8 tensor of shape (N, 3, H, W)")
+        self.images = images
+        self.targets = [int(t) for t in targets]
+        self.classes = list(classes)
+
+    def __getitem__(self, i):
+        return self.images[i].float().div_(255.0), self.targets[i]
+
+    def subset(self, indices) -> TensorImages:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return TensorImages(self.images[idx], [self.targets[i] for i in idx.tolist()], self.classes)
+
+
+@dataclass
+class DataBundle:
+    """Train / validation / test splits over the same classes."""
+
+    train: ImageDataset
+    val: ImageDataset
+    test: ImageDataset
+    name: str
+
+    @property
+    def classes(self) -> list[str]:
+        return self.train.classes
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.train.classes)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "classes": self.num_classes,
+            "train": len(self.train),
+            "val": len(self.val),
+            "test": len(self.test),
+        }
+
+
+def load_data(spec: str, image_size: int, seed: int = 1337, split_ratio: float = 0.7, val_ratio: float = 0.1):
+    """``"faces"`` for the bundled LFW crops, otherwise a folder path (see :mod:`gslora.data.folder`)."""
+    if spec in ("faces", "bundled", "lfw"):
+        from .faces import bundled_faces
+
+        return bundled_faces(image_size=image_size, seed=seed)
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise GsloraError(f"data {spec!r} is neither 'faces' (the bundled set) nor an existing folder.")
+    from .folder import folder_data
+
+    return folder_data(path, image_size=image_size, seed=seed, split_ratio=split_ratio, val_ratio=val_ratio)

@@ -1,0 +1,138 @@
+"""Task plans: which classes each forgetting request erases, keeps and has erased before; replay subsets."""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import GsloraError
+
+
+@dataclass(frozen=True)
+class Task:
+    """One forgetting request. ``index`` counts from 1; class ids index the model's classes."""
+
+    index: int
+    forget: tuple[int, ...]  # F_t
+    remain: tuple[int, ...]  # R_t = all - F_1 - ... - F_t
+    old: tuple[int, ...]  # O_t = F_1 u ... u F_{t-1}
+
+
+@dataclass
+class TaskPlan:
+    num_classes: int
+    class_order: list[int]
+    tasks: list[Task]
+
+    def to_dict(self, class_names: list[str] | None = None) -> dict:
+        out = {"num_classes": self.num_classes, "class_order": self.class_order, "tasks": []}
+        for t in self.tasks:
+            d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(t).items()}
+            if class_names is not None:
+                d["forget_names"] = [class_names[c] for c in t.forget]
+            out["tasks"].append(d)
+        return out
+
+
+def default_class_order(num_classes: int, seed: int = 1337) -> list[int]:
+    """The authors' order: ``random.seed(seed); random.shuffle(list(range(C)))``."""
+    order = list(range(num_classes))
+    random.Random(seed).shuffle(order)
+    return order
+
+
+_NXK = re.compile(r"^\s*(\d+)\s*[xX×]\s*(\d+)\s*$")
+
+
+def parse_tasks(spec) -> tuple[int, int] | list[list]:
+    """``"4x20"`` → (4, 20); ``"a,b;c"`` → [["a", "b"], ["c"]]; a list of lists is returned as is."""
+    if isinstance(spec, str):
+        m = _NXK.match(spec)
+        if m:
+            return int(m.group(1)), int(m.group(2))
+        tasks = [[c.strip() for c in part.split(",") if c.strip()] for part in spec.split(";")]
+        if not tasks or any(not t for t in tasks):
+            raise GsloraError(
+                f"tasks {spec!r} must be 'NxK' (N tasks of K classes) or class lists like 'a,b;c,d' (';' between tasks)."
+            )
+        return tasks
+    if isinstance(spec, list) and spec and all(isinstance(t, list) and t for t in spec):
+        return spec
+    raise GsloraError(f"tasks must be 'NxK' or a non-empty list of non-empty class lists, got {spec!r}.")
+
+
+def _class_id(c, class_names: list[str]) -> int:
+    if isinstance(c, str) and c in class_names:
+        return class_names.index(c)
+    as_int = c if isinstance(c, int) and not isinstance(c, bool) else None
+    if isinstance(c, str) and c.strip().lstrip("-").isdigit():
+        as_int = int(c)
+    if as_int is not None and 0 <= as_int < len(class_names):
+        return as_int
+    sample = ", ".join(class_names[:5]) + (", ..." if len(class_names) > 5 else "")
+    raise GsloraError(
+        f"class {c!r} is not in the model; use one of its {len(class_names)} class names ({sample}) or an id "
+        f"in 0..{len(class_names) - 1}."
+    )
+
+
+def make_plan(class_names: list[str], tasks_spec, seed: int = 1337, class_order: list[int] | None = None) -> TaskPlan:
+    """Build the plan. ``NxK`` forgets backwards through the seeded class order, as the paper does:
+    task i (0-based) forgets ``order[C-K(i+1) : C-Ki]``."""
+    num_classes = len(class_names)
+    order = list(class_order) if class_order is not None else default_class_order(num_classes, seed)
+    parsed = parse_tasks(tasks_spec)
+    if isinstance(parsed, tuple):
+        n, k = parsed
+        if n < 1 or k < 1:
+            raise GsloraError(f"tasks {tasks_spec!r} must name at least one task of at least one class.")
+        if n * k >= num_classes:
+            raise GsloraError(
+                f"tasks {tasks_spec!r} would forget {n * k} of the model's {num_classes} classes; at least one class "
+                "must remain (forgetting every class is not a forgetting problem)."
+            )
+        forget_sets = [order[num_classes - k * (i + 1) : num_classes - k * i] for i in range(n)]
+    else:
+        forget_sets = [[_class_id(c, class_names) for c in task] for task in parsed]
+    seen: dict[int, int] = {}
+    for i, fs in enumerate(forget_sets, start=1):
+        for c in fs:
+            if c in seen:
+                where = f"tasks {seen[c]} and {i}" if seen[c] != i else f"task {i} twice"
+                raise GsloraError(f"class {class_names[c]!r} is forgotten in {where}; each class may be forgotten once.")
+            seen[c] = i
+    if len(seen) >= num_classes:
+        raise GsloraError(
+            f"the tasks forget all {num_classes} classes of the model; leave at least one class to remain."
+        )
+    tasks, gone = [], []
+    for i, fs in enumerate(forget_sets, start=1):
+        forget = tuple(sorted(fs))
+        old = tuple(sorted(gone))
+        gone.extend(fs)
+        remain = tuple(c for c in range(num_classes) if c not in set(gone))
+        tasks.append(Task(index=i, forget=forget, remain=remain, old=old))
+    return TaskPlan(num_classes=num_classes, class_order=order, tasks=tasks)
+
+
+def select_per_class(targets: list[int], classes, seed: int, ratio: float = 0.1, shots: int = 0) -> list[int]:
+    """Indices of a per-class subset: ``shots`` images per class if > 0, else ``ratio`` of them (at least 1).
+
+    Each class has one seeded permutation, so a class keeps the same images across tasks and runs.
+    """
+    wanted = set(int(c) for c in classes)
+    by_class: dict[int, list[int]] = {c: [] for c in sorted(wanted)}
+    for i, t in enumerate(targets):
+        if t in wanted:
+            by_class[t].append(i)
+    out = []
+    for c, idx in by_class.items():
+        if not idx:
+            continue
+        perm = np.random.default_rng([seed, 7, c]).permutation(len(idx))
+        n = min(shots, len(idx)) if shots > 0 else max(1, int(round(ratio * len(idx))))
+        out.extend(idx[j] for j in sorted(perm[:n].tolist()))
+    return out

@@ -1,0 +1,21 @@
+"""Model builders, heads, FFN locator and checkpoint I/O."""
+
+from .checkpoint import load_checkpoint, read_sidecar, save_checkpoint
+from .ffn import FFNBlock, locate_ffn
+from .heads import CosFace, LinearHead
+from .registry import Classifier, count_parameters, create_from_config, create_model, list_models
+
+__all__ = [
+    "Classifier",
+    "CosFace",
+    "FFNBlock",
+    "LinearHead",
+    "count_parameters",
+    "create_from_config",
+    "create_model",
+    "list_models",
+    "load_checkpoint",
+    "locate_ffn",
+    "read_sidecar",
+    "save_checkpoint",
+]

@@ -1,0 +1,94 @@
+"""Checkpoints: ``NAME.safetensors`` (weights) + ``NAME.json`` (model config, class names, forgetting history).
+
+Nothing is ever unpickled: weights are safetensors, metadata is JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..errors import GsloraError
+from ..io import atomic_write, atomic_write_json
+from .registry import Classifier, create_from_config
+
+FORMAT = "gslora-checkpoint"
+VERSION = 1
+
+
+def _paths(path: str | Path) -> tuple[Path, Path]:
+    path = Path(path)
+    if path.suffix == ".json":
+        path = path.with_suffix(".safetensors")
+    if path.suffix != ".safetensors":
+        path = path.with_name(path.name + ".safetensors") if path.suffix else path.with_suffix(".safetensors")
+    return path, path.with_suffix(".json")
+
+
+def save_checkpoint(model: Classifier, path: str | Path, classes: list[str], history: list | None = None,
+                    extra: dict | None = None) -> Path:
+    """Write weights then sidecar, each atomically. Returns the ``.safetensors`` path."""
+    weights, sidecar = _paths(path)
+    if len(classes) != model.config["num_classes"]:
+        raise GsloraError(f"{len(classes)} class names given for a model with {model.config['num_classes']} classes.")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write(weights, lambda p: save_file(state, str(p), metadata={"format": FORMAT}))
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": model.config,
+        "image_size": model.image_size,
+        "classes": list(classes),
+        "history": list(history or []),
+        **(extra or {}),
+    }
+    atomic_write_json(sidecar, meta)
+    return weights
+
+
+def read_sidecar(path: str | Path) -> dict:
+    weights, sidecar = _paths(path)
+    if not weights.is_file():
+        raise GsloraError(f"checkpoint {weights} does not exist; pass the .safetensors file that `gslora pretrain` wrote.")
+    if not sidecar.is_file():
+        raise GsloraError(f"checkpoint {weights} has no sidecar {sidecar.name} beside it (model config and classes).")
+    try:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise GsloraError(f"checkpoint sidecar {sidecar} is not valid JSON ({e}).") from None
+    if meta.get("format") != FORMAT:
+        raise GsloraError(f"{sidecar} is not a gslora checkpoint sidecar (format {meta.get('format')!r}).")
+    return meta
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Classifier, dict]:
+    """Rebuild the model from the sidecar and load the weights strictly; mismatches are clear errors."""
+    weights, _ = _paths(path)
+    meta = read_sidecar(weights)
+    model = create_from_config(meta["model"])
+    if len(meta.get("classes", [])) != meta["model"]["num_classes"]:
+        raise GsloraError(
+            f"checkpoint {weights} lists {len(meta.get('classes', []))} class names but its model has "
+            f"{meta['model']['num_classes']} classes."
+        )
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except (SafetensorError, OSError) as e:
+        raise GsloraError(f"cannot read checkpoint weights {weights}: {e}.") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    bad_shape = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or bad_shape:
+        detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
+                  else f"shape of {bad_shape[0]} is {tuple(state[bad_shape[0]].shape)}, expected "
+                  f"{tuple(expected[bad_shape[0]].shape)}")
+        raise GsloraError(
+            f"checkpoint {weights} does not match its declared architecture {meta['model']['arch']!r} ({detail})."
+        )
+    model.load_state_dict(state, strict=True)
+    return model, meta
