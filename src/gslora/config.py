@@ -14,7 +14,7 @@ import yaml
 
 from .errors import GsloraError
 
-_PRECISIONS = ("fp32", "bf16", "fp16")
+_PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -38,7 +38,7 @@ class RunConfig:
     shots: int = 0  # if > 0: k images per class instead of replay_ratio (few-shot forgetting)
     old_forget_shots: int = 0  # images per earlier-forgotten class kept in the forget batch (0: off)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast; bf16/fp16 need a GPU)
+    precision: str = "fp32"  # fp32 | bf16 (autocast; bf16 is meant for GPUs)
     num_workers: int = 0
     eval_batch_size: int = 256
     margin_at_test: bool = False  # the authors' protocol (CosFace margin at test time); for comparison only
@@ -201,10 +201,13 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None, **kwargs) -> RunConfig:
     """Defaults, then the YAML file, then ``key=value`` overrides, then keyword arguments (CLI flags)."""
+    from .methods.base import method_defaults
+
     data = read_yaml(path) if path else {}
     data = merge_overrides(data, overrides)
     data.update({k: v for k, v in kwargs.items() if v is not None})
-    return from_dict(RunConfig, data, where=str(path) if path else "config").validate()
+    preferred = method_defaults(str(data.get("method", RunConfig.method))).get("run", {})
+    return from_dict(RunConfig, {**preferred, **data}, where=str(path) if path else "config").validate()
 
 
 def packaged_yaml(*parts: str) -> dict:

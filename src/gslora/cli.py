@@ -1,0 +1,244 @@
+"""Command line: ``gslora pretrain | forget | evaluate | demo | list``. The only module that prints."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .config import from_dict, load_run_config, merge_overrides, packaged_yaml, read_yaml
+from .errors import GsloraError
+
+
+def _common_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file with run settings (see `gslora list --config` for all keys)")
+    p.add_argument("--tasks", help="'NxK' (e.g. 4x20, 1x10) or class lists 'a,b;c,d' (';' between tasks)")
+    p.add_argument("--method", help="forgetting method (default gslora)")
+    p.add_argument("--epochs", type=int, help="epochs per task")
+    p.add_argument("--seed", type=int, help="seed for class order, subsets and initialisation (default 1337)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config key, e.g. --set replay_ratio=0.2 --set method_args.beta=0.3")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _run_config(args, data: str | None = None):
+    kwargs = {"tasks": args.tasks, "method": args.method, "epochs": args.epochs, "seed": args.seed,
+              "device": args.device, "data": data}
+    return load_run_config(args.config, args.overrides, **kwargs)
+
+
+def cmd_pretrain(args) -> int:
+    from .data import load_data
+    from .models import create_model, save_checkpoint
+    from .models.checkpoint import _paths
+    from .pretrain import PretrainConfig, pretrain
+
+    cfg = from_dict(PretrainConfig, merge_overrides(read_yaml(args.config) if args.config else {}, args.overrides),
+                    where="pretrain config")
+    for k in ("epochs", "lr", "batch_size", "seed", "device"):
+        if getattr(args, k) is not None:
+            setattr(cfg, k, getattr(args, k))
+    cfg.validate()
+    weights, _ = _paths(args.out)
+    if weights.exists() and not args.overwrite:
+        raise GsloraError(f"{weights} already exists; choose another --out or pass --overwrite.")
+    data = load_data(args.data, image_size=_image_size(args.model), seed=cfg.seed)
+    model = create_model(args.model, data.num_classes)
+    print(f"pre-training {args.model} on {data.name}: {data.describe()}")
+    stats = pretrain(model, data, cfg, progress=not args.no_progress)
+    path = save_checkpoint(model, weights, data.classes, extra={"pretrain": {**stats, "data": args.data}})
+    print(f"train {stats['train_acc']:.1f}%  val {stats.get('val_acc', 0):.1f}%  test {stats['test_acc']:.1f}%  "
+          f"({stats['train_seconds']:.0f} s)\ncheckpoint: {path}")
+    return 0
+
+
+def _image_size(model_name: str) -> int:
+    from .models import create_model
+
+    return create_model(model_name, 1).image_size
+
+
+def cmd_forget(args) -> int:
+    from .data import load_data
+    from .forget import run_forgetting
+    from .models import load_checkpoint
+
+    cfg = _run_config(args, data=args.data)
+    model, meta = load_checkpoint(args.checkpoint)
+    data = load_data(cfg.data, image_size=model.image_size, seed=cfg.seed, split_ratio=cfg.split_ratio,
+                     val_ratio=cfg.val_ratio)
+    result = run_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, history=meta.get("history"),
+                            overwrite=args.overwrite, progress=not args.no_progress)
+    _print_run(result.results, Path(args.out))
+    return 0
+
+
+def _print_run(results: dict, out: Path) -> None:
+    from .report import paper_table, task_table
+
+    print(paper_table(results))
+    print()
+    print(task_table(results))
+    print(f"\nrun folder: {out}  (results.md, results.json, results.csv, plots/, final.safetensors, adapters/)")
+
+
+def cmd_evaluate(args) -> int:
+    from .data import load_data
+    from .distributed import resolve_device
+    from .evaluate import accuracy, class_counts
+    from .models import load_checkpoint
+
+    model, meta = load_checkpoint(args.checkpoint)
+    classes = meta["classes"]
+    data = load_data(args.data, image_size=model.image_size, seed=args.seed)
+    from .forget import check_data_matches
+
+    check_data_matches(classes, data)
+    from .data.plan import _class_id
+
+    sets = {"all": list(range(len(classes)))}
+    forgotten = [_class_id(c, classes) for h in meta.get("history", []) for c in h["forgotten"]]
+    if forgotten:
+        sets["forgotten (history)"] = forgotten
+        sets["remaining (history)"] = [c for c in range(len(classes)) if c not in set(forgotten)]
+    for i, spec in enumerate(args.classes or []):
+        sets[f"set {i + 1}"] = [_class_id(c.strip(), classes) for c in spec.split(",") if c.strip()]
+    device = resolve_device(args.device or "auto")
+    correct, total = class_counts(model.to(device), getattr(data, args.split), len(classes), device)
+    report = {name: {"classes": len(c), "accuracy": accuracy(correct, total, c)} for name, c in sets.items()}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, r in report.items():
+            acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.2f}%"
+            print(f"{name:<22} {r['classes']:>5} classes  {args.split} accuracy {acc}")
+    return 0
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("GSLORA_CACHE", Path.home() / ".cache" / "gslora"))
+
+
+def cmd_demo(args) -> int:
+    from .data import load_data
+    from .forget import run_forgetting
+    from .models import create_model, load_checkpoint, save_checkpoint
+    from .pretrain import PretrainConfig, pretrain
+
+    demo = packaged_yaml("demo.yaml")
+    t0 = time.perf_counter()
+    pcfg = from_dict(PretrainConfig, demo["pretrain"], where="demo pretrain")
+    key = hashlib.sha256(json.dumps([__version__, demo["model"], demo["pretrain"]], sort_keys=True).encode())
+    ckpt = _cache_dir() / f"demo-{demo['model']}-{key.hexdigest()[:12]}.safetensors"
+    run_data = {**demo["run"], **({"device": args.device} if args.device else {})}
+    if args.epochs:
+        run_data["epochs"] = args.epochs
+    cfg = from_dict(type(load_run_config()), merge_overrides(run_data, args.overrides), where="demo run").validate()
+    data = load_data("faces", image_size=create_model(demo["model"], 1).image_size, seed=cfg.seed)
+    if ckpt.exists() and not args.retrain:
+        print(f"using cached pre-trained model {ckpt}")
+    else:
+        print(f"pre-training {demo['model']} on the bundled faces ({data.describe()['train']} training views of "
+              f"{data.num_classes} photos)...")
+        model = create_model(demo["model"], data.num_classes)
+        stats = pretrain(model, data, pcfg, progress=not args.no_progress)
+        save_checkpoint(model, ckpt, data.classes, extra={"pretrain": stats})
+        print(f"pre-trained: test accuracy {stats['test_acc']:.1f}% in {stats['train_seconds']:.0f} s -> {ckpt}")
+    model, meta = load_checkpoint(ckpt)
+    print(f"forgetting {cfg.tasks} with {cfg.method} ({cfg.epochs} epochs per task)...")
+    result = run_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, overwrite=True,
+                            progress=not args.no_progress)
+    _print_run(result.results, Path(args.out))
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_list(args) -> int:
+    from dataclasses import fields
+
+    from .config import RunConfig
+    from .methods import list_methods
+    from .models import list_models
+
+    print("models:  " + ", ".join(list_models()) + ", timm:<name>")
+    print("methods: " + ", ".join(list_methods()))
+    print("config keys: " + ", ".join(f.name for f in fields(RunConfig)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gslora", description="Continual forgetting for vision transformers.")
+    parser.add_argument("--version", action="version", version=f"gslora {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="train a model from scratch on an image folder or the bundled faces")
+    p.add_argument("--data", required=True, help="'faces' (bundled) or an image folder")
+    p.add_argument("--model", default="vit_face_tiny", help="registry name (gslora list) or timm:<name>")
+    p.add_argument("--out", required=True, help="checkpoint path (.safetensors; a .json sidecar is written beside)")
+    p.add_argument("--config", help="YAML file with pre-training settings")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", dest="batch_size", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("forget", help="erase classes from a checkpoint, task after task")
+    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint written by gslora")
+    p.add_argument("--data", help="'faces' or an image folder (default: the config's data)")
+    p.add_argument("--out", required=True, help="run folder")
+    _common_run_args(p)
+    p.set_defaults(func=cmd_forget)
+
+    p = sub.add_parser("evaluate", help="accuracy of a checkpoint on class sets")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", default="faces")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--classes", action="append", help="a class set 'a,b,c' (names or ids); repeatable")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("demo", help="pre-train a tiny face ViT on bundled faces, then forget 4 x 20 classes")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--epochs", type=int, help="epochs per forgetting task")
+    p.add_argument("--device")
+    p.add_argument("--retrain", action="store_true", help="ignore the cached pre-trained model")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list", help="models, methods and config keys")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except GsloraError as e:
+        print(f"gslora: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gslora: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""The few torch.distributed helpers the engine needs; all are no-ops in a single process."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as td
+
+
+def is_distributed() -> bool:
+    return td.is_available() and td.is_initialized()
+
+
+def rank() -> int:
+    return td.get_rank() if is_distributed() else 0
+
+
+def world_size() -> int:
+    return td.get_world_size() if is_distributed() else 1
+
+
+def is_main() -> bool:
+    """Only the main process writes files."""
+    return rank() == 0
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if is_distributed():
+        t = t.clone()
+        td.all_reduce(t, op=td.ReduceOp.SUM)
+    return t
+
+
+def init_from_env(device: torch.device) -> bool:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1); returns whether distributed."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():
+        return is_distributed()
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    td.init_process_group(backend=backend)
+    return True
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` → the local CUDA device when there is one (the LOCAL_RANK one under torchrun), else CPU."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            from .errors import GsloraError
+
+            raise GsloraError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu.")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device(name)

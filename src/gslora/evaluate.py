@@ -1,0 +1,69 @@
+"""Metrics: accuracies on class sets from per-class counts (summable across processes), Drop, H-Mean,
+tunable ratio. Pure functions of predictions, plus one function that produces the predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import distributed as dist
+
+
+@torch.no_grad()
+def class_counts(model: nn.Module, dataset: Dataset, num_classes: int, device: torch.device | str = "cpu",
+                 batch_size: int = 256, margin_at_test: bool = False, sampler=None, num_workers: int = 0,
+                 autocast_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(correct, total) per true class, top-1 over all logits; summed over processes when distributed.
+
+    ``margin_at_test`` reproduces the authors' protocol (CosFace margin applied with the true labels at test time).
+    """
+    was_training = model.training
+    model.eval()
+    device = torch.device(device)
+    correct = torch.zeros(num_classes, dtype=torch.long, device=device)
+    total = torch.zeros(num_classes, dtype=torch.long, device=device)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, sampler=sampler, num_workers=num_workers)
+    for x, y in loader:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(x, y) if margin_at_test else model(x)
+        pred = logits.argmax(-1)
+        total += torch.bincount(y, minlength=num_classes)
+        correct += torch.bincount(y[pred == y], minlength=num_classes)
+    model.train(was_training)
+    correct, total = dist.all_reduce_sum(correct), dist.all_reduce_sum(total)
+    return correct.cpu(), total.cpu()
+
+
+def accuracy(correct: torch.Tensor, total: torch.Tensor, classes: Iterable[int]) -> float | None:
+    """Top-1 accuracy in percent over the samples of ``classes``; None when the set has no samples."""
+    idx = torch.as_tensor(sorted(set(classes)), dtype=torch.long)
+    if idx.numel() == 0:
+        return None
+    n = int(total[idx].sum())
+    return 100.0 * int(correct[idx].sum()) / n if n else None
+
+
+def drop(acc_before: float | None, acc_after: float | None) -> float | None:
+    return None if acc_before is None or acc_after is None else acc_before - acc_after
+
+
+def h_mean(acc_r: float | None, drop_f: float | None) -> float | None:
+    """2·Acc_r·Drop / (Acc_r + Drop); 0 when either is ≤ 0 (a negative drop means nothing was forgotten)."""
+    if acc_r is None or drop_f is None:
+        return None
+    if acc_r <= 0 or drop_f <= 0:
+        return 0.0
+    return 2.0 * acc_r * drop_f / (acc_r + drop_f)
+
+
+def tunable_ratio(trainable: int, total: int) -> float:
+    """Trainable parameters / all parameters of the model, in percent."""
+    return 100.0 * trainable / total if total else 0.0
+
+
+def set_accuracies(correct, total, sets: dict[str, Iterable[int]]) -> dict[str, float | None]:
+    return {name: accuracy(correct, total, classes) for name, classes in sets.items()}

@@ -1,0 +1,75 @@
+"""LoRA on the FFN linears of every Transformer block (via PEFT), parameter groups per block, merge, export.
+
+The adapter of each forgetting task is a standard PEFT LoRA adapter: ``PeftModel.from_pretrained(base, folder)``
+loads it onto the model the task started from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+
+from .io import atomic_write_dir
+from .models.ffn import FFNBlock, locate_ffn
+
+
+@dataclass
+class LoraGroups:
+    """The LoRA parameters of each block: the groups of GS-LoRA's group lasso."""
+
+    blocks: list[FFNBlock]
+    params: list[list[nn.Parameter]]  # per block: A_fc1, B_fc1, A_fc2, B_fc2
+    modules: list[list[nn.Module]]  # per block: the two PEFT LoRA layers
+
+
+def attach_lora(model: nn.Module, rank: int = 8, alpha: float = 8.0, dropout: float = 0.0) -> tuple[PeftModel, LoraGroups]:
+    """Wrap ``model`` with LoRA (B = 0 at start) on both FFN linears of every block; everything else is frozen.
+
+    The LoRA scaling is ``alpha / rank`` (the authors used 1/8, i.e. alpha = 1 at rank 8).
+    """
+    _, blocks = locate_ffn(model)
+    targets = [name for b in blocks for name in (b.fc1, b.fc2)]
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
+    peft_model = get_peft_model(model, config)
+    inner = peft_model.base_model.model
+    params, modules = [], []
+    for b in blocks:
+        layers = [inner.get_submodule(b.fc1), inner.get_submodule(b.fc2)]
+        modules.append(layers)
+        params.append([p for layer in layers for p in (layer.lora_A["default"].weight, layer.lora_B["default"].weight)])
+    return peft_model, LoraGroups(blocks=blocks, params=params, modules=modules)
+
+
+def group_norms(groups: LoraGroups) -> list[float]:
+    """sqrt(sum of squared Frobenius norms) of each block's LoRA matrices: what the group lasso penalises."""
+    with torch.no_grad():
+        return [float(torch.sqrt(sum(p.float().pow(2).sum() for p in ps))) for ps in groups.params]
+
+
+def delta_norms(groups: LoraGroups) -> tuple[list[float], list[float]]:
+    """Per block: ‖ΔW‖_F of the actual weight change (scaling·B·A over fc1 and fc2), and the same relative to ‖W‖_F."""
+    absolute, relative = [], []
+    with torch.no_grad():
+        for layers in groups.modules:
+            d2, w2 = 0.0, 0.0
+            for layer in layers:
+                delta = layer.get_delta_weight("default").float()
+                d2 += float(delta.pow(2).sum())
+                w2 += float(layer.base_layer.weight.float().pow(2).sum())
+            absolute.append(d2**0.5)
+            relative.append((d2 / w2) ** 0.5 if w2 > 0 else 0.0)
+    return absolute, relative
+
+
+def save_adapter(peft_model: PeftModel, folder: str | Path) -> Path:
+    """Write the adapter in PEFT's format (adapter_config.json + adapter_model.safetensors), atomically."""
+    return atomic_write_dir(folder, lambda tmp: peft_model.save_pretrained(str(tmp), safe_serialization=True))
+
+
+def merge_lora(peft_model: PeftModel) -> nn.Module:
+    """Fold the LoRA update into the base weights and return the plain model (no LoRA layers left)."""
+    return peft_model.merge_and_unload()

@@ -1,0 +1,30 @@
+"""Forgetting methods, selected by name. Each one implements :class:`gslora.methods.base.Method`."""
+
+from __future__ import annotations
+
+from ..errors import GsloraError
+from .base import Method, StepState, TaskContext, method_defaults
+from .gslora import GSLoRA
+
+METHODS: dict[str, type[Method]] = {
+    "gslora": GSLoRA,
+}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    METHODS[cls.name] = cls
+    return cls
+
+
+def list_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def get_method(name: str, **args) -> Method:
+    if name not in METHODS:
+        raise GsloraError(f"unknown method {name!r}; choose one of {', '.join(list_methods())}.")
+    return METHODS[name](**args)
+
+
+__all__ = ["METHODS", "Method", "StepState", "TaskContext", "get_method", "list_methods", "method_defaults",
+           "register_method"]

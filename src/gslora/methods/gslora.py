@@ -1,0 +1,118 @@
+"""GS-LoRA (SPEC §3) and its GS-LoRA++ prototype term (SPEC §4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..errors import GsloraError
+from ..lora import LoraGroups, attach_lora, delta_norms, group_norms, merge_lora, save_adapter
+from ..losses import bounded_forget_loss, group_lasso, prototype_loss
+from .base import Method, StepState, TaskContext, per_task
+
+
+@dataclass
+class GSLoRAArgs:
+    lora_rank: int
+    lora_alpha: float
+    lora_dropout: float
+    beta: float | list[float]
+    bound: float
+    alpha: float
+    alpha_warmup_epochs: int
+    selection_threshold: float
+    prototype_weight_forget: float
+    prototype_weight_remain: float
+    prototype_bound: float
+
+    def validate(self):
+        if self.lora_rank < 1:
+            raise GsloraError(f"method_args.lora_rank must be at least 1, got {self.lora_rank}.")
+        betas = self.beta if isinstance(self.beta, list) else [self.beta]
+        if not betas or any(b < 0 for b in betas):
+            raise GsloraError(f"method_args.beta must be ≥ 0 (a number or a per-task list), got {self.beta}.")
+        for name in ("bound", "alpha", "lora_alpha", "prototype_weight_forget", "prototype_weight_remain",
+                     "selection_threshold"):
+            if getattr(self, name) < 0:
+                raise GsloraError(f"method_args.{name} must be ≥ 0, got {getattr(self, name)}.")
+        if not 0 <= self.lora_dropout < 1:
+            raise GsloraError(f"method_args.lora_dropout must be in [0, 1), got {self.lora_dropout}.")
+
+
+class GSLoRA(Method):
+    name = "gslora"
+    Args = GSLoRAArgs
+
+    def prepare(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        a = self.args
+        self.position = ctx.position
+        self.beta = float(per_task(a.beta, ctx.position))
+        self.prototypes = None
+        if a.prototype_weight_forget > 0 or a.prototype_weight_remain > 0:
+            # computed with the model at the start of the task (the authors' single-step script used a random model)
+            self.prototypes = class_prototypes(model, [ctx.remain_data, ctx.forget_data], ctx.num_classes, ctx.device)
+        peft_model, self.groups = attach_lora(model, rank=a.lora_rank, alpha=a.lora_alpha, dropout=a.lora_dropout)
+        return peft_model
+
+    def loss(self, model, remain, forget, state: StepState):
+        a = self.args
+        (x_r, y_r), (x_f, y_f) = remain, forget
+        n_r = x_r.shape[0]
+        emb = model.embed(torch.cat([x_r, x_f]))  # one forward for both batches
+        logits = model.head(emb, torch.cat([y_r, y_f]))
+        ce_r = F.cross_entropy(logits[:n_r], y_r)
+        forget_term = bounded_forget_loss(logits[n_r:], y_f, a.bound)
+        alpha = a.alpha if state.epoch >= a.alpha_warmup_epochs else 0.0
+        structure = group_lasso(self.groups.params)
+        total = ce_r + self.beta * forget_term + alpha * structure
+        logs = {"ce_r": float(ce_r.detach()), "forget": float(forget_term.detach()), "gl": float(structure.detach())}
+        if self.prototypes is not None:
+            protos = self.prototypes.to(emb.device, emb.dtype)
+            pro = prototype_loss(emb[n_r:], protos[y_f], emb[:n_r], protos[y_r], a.prototype_weight_forget,
+                                 a.prototype_weight_remain, a.prototype_bound)
+            total = total + pro
+            logs["pro"] = float(pro.detach())
+        return total, logs
+
+    def finish(self, model, ctx: TaskContext):
+        groups: LoraGroups = self.groups
+        norms = group_norms(groups)
+        delta_abs, delta_rel = delta_norms(groups)
+        selected = [b.index for b, r in zip(groups.blocks, delta_rel) if r > self.args.selection_threshold]
+        trainable = sum(p.numel() for ps in groups.params for p in ps)
+        info = {
+            "group_norms": norms,
+            "delta_norms": delta_abs,
+            "relative_delta_norms": delta_rel,
+            "selected_blocks": selected,
+            "trainable_params": trainable,
+            "beta": self.beta,
+        }
+        if ctx.out_dir is not None and ctx.config.save_adapters:
+            folder = save_adapter(model, ctx.out_dir / "adapters" / f"task{ctx.task.index}")
+            info["adapter"] = str(folder.relative_to(ctx.out_dir))
+        merged = merge_lora(model)
+        self.groups = None
+        return merged, info
+
+
+@torch.no_grad()
+def class_prototypes(model: nn.Module, datasets, num_classes: int, device) -> torch.Tensor:
+    """Mean embedding per class over the given datasets (classes without samples get zeros)."""
+    was_training = model.training
+    model.eval()
+    sums, counts = None, torch.zeros(num_classes, device=device)
+    for ds in datasets:
+        for x, y in DataLoader(ds, batch_size=256):
+            x, y = x.to(device), y.to(device)
+            e = model.embed(x).float()
+            if sums is None:
+                sums = torch.zeros(num_classes, e.shape[-1], device=device)
+            sums.index_add_(0, y, e)
+            counts.index_add_(0, y, torch.ones_like(y, dtype=torch.float))
+    model.train(was_training)
+    return sums / counts.clamp(min=1).unsqueeze(1)
