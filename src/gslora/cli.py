@@ -76,7 +76,7 @@ def cmd_forget(args) -> int:
     data = load_data(cfg.data, image_size=model.image_size, seed=cfg.seed, split_ratio=cfg.split_ratio,
                      val_ratio=cfg.val_ratio)
     result = run_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, history=meta.get("history"),
-                            overwrite=args.overwrite, progress=not args.no_progress)
+                            overwrite=args.overwrite, progress=not args.no_progress, source_checkpoint=args.checkpoint)
     _print_run(result.results, Path(args.out))
     return 0
 
@@ -155,7 +155,7 @@ def cmd_demo(args) -> int:
     model, meta = load_checkpoint(ckpt)
     print(f"forgetting {cfg.tasks} with {cfg.method} ({cfg.epochs} epochs per task)...")
     result = run_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, overwrite=True,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, source_checkpoint=ckpt)
     _print_run(result.results, Path(args.out))
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return 0

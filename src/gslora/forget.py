@@ -74,9 +74,9 @@ def _accuracies(model, data: DataBundle, split: str, num_classes: int, cfg: RunC
                         autocast_dtype=autocast_dtype(cfg.precision))
 
 
-def _task_metrics(counts_before, counts_after, counts_orig, task) -> dict:
+def _task_metrics(counts_before, counts_after, counts_orig, task, drop_against_pretrained=False) -> dict:
     sets = {"acc_f": task.forget, "acc_r": task.remain, "acc_o": task.old}
-    before = set_accuracies(*counts_before, sets)
+    before = set_accuracies(*(counts_orig if drop_against_pretrained else counts_before), sets)
     after = set_accuracies(*counts_after, sets)
     orig = set_accuracies(*counts_orig, sets)
     d = drop(before["acc_f"], after["acc_f"])
@@ -92,8 +92,12 @@ def _task_metrics(counts_before, counts_after, counts_orig, task) -> dict:
 
 def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, config: RunConfig,
                    out_dir: str | Path | None = None, history: list | None = None, overwrite: bool = False,
-                   progress: bool = False, method: Method | None = None) -> RunResult:
-    """Run the task sequence of ``config`` on ``model`` (modified in place and returned as ``result.model``)."""
+                   progress: bool = False, method: Method | None = None,
+                   source_checkpoint: str | Path | None = None) -> RunResult:
+    """Run the task sequence of ``config`` on ``model`` (modified in place and returned as ``result.model``).
+
+    ``source_checkpoint`` (the path the model was loaded from) is recorded so audits can find the original model.
+    """
     config.validate()
     check_data_matches(classes, data)
     plan = make_plan(classes, config.tasks, seed=config.seed)
@@ -132,14 +136,15 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         summary = train_task(work, method, ctx) if method.trains else {"steps": 0, "train_seconds": 0.0}
         model, info = method.finish(work, ctx)
         model.eval()
+        vs_pre = method.drop_against_pretrained
         counts_after = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
         row = {
             "task": task.index,
             "setting": f"{len(task.remain) + len(task.forget)}-{len(task.forget)}",
             "forget": [classes[c] for c in task.forget],
             "n_forget": len(task.forget), "n_remain": len(task.remain), "n_old": len(task.old),
-            **_task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task),
-            "val": _task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task),
+            **_task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre),
+            "val": _task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task, vs_pre),
             "tunable_ratio": tunable_ratio(info.get("trainable_params", trainable), total_params),
             "trainable_params": info.get("trainable_params", trainable),
             "replay_images": len(remain_idx), "forget_images": len(forget_idx),
@@ -160,6 +165,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         "data": data.describe(),
         "model": {**model.config, "parameters": total_params},
         "device": str(device),
+        "source_checkpoint": str(Path(source_checkpoint).resolve()) if source_checkpoint else None,
         "plan": plan.to_dict(classes),
         "tasks": rows,
         "wall_seconds": time.perf_counter() - run_start,

@@ -19,10 +19,12 @@ NUM_FACES = 100
 VIEWS = {"train": 20, "val": 5, "test": 10}
 
 
-def _photos() -> torch.Tensor:
+def _photos(num_faces: int = NUM_FACES) -> torch.Tensor:
     from skimage import data as skdata
 
-    faces = np.asarray(skdata.lfw_subset()[:NUM_FACES], dtype=np.float32)  # (100, 25, 25) in [0, 1]
+    if not 2 <= num_faces <= NUM_FACES:
+        raise ValueError(f"num_faces must be in 2..{NUM_FACES}, got {num_faces}")
+    faces = np.asarray(skdata.lfw_subset()[:num_faces], dtype=np.float32)  # (100, 25, 25) in [0, 1]
     return torch.from_numpy(faces).unsqueeze(1)
 
 
@@ -54,9 +56,12 @@ def make_views(photos: torch.Tensor, n_views: int, image_size: int, seed: int) -
     return images, targets
 
 
-def bundled_faces(image_size: int = 24, seed: int = 1337, views: dict | None = None) -> DataBundle:
+def bundled_faces(image_size: int = 24, seed: int = 1337, views: dict | None = None,
+                  num_faces: int = NUM_FACES) -> DataBundle:
+    """``views`` overrides the number of views per split (train 20, val 5, test 10); ``num_faces`` takes the first
+    photos only (tests use fewer classes)."""
     views = {**VIEWS, **(views or {})}
-    photos = _photos()
+    photos = _photos(num_faces)
     classes = [f"lfw{c:03d}" for c in range(photos.shape[0])]
     splits = {}
     for k, (name, n) in enumerate(views.items()):

@@ -55,6 +55,7 @@ class Method:
     name: str = "base"
     Args: type | None = None
     trains: bool = True  # False for methods that edit weights without a training loop
+    drop_against_pretrained: bool = False  # Drop (and H) vs the original model, not the task's start (Retrain)
 
     def __init__(self, **overrides):
         defaults = method_defaults(self.name).get("args", {}) if self.Args is not None else {}
