@@ -69,9 +69,11 @@ def _image_size(model_name: str) -> int:
 def cmd_forget(args) -> int:
     from .data import load_data
     from .forget import run_forgetting
+    from .methods import get_method
     from .models import load_checkpoint
 
     cfg = _run_config(args, data=args.data)
+    get_method(cfg.method, **cfg.method_args)  # bad method settings fail before any data is read
     model, meta = load_checkpoint(args.checkpoint)
     data = load_data(cfg.data, image_size=model.image_size, seed=cfg.seed, split_ratio=cfg.split_ratio,
                      val_ratio=cfg.val_ratio)
@@ -161,6 +163,27 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    from .audit import AuditConfig, audit_run, audit_tables
+
+    cfg = AuditConfig(device=args.device or "auto")
+    for k in ("epochs", "relearn_epochs", "seed"):
+        if getattr(args, k) is not None:
+            setattr(cfg, k, getattr(args, k))
+    compare = {}
+    for spec in args.compare or []:
+        label, sep, path = spec.partition("=")
+        compare[label if sep else Path(spec).name] = Path(path if sep else spec)
+    out = Path(args.out) if args.out else Path(args.run) / "audit"
+    report = audit_run(args.run, retrained=args.retrained, original=args.original, compare=compare, config=cfg,
+                       out_dir=out, progress=not args.no_progress)
+    for table in audit_tables(report).values():
+        print(table)
+        print()
+    print(f"audit folder: {out}  (audit.md, audit.json, recovery.png, probe_mia.png)")
+    return 0
+
+
 def cmd_list(args) -> int:
     from dataclasses import fields
 
@@ -220,6 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("audit", help="evidence that forgetting holds: recovery test, linear probe, membership "
+                       "inference, retrain gap")
+    p.add_argument("run", help="a finished run folder (results.json + final.safetensors)")
+    p.add_argument("--retrained", help="checkpoint of a model retrained without the forgotten classes (adds the gap)")
+    p.add_argument("--original", help="the pre-trained checkpoint (default: the run's recorded source checkpoint)")
+    p.add_argument("--compare", action="append", metavar="[LABEL=]PATH",
+                   help="another forgotten model (run folder or checkpoint) to recovery-test alongside; repeatable")
+    p.add_argument("--epochs", type=int, help="epochs of head retraining in the recovery test (default 20)")
+    p.add_argument("--relearn-epochs", dest="relearn_epochs", type=int,
+                   help="cap of the relearn-time fine-tuning (default 20; 0 skips it)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", help="output folder (default RUN/audit)")
+    p.add_argument("--device")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("list", help="models, methods and config keys")
     p.set_defaults(func=cmd_list)

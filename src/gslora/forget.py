@@ -99,9 +99,9 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     ``source_checkpoint`` (the path the model was loaded from) is recorded so audits can find the original model.
     """
     config.validate()
+    method = method or get_method(config.method, **config.method_args)
     check_data_matches(classes, data)
     plan = make_plan(classes, config.tasks, seed=config.seed)
-    method = method or get_method(config.method, **config.method_args)
     device = dist.resolve_device(config.device)
     dist.init_from_env(device)
     out = Path(out_dir) if out_dir is not None else None
