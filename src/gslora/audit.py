@@ -1,0 +1,613 @@
+"""Evidence that forgetting holds: recovery test, linear probe, membership inference, retrain gap, relearn time.
+
+Accuracy on forgotten classes falling to zero proves little on its own: masking the head does that too, and the
+paper's Fig. 6 shows such forgetting comes back within 20 epochs of retraining the head. An audit compares the final
+model of a run with the original pre-trained model (and, when given, a model retrained without the forgotten classes
+and other forgotten models such as head forgetting):
+
+1. **Recovery test** (SPEC §8): backbone frozen, only the head retrained with CE on ``ratio`` of each forgotten and
+   remaining class's training images; forget / remain test accuracy per epoch.
+2. **Linear probe**: logistic regression on frozen penultimate features (embeddings) of the train split, all classes;
+   its test accuracy on the forgotten classes.
+3. **Membership inference**: a loss-based attack (per-sample CE, logistic regression, stratified k-fold, balanced)
+   telling forgotten-class training images from forgotten-class test images; 0.5 is ideal.
+4. **Retrain gap**: absolute gaps of Acc_f, Acc_r, MIA accuracy and probe Acc_f to a retrained model, and their mean.
+5. **Relearn time**: a copy of the whole model fine-tuned on the forget subset; epochs until forget test accuracy is
+   back to ``relearn_fraction`` of the original model's.
+
+Library code: returns dicts, never prints; every number carries the split it was computed on.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
+
+from .data.base import DataBundle
+from .data.plan import select_per_class
+from .errors import GsloraError
+from .io import atomic_write, atomic_write_json, atomic_write_text
+from .report import _markdown, fmt
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AuditConfig:
+    epochs: int = 20  # recovery test: epochs of head retraining
+    ratio: float = 0.1  # fraction of each class's training images used by the recovery test and relearning
+    recovery_lr: float = 3e-3  # AdamW, no weight decay, constant
+    recovery_batch_size: int = 32
+    threshold: float = 0.5  # "recovered" = forget test accuracy ≥ threshold × the original model's
+    relearn_epochs: int = 20  # cap of the relearn-time fine-tuning (0: skip)
+    relearn_lr: float = 1e-3  # AdamW on the whole model, no weight decay
+    relearn_batch_size: int = 16
+    relearn_fraction: float = 0.9  # "relearned" = forget test accuracy ≥ relearn_fraction × the original model's
+    probe_c: float = 1.0  # inverse L2 strength of the logistic-regression probe (on standardised features)
+    probe_max_iter: int = 2000
+    mia_folds: int = 5
+    batch_size: int = 256  # for computing embeddings
+    seed: int = 1337
+    device: str = "auto"
+
+    def validate(self) -> AuditConfig:
+        for name in ("epochs", "recovery_batch_size", "relearn_batch_size", "batch_size", "probe_max_iter"):
+            if getattr(self, name) < 1:
+                raise GsloraError(f"audit {name} must be at least 1, got {getattr(self, name)}.")
+        if self.relearn_epochs < 0:
+            raise GsloraError(f"audit relearn_epochs must be 0 or more, got {self.relearn_epochs}.")
+        if self.mia_folds < 2:
+            raise GsloraError(f"audit mia_folds must be at least 2, got {self.mia_folds}.")
+        for name in ("ratio", "threshold", "relearn_fraction"):
+            if not 0 < getattr(self, name) <= 1:
+                raise GsloraError(f"audit {name} must be in (0, 1], got {getattr(self, name)}.")
+        for name in ("recovery_lr", "relearn_lr", "probe_c"):
+            if getattr(self, name) <= 0:
+                raise GsloraError(f"audit {name} must be > 0, got {getattr(self, name)}.")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Features and accuracies
+
+
+@torch.no_grad()
+def embed_dataset(model: nn.Module, dataset, device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Penultimate features (``model.embed``) and labels of every image, in dataset order, on the CPU."""
+    was_training = model.training
+    model.eval()
+    embs, ys = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        embs.append(model.embed(x.to(device)).float().cpu())
+        ys.append(torch.as_tensor(y))
+    model.train(was_training)
+    if not embs:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(embs), torch.cat(ys).long()
+
+
+def _acc(pred: torch.Tensor, y: torch.Tensor, classes) -> float | None:
+    """Top-1 accuracy in percent over the samples whose label is in ``classes``; None when there are none."""
+    mask = torch.isin(y, torch.as_tensor(sorted(classes), dtype=torch.long))
+    return 100.0 * (pred[mask] == y[mask]).float().mean().item() if mask.any() else None
+
+
+@torch.no_grad()
+def _head_logits(head: nn.Module, emb: torch.Tensor, device, batch_size: int = 4096) -> torch.Tensor:
+    was_training = head.training
+    head.eval()
+    out = torch.cat([head(emb[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(emb), batch_size)])
+    head.train(was_training)
+    return out
+
+
+def set_accuracy(head: nn.Module, emb: torch.Tensor, y: torch.Tensor, forget, remain, device) -> dict:
+    """Acc_f / Acc_r (%) of ``head`` on precomputed embeddings, top-1 over all logits, no margin."""
+    pred = _head_logits(head, emb, device).argmax(-1)
+    return {"acc_f": _acc(pred, y, forget), "acc_r": _acc(pred, y, remain)}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 1. Recovery test
+
+
+def _first_at_or_above(values: list, target: float) -> int | None:
+    return next((i for i, v in enumerate(values) if v is not None and v >= target), None)
+
+
+def recovery_test(model, train_emb, train_y, test_emb, test_y, subset_idx, forget, remain, original_acc_f,
+                  cfg: AuditConfig, device) -> dict:
+    """Retrain a copy of the head (backbone frozen, so embeddings are computed once) with CE (training margin) on the
+    training images ``subset_idx``; forget / remain test accuracy before training (epoch 0) and after every epoch."""
+    head = copy.deepcopy(model.head).to(device).float().requires_grad_(True)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.recovery_lr, weight_decay=0.0)
+    x_all, y_all = train_emb[subset_idx], train_y[subset_idx]
+    gen = torch.Generator().manual_seed(cfg.seed)
+    curve = [set_accuracy(head, test_emb, test_y, forget, remain, device)]
+    for _ in range(cfg.epochs):
+        head.train()
+        perm = torch.randperm(len(x_all), generator=gen)
+        for i in range(0, len(perm), cfg.recovery_batch_size):
+            b = perm[i:i + cfg.recovery_batch_size]
+            x, y = x_all[b].to(device), y_all[b].to(device)
+            loss = F.cross_entropy(head(x, y), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        curve.append(set_accuracy(head, test_emb, test_y, forget, remain, device))
+    acc_f = [c["acc_f"] for c in curve]
+    target = cfg.threshold * original_acc_f if original_acc_f is not None else None
+    reached = _first_at_or_above(acc_f, target) if target is not None else None
+    return {
+        "split": (f"head retrained on train split subset ({len(subset_idx)} images: {cfg.ratio:g} of each forgotten "
+                  "and remaining class); accuracies on test split"),
+        "epochs": list(range(cfg.epochs + 1)),
+        "acc_f": acc_f,
+        "acc_r": [c["acc_r"] for c in curve],
+        "original_acc_f": original_acc_f,
+        "threshold": cfg.threshold,
+        "target_acc_f": target,
+        "recovered_at_epoch": reached,
+        "max_acc_f": max((a for a in acc_f if a is not None), default=None),
+        "final_acc_f": acc_f[-1],
+        "final_acc_r": curve[-1]["acc_r"],
+        "recovered_fraction": (acc_f[-1] / original_acc_f) if original_acc_f and acc_f[-1] is not None else None,
+    }
+
+
+def recovery_summary(rec: dict) -> str:
+    """"epoch k" or "not within N epochs"."""
+    if rec["recovered_at_epoch"] is None:
+        return f"not within {rec['epochs'][-1]} epochs"
+    return f"epoch {rec['recovered_at_epoch']}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 2. Linear probe
+
+
+def linear_probe(train_emb, train_y, test_emb, test_y, forget, remain, cfg: AuditConfig) -> dict:
+    """Logistic regression on standardised embeddings of the train split (all classes); accuracy on the test split."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.probe_c, max_iter=cfg.probe_max_iter))
+    probe.fit(train_emb.numpy(), train_y.numpy())
+    pred = torch.as_tensor(probe.predict(test_emb.numpy()), dtype=torch.long)
+    return {
+        "split": f"probe fit on train split ({len(train_y)} images, all classes); accuracy on test split",
+        "acc_f": _acc(pred, test_y, forget),
+        "acc_r": _acc(pred, test_y, remain),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 3. Membership inference
+
+
+def per_sample_loss(head: nn.Module, emb: torch.Tensor, y: torch.Tensor, device) -> np.ndarray:
+    """CE of the logits the model outputs at test time (no margin) for every sample."""
+    logits = _head_logits(head, emb, device)
+    return F.cross_entropy(logits, y, reduction="none").numpy()
+
+
+def membership_inference(member_losses, nonmember_losses, folds: int = 5, seed: int = 1337) -> dict:
+    """Loss-based attack: logistic regression on the per-sample loss, stratified ``folds``-fold cross-validation, on a
+    balanced set (the larger group subsampled, seeded). Returns out-of-fold accuracy and AUC; 0.5 is chance."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    rng = np.random.default_rng(seed)
+    m, n = np.asarray(member_losses, dtype=np.float64), np.asarray(nonmember_losses, dtype=np.float64)
+    k = min(len(m), len(n))
+    if k < folds:
+        raise GsloraError(f"membership inference needs at least {folds} members and {folds} non-members, got "
+                          f"{len(m)} and {len(n)}; use more data or fewer folds.")
+    m, n = rng.choice(m, k, replace=False), rng.choice(n, k, replace=False)
+    x = np.log1p(np.maximum(np.concatenate([m, n]), 0.0))[:, None]  # log scale: CosFace losses span 0 to > 100
+    y = np.concatenate([np.ones(k), np.zeros(k)])
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    proba = cross_val_predict(LogisticRegression(), x, y, cv=cv, method="predict_proba")[:, 1]
+    return {
+        "accuracy": float(((proba >= 0.5) == y).mean()),
+        "auc": float(roc_auc_score(y, proba)),
+        "members": int(k),
+        "non_members": int(k),
+        "mean_loss_members": float(m.mean()),
+        "mean_loss_non_members": float(n.mean()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# 5. Relearn time
+
+
+def relearn_time(model, data: DataBundle, forget_idx: list[int], forget, remain, original_acc_f,
+                 cfg: AuditConfig, device) -> dict:
+    """Fine-tune a copy of the whole model with CE on the forget subset; stop once forget test accuracy reaches
+    ``relearn_fraction`` × the original's or after ``relearn_epochs``."""
+    from .evaluate import class_counts, set_accuracies
+
+    nc = model.config["num_classes"]
+    work = copy.deepcopy(model).to(device).float().requires_grad_(True)
+    opt = torch.optim.AdamW(work.parameters(), lr=cfg.relearn_lr, weight_decay=0.0)
+    loader = DataLoader(Subset(data.train, forget_idx), batch_size=cfg.relearn_batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(cfg.seed))
+    target = cfg.relearn_fraction * original_acc_f if original_acc_f is not None else None
+
+    def evaluate():
+        return set_accuracies(*class_counts(work, data.test, nc, device, cfg.batch_size),
+                              {"acc_f": forget, "acc_r": remain})
+
+    curve = [evaluate()]
+    reached = 0 if target is not None and curve[0]["acc_f"] is not None and curve[0]["acc_f"] >= target else None
+    epoch = 0
+    while reached is None and epoch < cfg.relearn_epochs:
+        work.train()
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            loss = F.cross_entropy(work(x, y), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        epoch += 1
+        curve.append(evaluate())
+        if target is not None and curve[-1]["acc_f"] is not None and curve[-1]["acc_f"] >= target:
+            reached = epoch
+    return {
+        "split": (f"whole model fine-tuned on train split forget subset ({len(forget_idx)} images); accuracies on "
+                  "test split"),
+        "fraction": cfg.relearn_fraction,
+        "target_acc_f": target,
+        "max_epochs": cfg.relearn_epochs,
+        "relearned_at_epoch": reached,
+        "acc_f": [c["acc_f"] for c in curve],
+        "acc_r": [c["acc_r"] for c in curve],
+    }
+
+
+def relearn_summary(rel: dict | None) -> str:
+    if rel is None:
+        return "-"
+    if rel["relearned_at_epoch"] is None:
+        return f"> {rel['max_epochs']}"
+    return str(rel["relearned_at_epoch"])
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The audit
+
+
+def _audit_one(model, data, forget, remain, cfg, device, original_acc_f=None, recovery_idx=None, forget_idx=None,
+               deep=False) -> dict:
+    """Accuracies, probe and MIA for one model; with ``deep`` also the recovery test and relearn time."""
+    model = model.to(device).eval()
+    train_emb, train_y = embed_dataset(model, data.train, device, cfg.batch_size)
+    test_emb, test_y = embed_dataset(model, data.test, device, cfg.batch_size)
+    out = {
+        "accuracy": {"split": "test", **set_accuracy(model.head, test_emb, test_y, forget, remain, device)},
+        "probe": linear_probe(train_emb, train_y, test_emb, test_y, forget, remain, cfg),
+    }
+    fset = torch.as_tensor(sorted(forget), dtype=torch.long)
+    tr, te = torch.isin(train_y, fset), torch.isin(test_y, fset)
+    mia = membership_inference(per_sample_loss(model.head, train_emb[tr], train_y[tr], device),
+                               per_sample_loss(model.head, test_emb[te], test_y[te], device),
+                               cfg.mia_folds, cfg.seed)
+    out["mia"] = {"split": "members: forgotten classes' train split images; non-members: their test split images",
+                  **mia}
+    if deep:
+        out["recovery"] = recovery_test(model, train_emb, train_y, test_emb, test_y, recovery_idx, forget, remain,
+                                        original_acc_f, cfg, device)
+        out["relearn"] = (relearn_time(model, data, forget_idx, forget, remain, original_acc_f, cfg, device)
+                          if cfg.relearn_epochs > 0 else None)
+    return out
+
+
+def retrain_gap(forgotten: dict, retrained: dict) -> dict:
+    """Absolute gaps (percentage points) of Acc_f, Acc_r, MIA accuracy and probe Acc_f, and their mean."""
+    pairs = {
+        "acc_f": (forgotten["accuracy"]["acc_f"], retrained["accuracy"]["acc_f"]),
+        "acc_r": (forgotten["accuracy"]["acc_r"], retrained["accuracy"]["acc_r"]),
+        "mia": (100 * forgotten["mia"]["accuracy"], 100 * retrained["mia"]["accuracy"]),
+        "probe_acc_f": (forgotten["probe"]["acc_f"], retrained["probe"]["acc_f"]),
+    }
+    gaps = {k: (None if a is None or b is None else abs(a - b)) for k, (a, b) in pairs.items()}
+    known = [v for v in gaps.values() if v is not None]
+    return {"split": "as for each metric (test split; MIA as accuracy in %)", **gaps,
+            "average": sum(known) / len(known) if known else None}
+
+
+def audit(model, original, data: DataBundle, forget, remain, retrained=None, compare: dict | None = None,
+          config: AuditConfig | None = None, progress: bool = False, extra: dict | None = None) -> dict:
+    """Audit ``model`` (forgotten) against ``original``; class ids ``forget`` / ``remain`` index ``data``'s classes.
+
+    ``compare`` maps labels to other forgotten models (e.g. head forgetting) that get the same recovery test.
+    ``retrained`` (a model never taught the forgotten classes) adds the retrain gap. Models are not modified.
+    """
+    from .distributed import resolve_device
+
+    cfg = (config or AuditConfig()).validate()
+    forget, remain = sorted(int(c) for c in forget), sorted(int(c) for c in remain)
+    if not forget or not remain:
+        raise GsloraError("an audit needs at least one forgotten and one remaining class.")
+    if set(forget) & set(remain):
+        raise GsloraError("forgotten and remaining classes overlap; check the run's plan.")
+    device = resolve_device(cfg.device)
+    compare = dict(compare or {})
+    recovery_idx = (select_per_class(data.train.targets, forget, cfg.seed, cfg.ratio)
+                    + select_per_class(data.train.targets, remain, cfg.seed, cfg.ratio))
+    forget_idx = select_per_class(data.train.targets, forget, cfg.seed, cfg.ratio)
+    jobs = [("original", original, False), ("forgotten", model, True)]
+    jobs += [(label, m, True) for label, m in compare.items()]
+    if retrained is not None:
+        jobs.append(("retrained", retrained, False))
+    models: dict[str, dict] = {}
+    start = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc="audit", disable=not progress, leave=False, dynamic_ncols=True)
+    original_acc_f = None
+    for label, m, deep in jobs:
+        bar.set_postfix_str(label)
+        t0 = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            models[label] = _audit_one(copy.deepcopy(m), data, forget, remain, cfg, device, original_acc_f,
+                                       recovery_idx, forget_idx, deep)
+        models[label]["seconds"] = time.perf_counter() - t0
+        if label == "original":
+            original_acc_f = models[label]["accuracy"]["acc_f"]
+        bar.update(1)
+    bar.close()
+    report = {
+        "classes": {"forget": [data.classes[c] for c in forget], "n_forget": len(forget), "n_remain": len(remain)},
+        "data": data.describe(),
+        "config": asdict(cfg),
+        "device": str(device),
+        "models": models,
+        "compare": list(compare),
+        "retrain_gap": retrain_gap(models["forgotten"], models["retrained"]) if retrained is not None else None,
+        "wall_seconds": time.perf_counter() - start,
+        **(extra or {}),
+    }
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Run folders
+
+
+def _load_model(path: Path, what: str):
+    from .models.checkpoint import load_checkpoint
+
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "final.safetensors").is_file():
+            raise GsloraError(f"{what} {path} is a folder without a final model (final.safetensors); pass a finished "
+                              "run folder or a .safetensors checkpoint.")
+        path = path / "final.safetensors"
+    return load_checkpoint(path)
+
+
+def run_classes(results: dict) -> tuple[list[int], list[int]]:
+    """Forgotten class ids (union over all tasks) and remaining ids (the last task's remain set) of a run."""
+    tasks = results.get("plan", {}).get("tasks") or []
+    if not tasks:
+        raise GsloraError("the run's results.json has no task plan; it was not written by `gslora forget`.")
+    forget = sorted({int(c) for t in tasks for c in t["forget"]})
+    return forget, sorted(int(c) for c in tasks[-1]["remain"])
+
+
+def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original: str | Path | None = None,
+              compare: dict | None = None, config: AuditConfig | None = None, data: DataBundle | None = None,
+              out_dir: str | Path | None = None, write: bool = True, progress: bool = False) -> dict:
+    """Audit the final model of a finished run folder; write ``audit.json``, ``audit.md`` and plots to ``out_dir``
+    (default ``RUN/audit``) when ``write``.
+
+    ``original`` defaults to the run's recorded source checkpoint; ``data`` defaults to reloading the run's data spec
+    and seed; ``compare`` maps labels to run folders, checkpoints or models (e.g. a head-forgetting run).
+    """
+    from .data import load_data
+    from .forget import check_data_matches
+
+    run = Path(run_dir)
+    results_path = run / "results.json"
+    if not results_path.is_file():
+        raise GsloraError(f"{run} is not a finished run folder (no results.json); pass the --out folder of a "
+                          "`gslora forget` run.")
+    if not (run / "final.safetensors").is_file():
+        raise GsloraError(f"run folder {run} has no final model (final.safetensors); the run was interrupted or its "
+                          "model was removed, so there is nothing to audit; rerun `gslora forget`.")
+    try:
+        results = json.loads(results_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise GsloraError(f"{results_path} is not valid JSON ({e}).") from None
+    model, meta = _load_model(run / "final.safetensors", "run")
+    src = original or results.get("source_checkpoint")
+    if not src:
+        raise GsloraError(f"run {run} does not record its source checkpoint; pass the original model with --original.")
+    if not Path(src).with_suffix(".safetensors").is_file() and not Path(src).is_file():
+        raise GsloraError(f"the original model {src} of run {run} is gone; pass it with --original.")
+    orig, orig_meta = _load_model(Path(src), "original model")
+    classes = meta["classes"]
+    if orig_meta["classes"] != classes:
+        raise GsloraError(f"the original model {src} has other classes than the run's final model; pass the "
+                          "checkpoint the run started from with --original.")
+    rcfg = results.get("config", {})
+    if data is None:
+        data = load_data(rcfg.get("data", "faces"), image_size=model.image_size, seed=rcfg.get("seed", 1337),
+                         split_ratio=rcfg.get("split_ratio", 0.7), val_ratio=rcfg.get("val_ratio", 0.1))
+    check_data_matches(classes, data)
+    forget, remain = run_classes(results)
+    retrained_model = None
+    if retrained is not None:
+        retrained_model, rmeta = _load_model(Path(retrained), "retrained model")
+        if rmeta["classes"] != classes:
+            raise GsloraError(f"the retrained model {retrained} has other classes than the run's model; it must keep "
+                              "the same class list (and simply never have been trained on the forgotten ones).")
+    others = {}
+    for label, m in (compare or {}).items():
+        if isinstance(m, nn.Module):
+            others[label] = m
+        else:
+            others[label], cmeta = _load_model(Path(m), f"comparison model {label!r}")
+            if cmeta["classes"] != classes:
+                raise GsloraError(f"comparison model {m} has other classes than the run's model.")
+    method = (results.get("method") or {}).get("method", "forgotten")
+    extra = {"run": str(run.resolve()), "method": method, "original_checkpoint": str(src),
+             "retrained_checkpoint": str(retrained) if retrained is not None else None}
+    report = audit(model, orig, data, forget, remain, retrained=retrained_model, compare=others, config=config,
+                   progress=progress, extra=extra)
+    if write:
+        write_audit(Path(out_dir) if out_dir is not None else run / "audit", report)
+    return report
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Tables and plots
+
+
+def _label(report: dict, key: str) -> str:
+    return f"{report.get('method', 'forgotten')} (audited)" if key == "forgotten" else key
+
+
+def audit_tables(report: dict) -> dict[str, str]:
+    """Markdown tables: ``evidence`` (accuracy, probe, MIA per model), ``recovery`` and, with a retrained model,
+    ``gap``."""
+    models = report["models"]
+    rows = [["Model", "Acc_f (test)", "Acc_r (test)", "Probe Acc_f (test)", "Probe Acc_r (test)",
+             "MIA acc (forget train vs test)", "MIA AUC"]]
+    for key, m in models.items():
+        rows.append([_label(report, key), fmt(m["accuracy"]["acc_f"]), fmt(m["accuracy"]["acc_r"]),
+                     fmt(m["probe"]["acc_f"]), fmt(m["probe"]["acc_r"]), fmt(m["mia"]["accuracy"], 3),
+                     fmt(m["mia"]["auc"], 3)])
+    tables = {"evidence": _markdown(rows)}
+    cfg = report["config"]
+    orig_f = models["original"]["accuracy"]["acc_f"]
+    rows = [["Model", "Acc_f epoch 0", f"Acc_f epoch {cfg['epochs']}", "max Acc_f", f"% of original ({fmt(orig_f)})",
+             f"Acc_r epoch {cfg['epochs']}", f"reaches {cfg['threshold']:.0%} of original Acc_f",
+             f"relearn epochs (whole model, to {cfg['relearn_fraction']:.0%})"]]
+    for key, m in models.items():
+        rec = m.get("recovery")
+        if rec is None:
+            continue
+        frac = rec["recovered_fraction"]
+        rows.append([_label(report, key), fmt(rec["acc_f"][0]), fmt(rec["final_acc_f"]), fmt(rec["max_acc_f"]),
+                     "-" if frac is None else f"{100 * frac:.0f}%", fmt(rec["final_acc_r"]), recovery_summary(rec),
+                     relearn_summary(m.get("relearn"))])
+    tables["recovery"] = _markdown(rows)
+    gap = report.get("retrain_gap")
+    if gap:
+        tables["gap"] = _markdown([["|ΔAcc_f|", "|ΔAcc_r|", "|ΔMIA| (acc, %)", "|ΔProbe Acc_f|", "average"],
+                                   [fmt(gap["acc_f"]), fmt(gap["acc_r"]), fmt(gap["mia"]), fmt(gap["probe_acc_f"]),
+                                    fmt(gap["average"])]])
+    return tables
+
+
+def audit_markdown(report: dict) -> str:
+    t = audit_tables(report)
+    cfg, d = report["config"], report["data"]
+    parts = [
+        f"# Forgetting audit: {report.get('method', 'model')} on {d['name']}",
+        "",
+        f"{report['classes']['n_forget']} forgotten and {report['classes']['n_remain']} remaining classes; splits: "
+        f"train {d['train']}, test {d['test']} images. Device {report['device']}, {report['wall_seconds']:.1f} s.",
+        "",
+        "## Accuracy, linear probe, membership inference",
+        "",
+        "Accuracies in % on the test split, top-1 over all classes. Probe: logistic regression on the frozen "
+        "penultimate features of the train split (all classes), scored on the test split. MIA: loss-based attack "
+        f"({cfg['mia_folds']}-fold cross-validated logistic regression on the per-sample loss, balanced) telling the "
+        "forgotten classes' train split images from their test split images; 0.5 = no membership signal.",
+        "",
+        t["evidence"],
+        "",
+        "## Recovery test (paper Fig. 6)",
+        "",
+        f"Backbone frozen, head retrained for {cfg['epochs']} epochs (AdamW lr {cfg['recovery_lr']:g}, CE with the "
+        f"training margin) on {cfg['ratio']:g} of each forgotten and remaining class's train split images; accuracies "
+        f"on the test split. Relearn: the whole model fine-tuned (AdamW lr {cfg['relearn_lr']:g}) on {cfg['ratio']:g} "
+        f"of the forgotten classes' train split images, at most {cfg['relearn_epochs']} epochs.",
+        "",
+        t["recovery"],
+        "",
+    ]
+    if "gap" in t:
+        parts += ["## Gap to the retrained model", "", "Absolute differences in percentage points (lower is better).",
+                  "", t["gap"], ""]
+    return "\n".join(parts)
+
+
+def plot_recovery(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    orig = report["models"]["original"]["accuracy"]
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    ax.axhline(orig["acc_f"], color="grey", ls=":", label="original Acc_f")
+    deep = [(k, m) for k, m in report["models"].items() if m.get("recovery")]
+    for i, (key, m) in enumerate(deep):
+        rec, c = m["recovery"], colors[(i + 1) % len(colors)]
+        ax.plot(rec["epochs"], rec["acc_f"], "o-", ms=3, color=c, label=f"{_label(report, key)}: forgotten")
+        ax.plot(rec["epochs"], rec["acc_r"], "--", color=c, alpha=0.7, label=f"{_label(report, key)}: remaining")
+    ax.set_xlabel("epoch of head retraining (backbone frozen)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"Recovery test on {report['data']['name']}")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
+def plot_probe_mia(report: dict, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = list(report["models"])
+    labels = [_label(report, k).replace(" (audited)", "") for k in keys]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    a1.bar(labels, [report["models"][k]["probe"]["acc_f"] or 0 for k in keys], color="tab:purple")
+    a1.set_ylabel("probe accuracy on forgotten classes (%)")
+    a1.set_ylim(0, 102)
+    a1.set_title("Linear probe (fit: train, score: test)")
+    a2.bar(labels, [report["models"][k]["mia"]["auc"] for k in keys], color="tab:orange")
+    a2.axhline(0.5, color="grey", ls=":", label="chance")
+    a2.set_ylim(0, 1)
+    a2.set_ylabel("MIA AUC")
+    a2.set_title("Membership inference (forgotten classes)")
+    a2.legend(fontsize=7)
+    for a in (a1, a2):
+        a.tick_params(axis="x", labelrotation=20, labelsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+    return path
+
+
+def write_audit(out_dir: Path, report: dict) -> Path:
+    """Plots and ``audit.md`` first, ``audit.json`` last (its presence marks a finished audit)."""
+    out_dir = Path(out_dir)
+    (out_dir / "audit.json").unlink(missing_ok=True)
+    report["plots"] = [str(p.relative_to(out_dir)) for p in (plot_recovery(report, out_dir / "recovery.png"),
+                                                              plot_probe_mia(report, out_dir / "probe_mia.png"))]
+    atomic_write_text(out_dir / "audit.md", audit_markdown(report))
+    atomic_write_json(out_dir / "audit.json", report)
+    return out_dir
