@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from PIL import Image
 
 from gslora.data.faces import bundled_faces
 from gslora.models import create_model, save_checkpoint
@@ -45,3 +46,20 @@ def micro_stats(_micro_pretrained):
 @pytest.fixture()
 def micro_checkpoint(tmp_path, micro_model, micro_data):
     return save_checkpoint(micro_model, tmp_path / "micro.safetensors", micro_data.classes)
+
+
+@pytest.fixture()
+def micro_folder(tmp_path, micro_data):
+    """The micro data written as an image folder with train/ and test/ (a few images per class)."""
+    root = tmp_path / "faces"
+    for split, ds, per_class in (("train", micro_data.train, 6), ("test", micro_data.test, 3)):
+        seen = {}
+        for i, t in enumerate(ds.targets):
+            if seen.get(t, 0) >= per_class:
+                continue
+            seen[t] = seen.get(t, 0) + 1
+            img = (ds[i][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+            d = root / split / ds.classes[t]
+            d.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(img).save(d / f"{i}.png")
+    return root

@@ -3,29 +3,10 @@
 import json
 
 import pytest
-import torch
-from PIL import Image
 
 from gslora import RunConfig, run_forgetting
 from gslora.cli import main
 from gslora.models import create_model, save_checkpoint
-
-
-@pytest.fixture()
-def folder(tmp_path, micro_data):
-    """The micro data written as an image folder with train/ and test/ (a few images per class)."""
-    root = tmp_path / "faces"
-    for split, ds, per_class in (("train", micro_data.train, 6), ("test", micro_data.test, 3)):
-        seen = {}
-        for i, t in enumerate(ds.targets):
-            if seen.get(t, 0) >= per_class:
-                continue
-            seen[t] = seen.get(t, 0) + 1
-            img = (ds[i][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-            d = root / split / ds.classes[t]
-            d.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(img).save(d / f"{i}.png")
-    return root
 
 
 def run(capsys, *argv):
@@ -43,15 +24,15 @@ def assert_no_results(out):
     assert not any((out / f).exists() for f in ("results.json", "results.csv", "results.md"))
 
 
-def test_happy_path_then_finished_run_is_protected(capsys, tmp_path, micro_checkpoint, folder):
+def test_happy_path_then_finished_run_is_protected(capsys, tmp_path, micro_checkpoint, micro_folder):
     out = tmp_path / "run"
-    code, err = run(capsys, *forget_args(micro_checkpoint, folder, out, "--tasks", "lfw001,lfw002"))
+    code, err = run(capsys, *forget_args(micro_checkpoint, micro_folder, out, "--tasks", "lfw001,lfw002"))
     assert code == 0, err
     results = json.loads((out / "results.json").read_text())
     assert results["tasks"][0]["forget"] == ["lfw001", "lfw002"]
-    code, err = run(capsys, *forget_args(micro_checkpoint, folder, out, "--tasks", "1x2"))
+    code, err = run(capsys, *forget_args(micro_checkpoint, micro_folder, out, "--tasks", "1x2"))
     assert code == 2 and "already holds a finished run" in err and "--overwrite" in err
-    code, err = run(capsys, *forget_args(micro_checkpoint, folder, out, "--tasks", "1x2", "--overwrite"))
+    code, err = run(capsys, *forget_args(micro_checkpoint, micro_folder, out, "--tasks", "1x2", "--overwrite"))
     assert code == 0, err
     assert json.loads((out / "results.json").read_text())["tasks"][0]["setting"] == "20-2"
 
@@ -76,28 +57,29 @@ def test_happy_path_then_finished_run_is_protected(capsys, tmp_path, micro_check
         (["--device", "tpu"], "device must be"),
     ],
 )
-def test_bad_run_input(capsys, tmp_path, micro_checkpoint, folder, extra, message):
+def test_bad_run_input(capsys, tmp_path, micro_checkpoint, micro_folder, extra, message):
     out = tmp_path / "run"
-    code, err = run(capsys, *forget_args(micro_checkpoint, folder, out, *extra))
+    code, err = run(capsys, *forget_args(micro_checkpoint, micro_folder, out, *extra))
     assert code == 2
     assert message in err, err
     assert err.startswith("gslora: error: ") and err.count("\n") == 1
     assert_no_results(out)
 
 
-def test_bad_yaml(capsys, tmp_path, micro_checkpoint, folder):
+def test_bad_yaml(capsys, tmp_path, micro_checkpoint, micro_folder):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("epochs: 2\nbatchsize: 8\n")
-    code, err = run(capsys, *forget_args(micro_checkpoint, folder, tmp_path / "run", "--config", str(cfg)))
+    code, err = run(capsys, *forget_args(micro_checkpoint, micro_folder, tmp_path / "run", "--config", str(cfg)))
     assert code == 2 and "unknown key 'batchsize'" in err and "batch_size" in err
     cfg.write_text("epochs: [1, 2\n")
-    code, err = run(capsys, *forget_args(micro_checkpoint, folder, tmp_path / "run", "--config", str(cfg)))
+    code, err = run(capsys, *forget_args(micro_checkpoint, micro_folder, tmp_path / "run", "--config", str(cfg)))
     assert code == 2 and "not valid YAML" in err
-    code, err = run(capsys, *forget_args(micro_checkpoint, folder, tmp_path / "run", "--config", str(tmp_path / "x")))
+    code, err = run(capsys, *forget_args(micro_checkpoint, micro_folder, tmp_path / "run", "--config",
+                                         str(tmp_path / "x")))
     assert code == 2 and "does not exist" in err
 
 
-def test_bad_data(capsys, tmp_path, micro_checkpoint, folder):
+def test_bad_data(capsys, tmp_path, micro_checkpoint, micro_folder):
     empty = tmp_path / "empty"
     empty.mkdir()
     code, err = run(capsys, *forget_args(micro_checkpoint, empty, tmp_path / "r1"))
@@ -105,9 +87,9 @@ def test_bad_data(capsys, tmp_path, micro_checkpoint, folder):
     (empty / "someone").mkdir()
     code, err = run(capsys, *forget_args(micro_checkpoint, empty, tmp_path / "r2"))
     assert code == 2 and "holds no image files" in err
-    bad = folder / "train" / "lfw004" / "broken.png"
+    bad = micro_folder / "train" / "lfw004" / "broken.png"
     bad.write_bytes(b"not an image at all")
-    code, err = run(capsys, *forget_args(micro_checkpoint, folder, tmp_path / "r3"))
+    code, err = run(capsys, *forget_args(micro_checkpoint, micro_folder, tmp_path / "r3"))
     assert code == 2 and "cannot read image" in err and "broken.png" in err
     code, err = run(capsys, *forget_args(micro_checkpoint, tmp_path / "nowhere", tmp_path / "r4"))
     assert code == 2 and "neither 'faces'" in err
@@ -115,12 +97,12 @@ def test_bad_data(capsys, tmp_path, micro_checkpoint, folder):
         assert_no_results(tmp_path / out)
 
 
-def test_checkpoint_mismatch(capsys, tmp_path, folder):
+def test_checkpoint_mismatch(capsys, tmp_path, micro_folder):
     other = create_model("vit_face_micro", 7)  # 7 classes; the folder has 20
     ckpt = save_checkpoint(other, tmp_path / "seven.safetensors", [f"c{i}" for i in range(7)])
-    code, err = run(capsys, *forget_args(ckpt, folder, tmp_path / "run"))
+    code, err = run(capsys, *forget_args(ckpt, micro_folder, tmp_path / "run"))
     assert code == 2 and "the data has 20 classes but the model has 7" in err
-    code, err = run(capsys, *forget_args(tmp_path / "missing.safetensors", folder, tmp_path / "run"))
+    code, err = run(capsys, *forget_args(tmp_path / "missing.safetensors", micro_folder, tmp_path / "run"))
     assert code == 2 and "does not exist" in err
     assert_no_results(tmp_path / "run")
 
@@ -142,3 +124,17 @@ def test_run_failing_midway_leaves_no_results(tmp_path, micro_model, micro_data,
                        out_dir=out)
     assert_no_results(out)
     assert not (out / "final.safetensors").exists()
+
+
+def test_evaluate_reports_forgotten_and_remaining_accuracy(capsys, tmp_path, micro_checkpoint, micro_folder):
+    out = tmp_path / "run"
+    assert main(forget_args(micro_checkpoint, micro_folder, out, "--tasks", "lfw001,lfw002,lfw003")) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--checkpoint", str(out / "final.safetensors"), "--data", str(micro_folder),
+                 "--classes", "lfw001,lfw002", "--json", "--device", "cpu"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["forgotten (history)"]["classes"] == 3 and report["remaining (history)"]["classes"] == 17
+    assert report["set 1"]["classes"] == 2
+    assert all(0 <= r["accuracy"] <= 100 for r in report.values())
+    assert main(["evaluate", "--checkpoint", str(out / "final.safetensors"), "--data", str(micro_folder),
+                 "--classes", "nobody"]) == 2
