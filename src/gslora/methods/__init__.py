@@ -4,10 +4,17 @@ from __future__ import annotations
 
 from ..errors import GsloraError
 from .base import Method, StepState, TaskContext, method_defaults
+from .distillation import DER, FDR, DERpp, LwF
 from .gslora import GSLoRA
+from .lirf import LIRF
+from .regularization import EWC, L2, MAS
+from .retrain import HeadForgetting, Retrain
+from .scrub import SCRUB, SCRUBS
+from .ssd import SSD
 
 METHODS: dict[str, type[Method]] = {
-    "gslora": GSLoRA,
+    cls.name: cls
+    for cls in (GSLoRA, L2, EWC, MAS, LwF, DER, DERpp, FDR, SCRUB, SCRUBS, LIRF, Retrain, HeadForgetting, SSD)
 }
 
 

@@ -1,0 +1,151 @@
+"""Pieces the baselines share (SPEC §7): relabelling of forget samples, distillation, parameter importances, a replay
+stream, and the base class of every method that fine-tunes the whole backbone with the head frozen."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .base import Method, TaskContext
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Relabelling
+
+
+def random_wrong_labels(labels: torch.Tensor, remain_classes, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A random label per sample drawn uniformly from ``remain_classes``.
+
+    Forget samples never belong to a remaining class, so every drawn label is wrong (the authors drew from all K
+    classes, which sometimes gave a forget sample its own label back; SPEC §7 asks for the remaining classes)."""
+    pool = torch.as_tensor(list(remain_classes), dtype=torch.long)
+    if pool.numel() == 0:
+        raise ValueError("relabelling needs at least one remaining class")
+    idx = torch.randint(pool.numel(), labels.shape, generator=generator)
+    return pool[idx].to(labels.device)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Distillation
+
+
+def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton's distillation term: T² · KL(softmax(teacher/T) ‖ softmax(student/T)), mean over the batch.
+
+    Computed in float32 from log-probabilities, so it stays finite with CosFace's large logits (s = 64)."""
+    t = float(temperature)
+    log_s = F.log_softmax(student_logits.float() / t, dim=-1)
+    log_t = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * t * t
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Parameter importances (EWC, MAS, SSD)
+
+IMPORTANCE_KINDS = ("fisher", "mas")
+
+
+def parameter_importance(model: nn.Module, batches: Iterable, kind: str, names: Iterable[str] | None = None,
+                         device=None) -> dict[str, torch.Tensor]:
+    """Per-parameter importance, averaged over ``batches`` of (x, y):
+
+    - ``fisher`` (EWC, SSD): mean over batches of the squared gradient of CE(model(x, y), y), the diagonal empirical
+      Fisher information;
+    - ``mas``: mean over batches of |gradient of the batch-mean squared L2 norm of the logits model(x)| (Aljundi
+      et al.).
+
+    ``names``: the parameters to score (default: those that require grad). Batches of one sample give the per-sample
+    definition. The model is scored in eval mode; its requires_grad flags and mode are restored afterwards.
+    """
+    if kind not in IMPORTANCE_KINDS:
+        raise ValueError(f"importance kind must be one of {IMPORTANCE_KINDS}, got {kind!r}")
+    named = dict(model.named_parameters())
+    names = [n for n, p in named.items() if p.requires_grad] if names is None else list(names)
+    params = [named[n] for n in names]
+    flags = [p.requires_grad for p in params]
+    was_training = model.training
+    model.eval()
+    scores = [torch.zeros_like(p, dtype=torch.float32) for p in params]
+    count = 0
+    try:
+        for p in params:
+            p.requires_grad_(True)
+        for x, y in batches:
+            if device is not None:
+                x, y = x.to(device), y.to(device)
+            if kind == "fisher":
+                objective = F.cross_entropy(model(x, y).float(), y)
+            else:
+                objective = model(x).float().pow(2).sum(-1).mean()
+            grads = torch.autograd.grad(objective, params, allow_unused=True)
+            for s, g in zip(scores, grads):
+                if g is not None:
+                    s += g.float().pow(2) if kind == "fisher" else g.float().abs()
+            count += 1
+    finally:
+        for p, f in zip(params, flags):
+            p.requires_grad_(f)
+        model.train(was_training)
+    return {n: s / max(count, 1) for n, s in zip(names, scores)}
+
+
+def batches_of(dataset: Dataset, batch_size: int) -> DataLoader:
+    """Deterministic (unshuffled) batches of a dataset."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+class ReplayStream:
+    """An endless, seeded, shuffled stream of batches of a dataset (DER++'s second replay batch)."""
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, device):
+        self.loader = DataLoader(dataset, batch_size=batch_size, shuffle=True,
+                                 generator=torch.Generator().manual_seed(seed))
+        self.device = device
+        self._it: Iterator | None = None
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._it is None:
+            self._it = iter(self.loader)
+        try:
+            x, y = next(self._it)
+        except StopIteration:
+            self._it = iter(self.loader)
+            x, y = next(self._it)
+        return x.to(self.device), y.to(self.device)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Base class of the baselines
+
+
+class BackboneFinetune(Method):
+    """Fine-tune the whole backbone, head frozen (SPEC §7). Keeps the task's remaining classes and a seeded generator
+    for relabelling; subclasses write ``loss``."""
+
+    def prepare(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
+        model.requires_grad_(False)
+        model.backbone.requires_grad_(True)
+        self.remain_classes = tuple(ctx.task.remain)
+        self.generator = torch.Generator().manual_seed(ctx.config.seed + 7919 * ctx.task.index)
+        self.teacher = ctx.original_model
+        return model
+
+    def relabel(self, labels: torch.Tensor) -> torch.Tensor:
+        return random_wrong_labels(labels, self.remain_classes, self.generator)
+
+    def relabelled_forget_ce(self, model: nn.Module, forget) -> torch.Tensor:
+        """CE of the forget batch against random wrong labels (margin applied with those labels, as in training)."""
+        x_f, y_f = forget
+        wrong = self.relabel(y_f)
+        return F.cross_entropy(model(x_f, wrong), wrong)
+
+    def info(self) -> dict:
+        return {}
+
+    def finish(self, model: nn.Module, ctx: TaskContext):
+        model.requires_grad_(False)
+        self.teacher = None
+        return model, self.info()
