@@ -282,9 +282,10 @@ def relearn_time(model, data: DataBundle, forget_idx: list[int], forget, remain,
 def relearn_summary(rel: dict | None) -> str:
     if rel is None:
         return "-"
+    best = max((a for a in rel["acc_f"] if a is not None), default=None)
     if rel["relearned_at_epoch"] is None:
-        return f"> {rel['max_epochs']}"
-    return str(rel["relearned_at_epoch"])
+        return f"> {rel['max_epochs']} (max Acc_f {fmt(best)})"
+    return f"{rel['relearned_at_epoch']} (max Acc_f {fmt(best)})"
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -497,7 +498,7 @@ def audit_tables(report: dict) -> dict[str, str]:
     orig_f = models["original"]["accuracy"]["acc_f"]
     rows = [["Model", "Acc_f epoch 0", f"Acc_f epoch {cfg['epochs']}", "max Acc_f", f"% of original ({fmt(orig_f)})",
              f"Acc_r epoch {cfg['epochs']}", f"reaches {cfg['threshold']:.0%} of original Acc_f",
-             f"relearn epochs (whole model, to {cfg['relearn_fraction']:.0%})"]]
+             f"relearn epochs to {cfg['relearn_fraction']:.0%} of original (whole model)"]]
     for key, m in models.items():
         rec = m.get("recovery")
         if rec is None:
@@ -509,7 +510,7 @@ def audit_tables(report: dict) -> dict[str, str]:
     tables["recovery"] = _markdown(rows)
     gap = report.get("retrain_gap")
     if gap:
-        tables["gap"] = _markdown([["|ΔAcc_f|", "|ΔAcc_r|", "|ΔMIA| (acc, %)", "|ΔProbe Acc_f|", "average"],
+        tables["gap"] = _markdown([["ΔAcc_f", "ΔAcc_r", "ΔMIA (acc, %)", "ΔProbe Acc_f", "average"],
                                    [fmt(gap["acc_f"]), fmt(gap["acc_r"]), fmt(gap["mia"]), fmt(gap["probe_acc_f"]),
                                     fmt(gap["average"])]])
     return tables
@@ -544,8 +545,9 @@ def audit_markdown(report: dict) -> str:
         "",
     ]
     if "gap" in t:
-        parts += ["## Gap to the retrained model", "", "Absolute differences in percentage points (lower is better).",
-                  "", t["gap"], ""]
+        parts += ["## Gap to the retrained model", "",
+                  "Absolute differences to the retrained model in percentage points (lower is better).", "",
+                  t["gap"], ""]
     return "\n".join(parts)
 
 
@@ -564,6 +566,9 @@ def plot_recovery(report: dict, path: Path) -> Path:
         rec, c = m["recovery"], colors[(i + 1) % len(colors)]
         ax.plot(rec["epochs"], rec["acc_f"], "o-", ms=3, color=c, label=f"{_label(report, key)}: forgotten")
         ax.plot(rec["epochs"], rec["acc_r"], "--", color=c, alpha=0.7, label=f"{_label(report, key)}: remaining")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch of head retraining (backbone frozen)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(-2, 102)
