@@ -184,6 +184,41 @@ def cmd_audit(args) -> int:
     return 0
 
 
+def cmd_benchmark(args) -> int:
+    from .benchmark import comparison_markdown_table, run_benchmark
+    from .data import load_data
+    from .models import load_checkpoint
+
+    base = merge_overrides(read_yaml(args.config) if args.config else {}, args.overrides)
+    base.update({k: v for k, v in {"epochs": args.epochs, "seed": args.seed, "device": args.device}.items()
+                 if v is not None})
+    method_args: dict = {}
+    for item in args.method_overrides or []:
+        key, sep, value = item.partition("=")
+        name, dot, arg = key.partition(".")
+        if not (sep and dot and name and arg):
+            raise GsloraError(f"--method-set {item!r} must look like METHOD.KEY=VALUE (e.g. ewc.lam=5).")
+        method_args.setdefault(name.strip(), {}).update(merge_overrides({}, [f"{arg.strip()}={value}"]))
+    model, meta = load_checkpoint(args.checkpoint)
+    seed = base.get("seed", 1337)
+    data = load_data(args.data, image_size=model.image_size, seed=seed, split_ratio=base.get("split_ratio", 0.7),
+                     val_ratio=base.get("val_ratio", 0.1))
+
+    def done(entry):
+        state = "ok" if entry["status"] == "ok" else f"FAILED ({entry['error']})"
+        print(f"  {entry['method']:<8} {state}  {entry['wall_seconds']:.1f} s", flush=True)
+
+    print(f"benchmark ({args.setting}) on {data.name}: {args.methods}")
+    comparison = run_benchmark(model, meta["classes"], data, args.setting, args.methods, base_config=base,
+                               method_args=method_args, out_dir=args.out, overwrite=args.overwrite,
+                               progress=not args.no_progress, on_method_done=done,
+                               source_checkpoint=args.checkpoint)
+    print()
+    print(comparison_markdown_table(comparison))
+    print(f"\nbenchmark folder: {args.out}  (comparison.md, comparison.csv, comparison.json, plots/h_mean.png)")
+    return 0 if any(e["status"] == "ok" for e in comparison["methods"]) else 1
+
+
 def cmd_list(args) -> int:
     from dataclasses import fields
 
@@ -259,6 +294,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_audit)
+
+    p = sub.add_parser("benchmark", help="compare forgetting methods from one checkpoint (the paper's tables)")
+    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint written by gslora")
+    p.add_argument("--data", required=True, help="'faces' or an image folder (the data the model was trained on)")
+    p.add_argument("--setting", required=True, choices=["continual", "single"],
+                   help="continual: 4 tasks x 20%% of the classes; single: C-Y for Y = 5, 10, 50, 90%% of the classes")
+    p.add_argument("--methods", default="all", help="'all' or a comma-separated list (e.g. gslora,ewc,lwf)")
+    p.add_argument("--out", required=True, help="benchmark folder")
+    p.add_argument("--config", help="YAML file with shared run settings (epochs, batch_size, replay_ratio, ...)")
+    p.add_argument("--epochs", type=int, help="epochs per task, for every method")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a shared run setting, e.g. --set replay_ratio=0.2")
+    p.add_argument("--method-set", dest="method_overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="override one method's argument, e.g. --method-set ewc.lam=5")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished benchmark in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("list", help="models, methods and config keys")
     p.set_defaults(func=cmd_list)
