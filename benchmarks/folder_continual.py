@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     cfg = load_run_config(None, args.overrides, data=args.data, tasks=args.tasks, epochs=args.epochs,
                           split_ratio=args.split_ratio)
-    ckpt = out / f"pretrained-{Path(args.data).name}-{args.model}-{args.image_size}px-{args.pretrain_epochs}ep.safetensors"
+    name = f"pretrained-{Path(args.data).name}-{args.model}-{args.image_size}px-{args.pretrain_epochs}ep"
+    ckpt = out / f"{name}.safetensors"
     model = create_model(args.model, 2, img_size=args.image_size)
     data = load_data(args.data, image_size=model.image_size, seed=cfg.seed, split_ratio=cfg.split_ratio,
                      val_ratio=cfg.val_ratio)

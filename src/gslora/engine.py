@@ -65,8 +65,8 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext) -> dict
 
     model.train()
     forget_iter = cycle(forget_loader)  # the forget loader cycles; an epoch is one pass over the remain subset
-    bar = tqdm(total=total, desc=f"task {ctx.task.index}/{ctx.num_tasks}", disable=not (ctx.progress and dist.is_main()),
-               leave=False, dynamic_ncols=True)
+    bar = tqdm(total=total, desc=f"task {ctx.task.index}/{ctx.num_tasks}",
+               disable=not (ctx.progress and dist.is_main()), leave=False, dynamic_ncols=True)
     logs: dict = {}
     start, step = time.perf_counter(), 0
     for epoch in range(cfg.epochs):

@@ -26,7 +26,8 @@ class LoraGroups:
     modules: list[list[nn.Module]]  # per block: the two PEFT LoRA layers
 
 
-def attach_lora(model: nn.Module, rank: int = 8, alpha: float = 8.0, dropout: float = 0.0) -> tuple[PeftModel, LoraGroups]:
+def attach_lora(model: nn.Module, rank: int = 8, alpha: float = 8.0,
+                dropout: float = 0.0) -> tuple[PeftModel, LoraGroups]:
     """Wrap ``model`` with LoRA (B = 0 at start) on both FFN linears of every block; everything else is frozen.
 
     The LoRA scaling is ``alpha / rank`` (the authors used 1/8, i.e. alpha = 1 at rank 8).

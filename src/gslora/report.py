@@ -14,7 +14,7 @@ def fmt(v, digits: int = 1) -> str:
 
 
 def paper_table(results: dict, label: str | None = None) -> str:
-    """The paper's Table 3 layout: a Pre-train row and a method row; per task H, Acc_r, Acc_f (and Acc_o from task 2)."""
+    """The paper's Table 3 layout: a Pre-train row and a method row; per task H, Acc_r, Acc_f (Acc_o from task 2)."""
     rows = results["tasks"]
     header, sub, pre, ours = ["Method"], [""], ["Pre-train"], [label or results["method"]["method"]]
     for r in rows:
@@ -76,7 +76,8 @@ def results_markdown(results: dict) -> str:
     parts = [
         f"# Forgetting run: {results['method']['method']} on {results['data']['name']}",
         "",
-        f"Model `{m['arch']}` ({m['parameters']:,} parameters, {m['num_classes']} classes), device {results['device']}, "
+        f"Model `{m['arch']}` ({m['parameters']:,} parameters, {m['num_classes']} classes), "
+        f"device {results['device']}, "
         f"gslora {results['gslora_version']}, total {results['wall_seconds']:.1f} s. Accuracies in %, test split, "
         "top-1 over all classes; Drop is measured against the model at the start of each task.",
         "",

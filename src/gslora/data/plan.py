@@ -56,7 +56,8 @@ def parse_tasks(spec) -> tuple[int, int] | list[list]:
         tasks = [[c.strip() for c in part.split(",") if c.strip()] for part in spec.split(";")]
         if not tasks or any(not t for t in tasks):
             raise GsloraError(
-                f"tasks {spec!r} must be 'NxK' (N tasks of K classes) or class lists like 'a,b;c,d' (';' between tasks)."
+                f"tasks {spec!r} must be 'NxK' (N tasks of K classes) or class lists like 'a,b;c,d' "
+                "(';' between tasks)."
             )
         return tasks
     if isinstance(spec, list) and spec and all(isinstance(t, list) and t for t in spec):
@@ -102,7 +103,9 @@ def make_plan(class_names: list[str], tasks_spec, seed: int = 1337, class_order:
         for c in fs:
             if c in seen:
                 where = f"tasks {seen[c]} and {i}" if seen[c] != i else f"task {i} twice"
-                raise GsloraError(f"class {class_names[c]!r} is forgotten in {where}; each class may be forgotten once.")
+                raise GsloraError(
+                    f"class {class_names[c]!r} is forgotten in {where}; each class may be forgotten once."
+                )
             seen[c] = i
     if len(seen) >= num_classes:
         raise GsloraError(

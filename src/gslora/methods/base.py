@@ -59,7 +59,8 @@ class Method:
 
     def __init__(self, **overrides):
         defaults = method_defaults(self.name).get("args", {}) if self.Args is not None else {}
-        self.args = from_dict(self.Args, {**defaults, **overrides}, where=f"method_args ({self.name})") if self.Args else None
+        where = f"method_args ({self.name})"
+        self.args = from_dict(self.Args, {**defaults, **overrides}, where=where) if self.Args else None
         validate = getattr(self.args, "validate", None)
         if validate:
             validate()

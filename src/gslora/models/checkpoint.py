@@ -53,7 +53,9 @@ def save_checkpoint(model: Classifier, path: str | Path, classes: list[str], his
 def read_sidecar(path: str | Path) -> dict:
     weights, sidecar = _paths(path)
     if not weights.is_file():
-        raise GsloraError(f"checkpoint {weights} does not exist; pass the .safetensors file that `gslora pretrain` wrote.")
+        raise GsloraError(
+            f"checkpoint {weights} does not exist; pass the .safetensors file that `gslora pretrain` wrote."
+        )
     if not sidecar.is_file():
         raise GsloraError(f"checkpoint {weights} has no sidecar {sidecar.name} beside it (model config and classes).")
     try:
