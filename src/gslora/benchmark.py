@@ -110,7 +110,7 @@ def run_benchmark(model, classes: list[str], data: DataBundle, setting: str, met
             for label, tasks in plans:
                 cfg = method_config(name, base, tasks)
                 method = get_method(name, **method_args.get(name, {}))
-                res = run_forgetting(copy.deepcopy(model), classes, data, cfg, method=method)
+                res = run_forgetting(copy.deepcopy(model), classes, data, cfg, method=method, progress=progress)
                 entry["runs"].append({"label": label, "tasks_spec": tasks, "config": to_dict(cfg),
                                       "method": method.describe(), "tasks": res.rows,
                                       "wall_seconds": res.results["wall_seconds"]})
