@@ -10,7 +10,8 @@ def test_pretrained_micro_model_recognises_faces(micro_stats):
 
 
 def test_continual_gslora_forgets_and_retains(micro_model, micro_data, tmp_path):
-    cfg = RunConfig(tasks="2x4", epochs=8, batch_size=16, replay_ratio=0.2, device="cpu")
+    cfg = RunConfig(tasks="2x4", epochs=10, batch_size=16, replay_ratio=0.3, lr=3e-3, device="cpu",
+                    method_args={"lora_alpha": 8.0, "bound": 60.0, "beta": 1.0})
     res = run_forgetting(micro_model, micro_data.classes, micro_data, cfg, out_dir=tmp_path / "run")
     rows = res.rows
     assert len(rows) == 2

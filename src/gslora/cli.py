@@ -143,7 +143,7 @@ def cmd_demo(args) -> int:
     run_data = {**demo["run"], **({"device": args.device} if args.device else {})}
     if args.epochs:
         run_data["epochs"] = args.epochs
-    cfg = from_dict(type(load_run_config()), merge_overrides(run_data, args.overrides), where="demo run").validate()
+    cfg = load_run_config(None, None, **merge_overrides(run_data, args.overrides))
     data = load_data("faces", image_size=create_model(demo["model"], 1).image_size, seed=cfg.seed)
     if ckpt.exists() and not args.retrain:
         print(f"using cached pre-trained model {ckpt}")
