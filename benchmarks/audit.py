@@ -59,6 +59,7 @@ def pretrained(path: Path, data, image_size: int, settings: dict, seed: int, log
 def bench(name: str, args) -> dict:
     from gslora import load_checkpoint, load_data, load_run_config, run_forgetting
     from gslora.audit import AuditConfig, audit_run, audit_tables, run_classes
+    from gslora.config import packaged_yaml
     from gslora.methods import list_methods
 
     spec, size, tasks, settings, split = DATASETS[name]
@@ -68,9 +69,15 @@ def bench(name: str, args) -> dict:
     log = [f"data {data.describe()}"]
     orig_ckpt = pretrained(out / "original", data, size, settings, args.seed, log)
     runs = {}
+    demo = packaged_yaml("demo.yaml")["run"] if args.demo_gslora else None
     for method in ["gslora"] + (["head"] if "head" in list_methods() else []):
+        extra = {}
+        if demo is not None:  # the demo's data budget for every method, its GS-LoRA settings for GS-LoRA
+            extra = {"replay_ratio": demo["replay_ratio"]}
+            if method == "gslora":
+                extra.update(lr=demo["lr"], method_args=demo["method_args"])
         cfg = load_run_config(None, [], data=spec, tasks=tasks, method=method, epochs=args.epochs, split_ratio=split,
-                              seed=args.seed, device="cpu")
+                              seed=args.seed, device="cpu", **extra)
         run_dir = out / f"run-{method}"
         if not (run_dir / "results.json").exists():
             model, meta = load_checkpoint(orig_ckpt)
@@ -105,6 +112,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--no-retrained", action="store_true", help="skip the retrained reference model and the gap")
     p.add_argument("--out", default="runs/bench-audit")
+    p.add_argument("--demo-gslora", action="store_true",
+                   help="GS-LoRA with the demo's settings (configs/demo.yaml: lr, LoRA scaling, BND) and the demo's "
+                        "replay ratio for every method")
     args = p.parse_args(argv)
     torch.set_num_threads(1)  # on a shared 2-core CPU, 2 threads per process oversubscribe and run ~20x slower
     for name in args.datasets:

@@ -49,11 +49,24 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default="runs/baselines")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="a shared run setting for every method, e.g. --set replay_ratio=0.5")
+    p.add_argument("--demo-gslora", action="store_true",
+                   help="run GS-LoRA with the demo's settings (configs/demo.yaml: lr, LoRA scaling, BND)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
     from gslora import load_checkpoint, load_data
     from gslora.benchmark import comparison_markdown_table, run_benchmark
+    from gslora.config import merge_overrides, packaged_yaml
+
+    shared = merge_overrides({"epochs": args.epochs, "seed": args.seed, "device": "cpu", "save_adapters": False},
+                             args.overrides)
+    method_args, method_run = {}, {}
+    if args.demo_gslora and (args.methods == "all" or "gslora" in args.methods.split(",")):
+        demo = packaged_yaml("demo.yaml")["run"]
+        method_args["gslora"] = demo["method_args"]
+        method_run["gslora"] = {"lr": demo["lr"]}
 
     out = Path(args.out)
     for name in [d.strip() for d in args.datasets.split(",") if d.strip()]:
@@ -68,8 +81,7 @@ def main() -> None:
             model, meta = load_checkpoint(ckpt)
             t0 = time.perf_counter()
             comp = run_benchmark(model, meta["classes"], data, setting, args.methods,
-                                 base_config={"epochs": args.epochs, "seed": args.seed, "device": "cpu",
-                                              "save_adapters": False},
+                                 base_config=shared, method_args=method_args, method_run=method_run,
                                  out_dir=out / name / setting, overwrite=True, source_checkpoint=ckpt,
                                  on_method_done=lambda e: print(f"  {e['method']:<8} {e['status']} "
                                                                 f"{e['wall_seconds']:.1f} s", flush=True))

@@ -67,20 +67,22 @@ def parse_methods(spec: str | list[str]) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def method_config(name: str, base: dict, tasks: str) -> RunConfig:
+def method_config(name: str, base: dict, tasks: str, own: dict | None = None) -> RunConfig:
     """The run config of one method: its preferred run settings (configs/methods/<name>.yaml ``run:``) unless the
-    user's ``base`` sets them, then the benchmark's task plan."""
+    user's shared ``base`` sets them, then ``own`` (run settings for this method only), then the task plan."""
     preferred = method_defaults(name).get("run", {})
-    data = {**preferred, **base, "method": name, "tasks": tasks}
+    data = {**preferred, **base, **(own or {}), "method": name, "tasks": tasks}
     return from_dict(RunConfig, data, where=f"benchmark config ({name})").validate()
 
 
 def run_benchmark(model, classes: list[str], data: DataBundle, setting: str, methods: list[str] | str = "all",
                   base_config: dict | None = None, method_args: dict[str, dict] | None = None,
                   out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = False,
-                  on_method_done=None, source_checkpoint: str | Path | None = None) -> dict:
+                  on_method_done=None, source_checkpoint: str | Path | None = None,
+                  method_run: dict[str, dict] | None = None) -> dict:
     """Run every method of ``methods`` on a fresh copy of ``model`` for each run of ``setting``; return (and write
-    to ``out_dir``) the comparison. ``method_args``: per-method overrides of the packaged defaults.
+    to ``out_dir``) the comparison. ``method_args``: per-method overrides of the packaged defaults;
+    ``method_run``: per-method run settings (e.g. ``{"gslora": {"lr": 3e-3}}``) over the shared ``base_config``.
     ``on_method_done(entry)`` is called after each method (the CLI prints progress with it)."""
     names = parse_methods(methods)
     plans = setting_plans(setting, len(classes))
@@ -91,7 +93,8 @@ def run_benchmark(model, classes: list[str], data: DataBundle, setting: str, met
     base.pop("method", None)
     base.pop("tasks", None)
     method_args = dict(method_args or {})
-    unknown = [m for m in method_args if m not in names]
+    method_run = dict(method_run or {})
+    unknown = [m for m in (*method_args, *method_run) if m not in names]
     if unknown:
         raise GsloraError(f"method arguments given for {unknown[0]!r}, which is not benchmarked; benchmarked: "
                           f"{', '.join(names)}.")
@@ -108,7 +111,7 @@ def run_benchmark(model, classes: list[str], data: DataBundle, setting: str, met
         t0 = time.perf_counter()
         try:
             for label, tasks in plans:
-                cfg = method_config(name, base, tasks)
+                cfg = method_config(name, base, tasks, method_run.get(name))
                 method = get_method(name, **method_args.get(name, {}))
                 res = run_forgetting(copy.deepcopy(model), classes, data, cfg, method=method, progress=progress)
                 entry["runs"].append({"label": label, "tasks_spec": tasks, "config": to_dict(cfg),

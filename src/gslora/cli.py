@@ -51,7 +51,7 @@ def cmd_pretrain(args) -> int:
     if weights.exists() and not args.overwrite:
         raise GsloraError(f"{weights} already exists; choose another --out or pass --overwrite.")
     data = load_data(args.data, image_size=_image_size(args.model), seed=cfg.seed)
-    model = create_model(args.model, data.num_classes)
+    model = create_model(args.model, data.num_classes, seed=cfg.seed)
     print(f"pre-training {args.model} on {data.name}: {data.describe()}")
     stats = pretrain(model, data, cfg, progress=not args.no_progress)
     path = save_checkpoint(model, weights, data.classes, extra={"pretrain": {**stats, "data": args.data}})
@@ -150,7 +150,7 @@ def cmd_demo(args) -> int:
     else:
         print(f"pre-training {demo['model']} on the bundled faces ({data.describe()['train']} training views of "
               f"{data.num_classes} photos)...")
-        model = create_model(demo["model"], data.num_classes)
+        model = create_model(demo["model"], data.num_classes, seed=pcfg.seed)
         stats = pretrain(model, data, pcfg, progress=not args.no_progress)
         save_checkpoint(model, ckpt, data.classes, extra={"pretrain": stats})
         print(f"pre-trained: test accuracy {stats['test_acc']:.1f}% in {stats['train_seconds']:.0f} s -> {ckpt}")

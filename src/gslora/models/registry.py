@@ -53,8 +53,15 @@ def list_models() -> list[str]:
     return sorted(MODEL_CONFIGS)
 
 
-def create_model(name: str, num_classes: int, **overrides) -> Classifier:
-    """A fresh, randomly initialised model. ``name`` is a registry name or ``timm:<timm model name>``."""
+def create_model(name: str, num_classes: int, seed: int | None = None, **overrides) -> Classifier:
+    """A fresh, randomly initialised model. ``name`` is a registry name or ``timm:<timm model name>``.
+
+    ``seed`` makes the initialisation reproducible without touching the global random state.
+    """
+    if seed is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return create_model(name, num_classes, **overrides)
     from timm.models.vision_transformer import VisionTransformer
 
     if num_classes < 1:
