@@ -51,3 +51,17 @@ def test_prototype_kl_is_zero_for_identical_and_positive_otherwise():
     assert math.isclose(prototype_kl(q, p).item(), expected, rel_tol=1e-5)
     loss = prototype_loss(q, p, q, p, w_forget=0.5, w_remain=2.0, bound=10.0)
     assert math.isclose(loss.item(), 0.5 * (10.0 - expected) + 2.0 * expected, rel_tol=1e-5)
+
+
+def test_old_forgotten_classes_get_their_own_hinge():
+    from gslora.methods.gslora import GSLoRA
+
+    method = GSLoRA()
+    logits = torch.tensor([[-5.0, 5.0, 0.0], [4.0, 0.0, 0.0], [0.0, 3.0, 1.0]])
+    y = torch.tensor([0, 1, 1])
+    bound = method.args.bound
+    method.old_classes = torch.tensor([], dtype=torch.long)
+    assert torch.isclose(method._forget_term(logits, y), bounded_forget_loss(logits, y, bound))
+    method.old_classes = torch.tensor([0])  # class 0 was forgotten in an earlier task
+    expected = bounded_forget_loss(logits[:1], y[:1], bound) + bounded_forget_loss(logits[1:], y[1:], bound)
+    assert torch.isclose(method._forget_term(logits, y), expected)

@@ -36,7 +36,7 @@ class RunConfig:
     warmup_epochs: int = 0
     replay_ratio: float = 0.1  # fraction of each class's training images available (replay and forget subsets)
     shots: int = 0  # if > 0: k images per class instead of replay_ratio (few-shot forgetting)
-    old_forget_shots: int = 0  # images per earlier-forgotten class kept in the forget batch (0: off)
+    old_forget_shots: int = 0  # images per earlier-forgotten class kept in the forget batch (0: off, the paper)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast; bf16 is meant for GPUs)
     num_workers: int = 0

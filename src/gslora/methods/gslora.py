@@ -51,6 +51,9 @@ class GSLoRA(Method):
         a = self.args
         self.position = ctx.position
         self.beta = float(per_task(a.beta, ctx.position))
+        # earlier-forgotten classes in the forget batch (RunConfig.old_forget_shots) get their own hinge: in one
+        # batch-mean hinge their already-huge CE would saturate the bound and weaken forgetting of the current task
+        self.old_classes = torch.as_tensor(list(ctx.task.old), dtype=torch.long, device=ctx.device)
         self.prototypes = None
         if a.prototype_weight_forget > 0 or a.prototype_weight_remain > 0:
             # computed with the model at the start of the task (the authors' single-step script used a random model)
@@ -65,7 +68,7 @@ class GSLoRA(Method):
         emb = model.embed(torch.cat([x_r, x_f]))  # one forward for both batches
         logits = model.head(emb, torch.cat([y_r, y_f]))
         ce_r = F.cross_entropy(logits[:n_r], y_r)
-        forget_term = bounded_forget_loss(logits[n_r:], y_f, a.bound)
+        forget_term = self._forget_term(logits[n_r:], y_f)
         alpha = a.alpha if state.epoch >= a.alpha_warmup_epochs else 0.0
         structure = group_lasso(self.groups.params)
         total = ce_r + self.beta * forget_term + alpha * structure
@@ -77,6 +80,18 @@ class GSLoRA(Method):
             total = total + pro
             logs["pro"] = float(pro.detach())
         return total, logs
+
+    def _forget_term(self, logits_f: torch.Tensor, y_f: torch.Tensor) -> torch.Tensor:
+        bound = self.args.bound
+        if self.old_classes.numel() == 0:
+            return bounded_forget_loss(logits_f, y_f, bound)
+        is_old = torch.isin(y_f, self.old_classes)
+        if not is_old.any():
+            return bounded_forget_loss(logits_f, y_f, bound)
+        term = bounded_forget_loss(logits_f[is_old], y_f[is_old], bound)
+        if (~is_old).any():
+            term = term + bounded_forget_loss(logits_f[~is_old], y_f[~is_old], bound)
+        return term
 
     def finish(self, model, ctx: TaskContext):
         groups: LoraGroups = self.groups
