@@ -31,7 +31,12 @@ def main(argv=None) -> int:
     p.add_argument("--split-ratio", type=float, default=0.7)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--out", default="runs/bench-folder")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from gslora import GsloraError, load_checkpoint, load_data, load_run_config, run_forgetting
     from gslora.models import create_model, save_checkpoint

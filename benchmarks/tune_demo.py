@@ -39,7 +39,12 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--rows", help="comma-separated row numbers to run (default: all)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
 
     from gslora import RunConfig, load_checkpoint, load_data, run_forgetting
     from gslora.cli import _cache_dir

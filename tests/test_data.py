@@ -94,3 +94,14 @@ def test_folder_test_class_without_train_folder_is_an_error(tmp_path):
         Image.new("RGB", (4, 4)).save(tmp_path / split / c / "x.png")
     with pytest.raises(GsloraError, match="test class 'b'"):
         load_data(str(tmp_path), image_size=4)
+
+
+def test_config_reads_numbers_without_a_dot_and_rejects_words(tmp_path):
+    from gslora.config import load_run_config
+
+    cfg_file = tmp_path / "run.yaml"
+    cfg_file.write_text("lr: 3e-3\nmethod_args:\n  bound: 60\n")
+    cfg = load_run_config(cfg_file, ["min_lr=1e-6"])
+    assert cfg.lr == 0.003 and cfg.min_lr == 1e-6 and cfg.method_args == {"bound": 60}
+    with pytest.raises(GsloraError, match="lr must be a number"):
+        load_run_config(None, ["lr=fast"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import yaml
 from .errors import GsloraError
 
 _PRECISIONS = ("fp32", "bf16")
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 @dataclass
@@ -124,6 +126,8 @@ def _coerce(value, tp, where: str):
         raise GsloraError(f"{where} must be an integer, got {value!r}.")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _NUMBER.match(value.strip()):  # YAML 1.1 reads 3e-3 (no dot) as a string
             return float(value)
         raise GsloraError(f"{where} must be a number, got {value!r}.")
     if tp is str:
