@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 from .data.base import DataBundle
 from .data.plan import select_per_class
 from .errors import GsloraError
-from .io import atomic_write, atomic_write_json, atomic_write_text
-from .report import _markdown, fmt
+from .io import atomic_write_json, atomic_write_text
+from .report import _markdown, fmt, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -574,10 +574,7 @@ def plot_recovery(report: dict, path: Path) -> Path:
     ax.set_ylim(-2, 102)
     ax.set_title(f"Recovery test on {report['data']['name']}")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_probe_mia(report: dict, path: Path) -> Path:
@@ -601,10 +598,7 @@ def plot_probe_mia(report: dict, path: Path) -> Path:
     a2.legend(fontsize=7)
     for a in (a1, a2):
         a.tick_params(axis="x", labelrotation=20, labelsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_audit(out_dir: Path, report: dict) -> Path:

@@ -23,9 +23,9 @@ from .config import RunConfig, from_dict, to_dict
 from .data.base import DataBundle
 from .errors import GsloraError
 from .forget import run_forgetting
-from .io import atomic_write, atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text
 from .methods import get_method, list_methods, method_defaults
-from .report import _markdown, fmt
+from .report import _markdown, fmt, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -270,10 +270,7 @@ def plot_h_mean(comparison: dict, path: Path) -> Path:
     ax.set_title(f"H-Mean per {'setting' if comparison['setting'] == 'single' else 'task'} and method "
                  f"({comparison['data']['name']})")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def write_comparison(out_dir: Path, comparison: dict) -> None:

@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from .io import atomic_write, atomic_write_json, atomic_write_text
+from .io import atomic_write_json, atomic_write_text
 
 
 def fmt(v, digits: int = 1) -> str:
@@ -116,10 +116,7 @@ def plot_accuracies(results: dict, path: Path) -> Path:
     ax.set_ylim(-2, 102)
     ax.set_title(f"{results['method']['method']} on {results['data']['name']}")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_group_norms(results: dict, path: Path) -> Path | None:
@@ -145,10 +142,13 @@ def plot_group_norms(results: dict, path: Path) -> Path | None:
                     color="white" if data[i, j] > data.max() / 2 else "black")
     fig.colorbar(im, ax=ax, label="‖ΔW‖ / ‖W‖ of the block's FFN")
     ax.set_title("LoRA update per block (purple: selected)")
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
+
+
+def save_figure(fig, path: Path) -> Path:
+    """Lay out, write atomically as PNG, and close a matplotlib figure."""
+
+    return save_figure(fig, path)
 
 
 def write_reports(out_dir: Path, results: dict) -> None:
