@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from .io import atomic_write_json, atomic_write_text
+from .io import atomic_write, atomic_write_json, atomic_write_text
 
 
 def fmt(v, digits: int = 1) -> str:
@@ -147,8 +147,12 @@ def plot_group_norms(results: dict, path: Path) -> Path | None:
 
 def save_figure(fig, path: Path) -> Path:
     """Lay out, write atomically as PNG, and close a matplotlib figure."""
+    import matplotlib.pyplot as plt
 
-    return save_figure(fig, path)
+    fig.tight_layout()
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=120))
+    plt.close(fig)
+    return path
 
 
 def write_reports(out_dir: Path, results: dict) -> None:
