@@ -37,7 +37,8 @@ def run_dir(tmp_path_factory, _micro_pretrained, micro_data):
     root = tmp_path_factory.mktemp("audit")
     original = copy.deepcopy(_micro_pretrained[0])
     ckpt = save_checkpoint(original, root / "original.safetensors", micro_data.classes)
-    cfg = RunConfig(tasks="2x4", epochs=8, batch_size=16, replay_ratio=0.2, device="cpu", save_adapters=False)
+    cfg = RunConfig(tasks="2x4", epochs=8, batch_size=16, replay_ratio=0.3, lr=3e-3, device="cpu", save_adapters=False,
+                    method_args={"lora_alpha": 8.0, "bound": 60.0, "beta": 1.0})  # as in test_end_to_end
     run_forgetting(copy.deepcopy(original), micro_data.classes, micro_data, cfg, out_dir=root / "run",
                    source_checkpoint=ckpt)
     return root / "run"
