@@ -146,3 +146,17 @@ def test_seeded_creation_is_reproducible_and_leaves_global_rng_alone():
     c = create_model("vit_face_micro", 3, seed=12)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.head.weight, c.head.weight)
+
+
+def test_any_timm_vit_can_be_the_backbone(tmp_path):
+    model = create_model("timm:vit_tiny_patch16_224", 5, seed=0, img_size=32, patch_size=8).eval()
+    assert model.image_size == 32
+    family, blocks = locate_ffn(model)
+    assert family == "timm" and len(blocks) == 12
+    with torch.no_grad():
+        assert model(torch.rand(2, 3, 32, 32)).shape == (2, 5)
+    path = save_checkpoint(model, tmp_path / "t.safetensors", list("abcde"))
+    loaded, _ = load_checkpoint(path)  # rebuilt from the sidecar's config
+    with torch.no_grad():
+        x = torch.rand(1, 3, 32, 32)
+        assert torch.allclose(loaded.eval()(x), model(x), atol=1e-5)

@@ -76,7 +76,11 @@ def create_model(name: str, num_classes: int, seed: int | None = None, **overrid
             backbone = timm.create_model(name[5:], pretrained=False, num_classes=0, **overrides)
         except RuntimeError as e:
             raise GsloraError(f"timm has no model {name[5:]!r} ({e}).") from None
-        image_size = int(backbone.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        patch_embed_size = getattr(getattr(backbone, "patch_embed", None), "img_size", None)
+        if patch_embed_size is not None:  # the actual input size, including an img_size override
+            image_size = int(patch_embed_size[0] if isinstance(patch_embed_size, (tuple, list)) else patch_embed_size)
+        else:
+            image_size = int(backbone.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
         embed_dim = backbone.num_features
         cfg = {"arch": name, "num_classes": num_classes, "head": head_kind, "overrides": overrides}
     else:
