@@ -38,7 +38,7 @@ def _run_config(args, data: str | None = None):
 def cmd_pretrain(args) -> int:
     from .data import load_data
     from .models import create_model, save_checkpoint
-    from .models.checkpoint import _paths
+    from .models.checkpoint import checkpoint_paths
     from .pretrain import PretrainConfig, pretrain
 
     cfg = from_dict(PretrainConfig, merge_overrides(read_yaml(args.config) if args.config else {}, args.overrides),
@@ -47,7 +47,7 @@ def cmd_pretrain(args) -> int:
         if getattr(args, k) is not None:
             setattr(cfg, k, getattr(args, k))
     cfg.validate()
-    weights, _ = _paths(args.out)
+    weights, _ = checkpoint_paths(args.out)
     if weights.exists() and not args.overwrite:
         raise GsloraError(f"{weights} already exists; choose another --out or pass --overwrite.")
     data = load_data(args.data, image_size=_image_size(args.model), seed=cfg.seed)
@@ -104,15 +104,15 @@ def cmd_evaluate(args) -> int:
     from .forget import check_data_matches
 
     check_data_matches(classes, data)
-    from .data.plan import _class_id
+    from .data.plan import class_id
 
     sets = {"all": list(range(len(classes)))}
-    forgotten = [_class_id(c, classes) for h in meta.get("history", []) for c in h["forgotten"]]
+    forgotten = [class_id(c, classes) for h in meta.get("history", []) for c in h["forgotten"]]
     if forgotten:
         sets["forgotten (history)"] = forgotten
         sets["remaining (history)"] = [c for c in range(len(classes)) if c not in set(forgotten)]
     for i, spec in enumerate(args.classes or []):
-        sets[f"set {i + 1}"] = [_class_id(c.strip(), classes) for c in spec.split(",") if c.strip()]
+        sets[f"set {i + 1}"] = [class_id(c.strip(), classes) for c in spec.split(",") if c.strip()]
     device = resolve_device(args.device or "auto")
     correct, total = class_counts(model.to(device), getattr(data, args.split), len(classes), device)
     report = {name: {"classes": len(c), "accuracy": accuracy(correct, total, c)} for name, c in sets.items()}

@@ -65,7 +65,8 @@ def parse_tasks(spec) -> tuple[int, int] | list[list]:
     raise GsloraError(f"tasks must be 'NxK' or a non-empty list of non-empty class lists, got {spec!r}.")
 
 
-def _class_id(c, class_names: list[str]) -> int:
+def class_id(c, class_names: list[str]) -> int:
+    """A class given by name or id, as an id; an unknown class is a GsloraError listing valid ones."""
     if isinstance(c, str) and c in class_names:
         return class_names.index(c)
     as_int = c if isinstance(c, int) and not isinstance(c, bool) else None
@@ -97,7 +98,7 @@ def make_plan(class_names: list[str], tasks_spec, seed: int = 1337, class_order:
             )
         forget_sets = [order[num_classes - k * (i + 1) : num_classes - k * i] for i in range(n)]
     else:
-        forget_sets = [[_class_id(c, class_names) for c in task] for task in parsed]
+        forget_sets = [[class_id(c, class_names) for c in task] for task in parsed]
     seen: dict[int, int] = {}
     for i, fs in enumerate(forget_sets, start=1):
         for c in fs:

@@ -20,7 +20,8 @@ FORMAT = "gslora-checkpoint"
 VERSION = 1
 
 
-def _paths(path: str | Path) -> tuple[Path, Path]:
+def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
+    """(weights, sidecar) paths for a checkpoint given as NAME, NAME.safetensors or NAME.json."""
     path = Path(path)
     if path.suffix == ".json":
         path = path.with_suffix(".safetensors")
@@ -32,7 +33,7 @@ def _paths(path: str | Path) -> tuple[Path, Path]:
 def save_checkpoint(model: Classifier, path: str | Path, classes: list[str], history: list | None = None,
                     extra: dict | None = None) -> Path:
     """Write weights then sidecar, each atomically. Returns the ``.safetensors`` path."""
-    weights, sidecar = _paths(path)
+    weights, sidecar = checkpoint_paths(path)
     if len(classes) != model.config["num_classes"]:
         raise GsloraError(f"{len(classes)} class names given for a model with {model.config['num_classes']} classes.")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
@@ -51,7 +52,7 @@ def save_checkpoint(model: Classifier, path: str | Path, classes: list[str], his
 
 
 def read_sidecar(path: str | Path) -> dict:
-    weights, sidecar = _paths(path)
+    weights, sidecar = checkpoint_paths(path)
     if not weights.is_file():
         raise GsloraError(
             f"checkpoint {weights} does not exist; pass the .safetensors file that `gslora pretrain` wrote."
@@ -69,7 +70,7 @@ def read_sidecar(path: str | Path) -> dict:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[Classifier, dict]:
     """Rebuild the model from the sidecar and load the weights strictly; mismatches are clear errors."""
-    weights, _ = _paths(path)
+    weights, _ = checkpoint_paths(path)
     meta = read_sidecar(weights)
     model = create_from_config(meta["model"])
     if len(meta.get("classes", [])) != meta["model"]["num_classes"]:
