@@ -141,7 +141,7 @@ def plot_group_norms(results: dict, path: Path) -> Path | None:
             ax.text(j, i, f"{data[i, j]:.3f}", ha="center", va="center", fontsize=7,
                     color="white" if data[i, j] > data.max() / 2 else "black")
     fig.colorbar(im, ax=ax, label="‖ΔW‖ / ‖W‖ of the block's FFN")
-    ax.set_title("LoRA update per block (purple: selected)")
+    ax.set_title("LoRA update per task and block")
     return save_figure(fig, path)
 
 
