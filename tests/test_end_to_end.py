@@ -30,3 +30,14 @@ def test_continual_gslora_forgets_and_retains(micro_model, micro_data, tmp_path)
     model, meta = load_checkpoint(out / "final.safetensors")
     assert [h["task"] for h in meta["history"]] == [1, 2]
     assert sorted(meta["history"][0]["forgotten"]) == sorted(rows[0]["forget"])
+
+
+def test_gslora_plus_plus_prototype_term_runs_and_is_logged(micro_model, micro_data):
+    from gslora.methods import get_method
+
+    method = get_method("gslora", lora_alpha=8.0, bound=60.0, beta=1.0, prototype_weight_forget=0.01,
+                        prototype_bound=18.0)
+    cfg = RunConfig(tasks="1x3", epochs=6, batch_size=16, replay_ratio=0.3, lr=3e-3, device="cpu")
+    res = run_forgetting(micro_model, micro_data.classes, micro_data, cfg, method=method)
+    assert method.prototypes is not None and method.prototypes.shape == (20, 32)
+    assert res.rows[0]["acc_f"] < res.rows[0]["before"]["acc_f"]
