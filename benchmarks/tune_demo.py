@@ -59,8 +59,9 @@ def main(argv=None) -> int:
     data = load_data("faces", image_size=24)
     rows = [int(r) for r in args.rows.split(",")] if args.rows else range(len(GRID))
     print(f"checkpoint {ckpt}\n")
-    print("| # | setting | val Acc_f | val Acc_r (pre) | val ΔAcc_r | test Acc_f | test ΔAcc_r | time (s) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| # | setting | val Acc_f | val Acc_r (pre) | val ΔAcc_r | test Acc_f | test ΔAcc_r | blocks selected | "
+          "max ‖ΔW‖/‖W‖ | time (s) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for i in rows:
         label, run, margs = GRID[i]
         model, _ = load_checkpoint(ckpt)
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
         v = r["val"]
         print(f"| {i} | {label} | {v['acc_f']:.1f} | {v['acc_r']:.1f} ({v['pretrained']['acc_r']:.1f}) | "
               f"{v['acc_r_change_vs_pretrained']:+.1f} | {r['acc_f']:.1f} | {r['acc_r_change_vs_pretrained']:+.1f} | "
+              f"{len(r['selected_blocks'])}/{len(r['group_norms'])} | {max(r['relative_delta_norms']):.2f} | "
               f"{time.perf_counter() - t0:.0f} |", flush=True)
     return 0
 
