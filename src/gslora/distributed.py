@@ -32,6 +32,21 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def average_gradients(params) -> None:
+    """Average the gradients of ``params`` over all processes (a no-op in a single process).
+
+    The engine calls this right before every optimizer step, so any method's ``train_step`` (one backward or several,
+    through ``model.forward`` or ``model.embed``/``model.head``) trains in sync without wrapping the model.
+    """
+    if not is_distributed():
+        return
+    n = world_size()
+    for p in params:
+        if p.grad is not None:
+            td.all_reduce(p.grad, op=td.ReduceOp.SUM)
+            p.grad.div_(n)
+
+
 def init_from_env(device: torch.device) -> bool:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1); returns whether distributed."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or is_distributed():

@@ -55,6 +55,8 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext) -> dict
     total = cfg.epochs * steps_per_epoch
     params = method.trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if dist.is_distributed():  # every process sees its shard of the data; steps use the averaged gradient
+        optimizer.register_step_pre_hook(lambda *_: dist.average_gradients(params))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(total, cfg.warmup_epochs * steps_per_epoch, cfg.min_lr / cfg.lr)
     )
