@@ -84,7 +84,11 @@ def cmd_forget(args) -> int:
 
 
 def _print_run(results: dict, out: Path) -> None:
+    from .distributed import is_main
     from .report import paper_table, task_table
+
+    if not is_main():  # under torchrun, one process reports
+        return
 
     print(paper_table(results))
     print()
