@@ -73,12 +73,13 @@ def cmd_forget(args) -> int:
     from .models import load_checkpoint
 
     cfg = _run_config(args, data=args.data)
-    get_method(cfg.method, **cfg.method_args)  # bad method settings fail before any data is read
+    method = get_method(cfg.method, **cfg.method_args)  # bad method settings fail before any data is read
     model, meta = load_checkpoint(args.checkpoint)
     data = load_data(cfg.data, image_size=model.image_size, seed=cfg.seed, split_ratio=cfg.split_ratio,
                      val_ratio=cfg.val_ratio)
     result = run_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, history=meta.get("history"),
-                            overwrite=args.overwrite, progress=not args.no_progress, source_checkpoint=args.checkpoint)
+                            overwrite=args.overwrite, progress=not args.no_progress, method=method,
+                            source_checkpoint=args.checkpoint)
     _print_run(result.results, Path(args.out))
     return 0
 

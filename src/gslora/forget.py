@@ -10,7 +10,7 @@ import copy
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -40,7 +40,11 @@ class RunResult:
     model: Classifier
     plan: TaskPlan
     out_dir: Path | None = None
-    rows: list[dict] = field(default_factory=list)
+
+    @property
+    def rows(self) -> list[dict]:
+        """One dict per task (the ``tasks`` of ``results``)."""
+        return self.results["tasks"]
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -177,4 +181,4 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         save_checkpoint(model, out / "final.safetensors", classes, history)
         results["final_checkpoint"] = "final.safetensors"
         write_reports(out, results)  # results.json is written last: its presence marks a finished run
-    return RunResult(results=results, model=model, plan=plan, out_dir=out, rows=rows)
+    return RunResult(results=results, model=model, plan=plan, out_dir=out)
