@@ -50,7 +50,7 @@ def _batch(dataset, n=16):
 
 
 def test_every_method_is_registered_with_a_defaults_file():
-    expected = {"gslora", "l2", "ewc", "mas", "lwf", "der", "derpp", "fdr", "scrub", "scrub-s", "lirf", "retrain",
+    expected = {"gslora", "l2", "ewc", "mas", "lwf", "der", "derpp", "fdr", "scrub", "scrub-s", "uniform-kd", "retrain",
                 "head", "ssd"}
     assert expected <= set(METHODS)
     for name in expected:
@@ -109,8 +109,8 @@ def test_ewc_and_mas_importances_match_a_hand_computed_example():
         g2 = ((1 - p0) - (1 - t0)) * x1  # dCE/dw2 = (p1 − [y=1])·x1
         exp_f[0] += g1**2 / 2
         exp_f[1] += g2**2 / 2
-        exp_m[0] += abs(2 * 0.5 * x0**2) / 2  # d(z0² + z1²)/dw1 = 2·w1·x0²
-        exp_m[1] += abs(2 * -1.0 * x1**2) / 2
+        exp_m[0] += abs(2 * 0.5 * x0**2) / 2 / 2  # d((z0² + z1²)/C)/dw1 = 2·w1·x0²/C, C = 2 classes
+        exp_m[1] += abs(2 * -1.0 * x1**2) / 2 / 2
     assert fisher["w1"].item() == pytest.approx(exp_f[0], rel=1e-5)
     assert fisher["w2"].item() == pytest.approx(exp_f[1], rel=1e-5)
     assert mas["w1"].item() == pytest.approx(exp_m[0], rel=1e-5)

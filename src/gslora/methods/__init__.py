@@ -6,7 +6,7 @@ from ..errors import GsloraError
 from .base import Method, StepState, TaskContext, method_defaults
 from .distillation import DER, FDR, DERpp, LwF
 from .gslora import GSLoRA
-from .lirf import LIRF
+from .lirf import UniformKD
 from .regularization import EWC, L2, MAS
 from .retrain import HeadForgetting, Retrain
 from .scrub import SCRUB, SCRUBS
@@ -14,7 +14,7 @@ from .ssd import SSD
 
 METHODS: dict[str, type[Method]] = {
     cls.name: cls
-    for cls in (GSLoRA, L2, EWC, MAS, LwF, DER, DERpp, FDR, SCRUB, SCRUBS, LIRF, Retrain, HeadForgetting, SSD)
+    for cls in (GSLoRA, L2, EWC, MAS, LwF, DER, DERpp, FDR, SCRUB, SCRUBS, UniformKD, Retrain, HeadForgetting, SSD)
 }
 
 

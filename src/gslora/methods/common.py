@@ -3,6 +3,7 @@ stream, and the base class of every method that fine-tunes the whole backbone wi
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -48,17 +49,60 @@ def distill_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tempe
 IMPORTANCE_KINDS = ("fisher", "mas")
 
 
+def _importance_objective(model: nn.Module, x: torch.Tensor, y: torch.Tensor, kind: str) -> torch.Tensor:
+    """The scalar whose gradient is scored, averaged over the samples of ``x``:
+
+    - ``fisher``: CE(model(x, y), y) (margin applied with the true labels, as in training);
+    - ``mas``: the squared L2 norm of the logits divided by the number of classes, i.e. the mean over classes of
+      logits² (Aljundi et al.'s ℓ2-norm objective with the GS-LoRA authors' mean over the output units)."""
+    if kind == "fisher":
+        return F.cross_entropy(model(x, y).float(), y)
+    return model(x).float().pow(2).mean(-1).mean()
+
+
+def _per_sample_grads_vmap(model, params: dict[str, torch.Tensor], x, y, kind) -> dict[str, torch.Tensor]:
+    """Per-sample gradients of the objective for a batch, with torch.func (one vectorised pass)."""
+    from torch.func import grad, vmap
+
+    def one(p, xi, yi):
+        return _importance_objective(_Bound(model, p), xi.unsqueeze(0), yi.unsqueeze(0), kind)
+
+    with warnings.catch_warnings():  # attention has no vmap batching rule on CPU: correct, only slower
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        return vmap(grad(one), in_dims=(None, 0, 0))(params, x, y)
+
+
+class _Bound:
+    """``model`` called with ``params`` substituted (torch.func.functional_call), keeping the call signature."""
+
+    def __init__(self, model, params):
+        self.model, self.params = model, params
+
+    def __call__(self, x, y=None):
+        from torch.func import functional_call
+
+        return functional_call(self.model, self.params, (x,) if y is None else (x, y))
+
+
 def parameter_importance(model: nn.Module, batches: Iterable, kind: str, names: Iterable[str] | None = None,
-                         device=None) -> dict[str, torch.Tensor]:
-    """Per-parameter importance, averaged over ``batches`` of (x, y):
+                         device=None, per_sample: bool = False) -> dict[str, torch.Tensor]:
+    """Per-parameter importance over ``batches`` of (x, y).
 
-    - ``fisher`` (EWC, SSD): mean over batches of the squared gradient of CE(model(x, y), y), the diagonal empirical
-      Fisher information;
-    - ``mas``: mean over batches of |gradient of the batch-mean squared L2 norm of the logits model(x)| (Aljundi
-      et al.).
+    ``per_sample=True`` (EWC, MAS): the mean over *samples* of a per-sample score,
 
-    ``names``: the parameters to score (default: those that require grad). Batches of one sample give the per-sample
-    definition. The model is scored in eval mode; its requires_grad flags and mode are restored afterwards.
+    - ``fisher``: (∂ CE(x_i, y_i) / ∂θ)², the diagonal empirical Fisher information (Kirkpatrick et al.);
+    - ``mas``: |∂ (‖logits(x_i)‖² / C) / ∂θ| (Aljundi et al.: per-sample gradient magnitude averaged over samples;
+      the ‖·‖² divided by the number of classes C as the GS-LoRA authors' ``outputs.pow(2).mean()``).
+
+    The per-sample gradients come from torch.func (functional_call + vmap(grad)); a model that vmap cannot trace
+    falls back to one backward pass per sample (same numbers, slower). The batch size only sets the chunking.
+
+    ``per_sample=False`` (SSD, as in its authors' code): the mean over *batches* of the same score of the gradient of
+    the batch-mean objective (for fisher, the square of the batch-mean gradient: batch size B gives about 1/B of the
+    per-sample Fisher on uncorrelated samples).
+
+    ``names``: the parameters to score (default: those that require grad). The model is scored in eval mode (no
+    dropout); its requires_grad flags and mode are restored afterwards.
     """
     if kind not in IMPORTANCE_KINDS:
         raise ValueError(f"importance kind must be one of {IMPORTANCE_KINDS}, got {kind!r}")
@@ -70,21 +114,39 @@ def parameter_importance(model: nn.Module, batches: Iterable, kind: str, names: 
     model.eval()
     scores = [torch.zeros_like(p, dtype=torch.float32) for p in params]
     count = 0
+    use_vmap = True
+
+    def accumulate(grads):
+        for s, g in zip(scores, grads):
+            if g is not None:
+                s += g.float().pow(2) if kind == "fisher" else g.float().abs()
+
     try:
         for p in params:
             p.requires_grad_(True)
         for x, y in batches:
             if device is not None:
                 x, y = x.to(device), y.to(device)
-            if kind == "fisher":
-                objective = F.cross_entropy(model(x, y).float(), y)
-            else:
-                objective = model(x).float().pow(2).sum(-1).mean()
-            grads = torch.autograd.grad(objective, params, allow_unused=True)
-            for s, g in zip(scores, grads):
-                if g is not None:
-                    s += g.float().pow(2) if kind == "fisher" else g.float().abs()
-            count += 1
+            if not per_sample:
+                grads = torch.autograd.grad(_importance_objective(model, x, y, kind), params, allow_unused=True)
+                accumulate(grads)
+                count += 1
+                continue
+            if use_vmap:
+                try:
+                    detached = {n: p.detach() for n, p in zip(names, params)}
+                    per = _per_sample_grads_vmap(model, detached, x, y, kind)
+                    for s, n in zip(scores, names):
+                        g = per[n].float()
+                        s += (g.pow(2) if kind == "fisher" else g.abs()).sum(0)
+                    count += x.shape[0]
+                    continue
+                except Exception:  # noqa: BLE001 - e.g. a data-dependent op vmap cannot batch: loop instead
+                    use_vmap = False
+            for i in range(x.shape[0]):
+                obj = _importance_objective(model, x[i:i + 1], y[i:i + 1], kind)
+                accumulate(torch.autograd.grad(obj, params, allow_unused=True))
+                count += 1
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)

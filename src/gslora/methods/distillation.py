@@ -2,7 +2,9 @@
 
 - LwF:   CE(relabelled forget) + λ_r·CE(remain) + w_kd·T²·KL(teacher‖student) at T = 2 on remain (a real KD term; the
          authors' was NaN-zeroed);
-- DER:   CE(relabelled forget) + λ·mean ‖emb(x_r) − emb_orig(x_r)‖²;
+- DER:   CE(relabelled forget) + λ·Σ_batch ‖logits(x_r) − logits_orig(x_r)‖² (squared L2 of the logit difference,
+         summed over the batch and the classes: the GS-LoRA authors' DER_regularzaion_loss, ‖diff‖²_F, with which
+         their λ = 0.01 / 0.005 were used; DER itself, Buzzega et al. 2020, distils logits too);
 - DER++: DER + λ'·CE on a second, independently drawn remain batch;
 - FDR:   CE(relabelled forget) + λ·mean ‖logits(x_r) − logits_orig(x_r)‖₂.
 """
@@ -66,15 +68,18 @@ class DER(BackboneFinetune):
     name = "der"
     Args = DERArgs
 
-    def embedding_distance(self, model, x_r) -> torch.Tensor:
+    def logit_distance(self, model, x_r) -> torch.Tensor:
+        """‖logits(x_r) − logits_orig(x_r)‖² summed over the batch and the classes (not averaged: λ = 0.01 belongs to
+        the sum; a batch mean would make the term batch-size times weaker). With a CosFace head the margin cancels in
+        the difference, so the logits are taken without labels."""
         with torch.no_grad():
-            target = self.teacher.embed(x_r)
-        return (model.embed(x_r).float() - target.float()).pow(2).sum(-1).mean()
+            target = self.teacher(x_r)
+        return (model(x_r).float() - target.float()).pow(2).sum()
 
     def loss(self, model, remain, forget, state: StepState):
         forget_ce = self.relabelled_forget_ce(model, forget)
-        dist = self.embedding_distance(model, remain[0])
-        return forget_ce + self.args.lam * dist, {"ce_f": float(forget_ce.detach()), "emb_dist": float(dist.detach())}
+        dist = self.logit_distance(model, remain[0])
+        return forget_ce + self.args.lam * dist, {"ce_f": float(forget_ce.detach()), "logit_dist": float(dist.detach())}
 
 
 @dataclass

@@ -1,15 +1,18 @@
-"""LIRF, the knowledge-deposit (forgetting) stage of "Learning with Recoverable Forgetting" (Ye et al., ECCV 2022).
+"""``uniform-kd``: a distillation-and-uniform-target stand-in for LIRF. It is **not** LIRF.
 
-The target network keeps the original's upper part frozen (upper Transformer blocks, final norm, head) and re-trains
-only its lower part (patch embedding, position embedding, CLS token and the lower ``lower_fraction`` of the blocks),
-so about half of the backbone is tunable (the paper reports 50.66%). Losses, per step:
+Until config version 2 this method was called ``lirf`` and described as LIRF's knowledge-deposit stage ("Learning with
+Recoverable Forgetting", Ye et al., ECCV 2022). It does not implement that paper: LIRF's deposit module, its
+knowledge-deposit losses and the withdrawal (recovery) stage are absent, and its removal term is not LIRF's. What it
+does, and what it is now named after:
 
-- knowledge preservation on remain: γ·CE + w_kd·T²·KL(original‖target) (distillation from the frozen original);
-- sample-specific knowledge removal on forget: w_rm·KL(uniform‖target), pulling the target's prediction on forget
-  samples to a random guess, so that their class knowledge is filtered out of the shared lower part.
+The model keeps the original's upper part frozen (upper Transformer blocks, final norm, head) and re-trains only its
+lower part (patch embedding, position embedding, CLS token and the lower ``lower_fraction`` of the blocks; LIRF's
+split, about half of the backbone tunable). Losses, per step:
 
-Not implemented: the deposit module and the knowledge-withdrawal (recovery) stage; they do not affect the forgetting
-metrics this baseline is compared on.
+- on remain: γ·CE + w_kd·T²·KL(original‖model) (distillation from the frozen original);
+- on forget: w_rm·KL(uniform‖model), pulling the prediction on forget samples to a uniform guess.
+
+A faithful LIRF is left to do (SPEC §7 asks for the published method).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from .common import BackboneFinetune, distill_kl
 
 
 @dataclass
-class LIRFArgs:
+class UniformKDArgs:
     lower_fraction: float  # fraction of the Transformer blocks (from the input) that are trained
     ce_weight: float  # γ on CE(remain)
     distill_weight: float  # w_kd
@@ -43,16 +46,16 @@ class LIRFArgs:
             raise GsloraError(f"method_args.temperature must be > 0, got {self.temperature}.")
 
 
-class LIRF(BackboneFinetune):
-    name = "lirf"
-    Args = LIRFArgs
+class UniformKD(BackboneFinetune):
+    name = "uniform-kd"
+    Args = UniformKDArgs
 
     def prepare(self, model, ctx):
         model = super().prepare(model, ctx)
         backbone = model.backbone
         blocks = getattr(backbone, "blocks", None)
         if blocks is None:
-            raise GsloraError("lirf needs a ViT backbone with a .blocks list; this model has none.")
+            raise GsloraError(f"{self.name} needs a ViT backbone with a .blocks list; this model has none.")
         k = max(1, round(self.args.lower_fraction * len(blocks)))
         backbone.requires_grad_(False)
         for name in ("patch_embed", "cls_token", "pos_embed", "reg_token"):

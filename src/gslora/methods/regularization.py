@@ -1,6 +1,8 @@
 """L2, EWC and MAS (SPEC §7): CE on the remain batch and the relabelled forget batch, plus
 λ · Σ_tasks Σ_i Ω_i (θ_i − θ*_i)², with θ* the model before each task and Ω computed on that task's remain subset:
-Ω = 1 (L2), mean squared gradient of CE (EWC), mean |gradient of ‖logits‖²| (MAS). Penalties accumulate over tasks."""
+Ω = 1 (L2); for EWC the diagonal empirical Fisher, the mean over samples of the squared *per-sample* CE gradient
+(Kirkpatrick et al.); for MAS the mean over samples of |per-sample gradient of ‖logits‖² / C| (Aljundi et al., with
+the GS-LoRA authors' mean over the C classes). Penalties accumulate over tasks."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from .common import BackboneFinetune, batches_of, parameter_importance
 @dataclass
 class RegularizationArgs:
     lam: float  # λ, weight of the quadratic penalty
-    importance_batch_size: int  # batch size for the importance pass (1: per-sample definition)
+    importance_batch_size: int  # chunk size of the per-sample importance pass (memory only; the result is the same)
 
     def validate(self):
         if self.lam < 0:
@@ -43,7 +45,7 @@ class QuadraticPenaltyMethod(BackboneFinetune):
         omega = None
         if self.importance_kind is not None:
             omega = parameter_importance(model, batches_of(ctx.remain_data, self.args.importance_batch_size),
-                                         self.importance_kind, names, device=ctx.device)
+                                         self.importance_kind, names, device=ctx.device, per_sample=True)
         named = dict(model.named_parameters())
         self.anchors.append((omega, {n: named[n].detach().clone() for n in names}))
         return model
