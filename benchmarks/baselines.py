@@ -57,7 +57,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from gslora import load_checkpoint, load_data
-    from gslora.benchmark import comparison_markdown_table, run_benchmark
+    from gslora.compare import comparison_markdown_table, run_benchmark
     from gslora.config import merge_overrides, packaged_yaml
 
     shared = merge_overrides({"epochs": args.epochs, "seed": args.seed, "device": "cpu", "save_adapters": False},

@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from gslora.benchmark import parse_methods, run_benchmark, setting_plans
 from gslora.cli import main
+from gslora.compare import parse_methods, run_benchmark, setting_plans
 from gslora.errors import GsloraError
 from gslora.methods import METHODS, Method, list_methods
 

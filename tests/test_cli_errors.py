@@ -112,10 +112,10 @@ def test_run_failing_midway_leaves_no_results(tmp_path, micro_model, micro_data,
 
     real = forget_module.train_task
 
-    def failing(model, method, ctx):
+    def failing(model, method, ctx, **kw):
         if ctx.task.index == 2:
             raise RuntimeError("simulated crash")
-        return real(model, method, ctx)
+        return real(model, method, ctx, **kw)
 
     monkeypatch.setattr(forget_module, "train_task", failing)
     out = tmp_path / "run"

@@ -174,7 +174,8 @@ def test_scrub_alternates_max_and_min_steps(name, micro_model, micro_data):
     kinds = method.step_kinds
     assert kinds[: 4 * per_epoch] == ["max", "min"] * (2 * per_epoch)  # epochs 0-1: max, min, max, min, ...
     assert kinds[4 * per_epoch:] == ["min"] * (2 * per_epoch)  # epochs 2-3: min steps only
-    assert res.rows[0]["max_steps"] == 2 * per_epoch and res.rows[0]["min_steps"] == steps
+    info = res.rows[0]["method_info"]
+    assert info["max_steps"] == 2 * per_epoch and info["min_steps"] == steps
 
 
 def test_scrub_max_step_raises_the_forget_divergence(micro_model, micro_data):

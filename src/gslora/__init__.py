@@ -10,17 +10,21 @@ The public API::
     result.rows[0]["acc_f"], result.rows[0]["h_mean"]
 """
 
-__version__ = "0.1.0"
-
-from .config import RunConfig, load_run_config  # noqa: E402
-from .data import load_data, make_plan  # noqa: E402
-from .errors import GsloraError  # noqa: E402
-from .forget import RunResult, run_forgetting  # noqa: E402
-from .models import create_model, load_checkpoint, locate_ffn, save_checkpoint  # noqa: E402
+from ._version import __version__
+from .config import PretrainConfig, RunConfig, load_run_config
+from .data import load_data, make_plan
+from .errors import GsloraError
+from .forget import RunResult, run_forgetting
+from .models import create_model, load_checkpoint, locate_ffn, save_checkpoint
+from .presets import resolve
+from .rundir import FinishedRun, RunFolder
 
 __all__ = [
+    "FinishedRun",
     "GsloraError",
+    "PretrainConfig",
     "RunConfig",
+    "RunFolder",
     "RunResult",
     "__version__",
     "create_model",
@@ -29,6 +33,7 @@ __all__ = [
     "load_run_config",
     "locate_ffn",
     "make_plan",
+    "resolve",
     "run_forgetting",
     "save_checkpoint",
 ]

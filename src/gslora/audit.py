@@ -21,7 +21,6 @@ Library code: returns dicts, never prints; every number carries the split it was
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
@@ -37,8 +37,9 @@ from tqdm.auto import tqdm
 from .data.base import DataBundle
 from .data.plan import select_per_class
 from .errors import GsloraError
-from .io import atomic_write_json, atomic_write_text
-from .report import _markdown, fmt, save_figure
+from .files import atomic_write_json, atomic_write_text
+from .report import fmt, markdown, save_figure
+from .rundir import RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -422,19 +423,12 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
     from .data import load_data
     from .forget import check_data_matches
 
-    run = Path(run_dir)
-    results_path = run / "results.json"
-    if not results_path.is_file():
-        raise GsloraError(f"{run} is not a finished run folder (no results.json); pass the --out folder of a "
-                          "`gslora forget` run.")
-    if not (run / "final.safetensors").is_file():
+    finished = RunFolder.load(run_dir)
+    run, results, rcfg = finished.folder.path, finished.results, finished.config
+    if not finished.final_checkpoint.is_file():
         raise GsloraError(f"run folder {run} has no final model (final.safetensors); the run was interrupted or its "
                           "model was removed, so there is nothing to audit; rerun `gslora forget`.")
-    try:
-        results = json.loads(results_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise GsloraError(f"{results_path} is not valid JSON ({e}).") from None
-    model, meta = _load_model(run / "final.safetensors", "run")
+    model, meta = _load_model(finished.final_checkpoint, "run")
     src = original or results.get("source_checkpoint")
     if not src:
         raise GsloraError(f"run {run} does not record its source checkpoint; pass the original model with --original.")
@@ -445,10 +439,9 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
     if orig_meta["classes"] != classes:
         raise GsloraError(f"the original model {src} has other classes than the run's final model; pass the "
                           "checkpoint the run started from with --original.")
-    rcfg = results.get("config", {})
     if data is None:
-        data = load_data(rcfg.get("data", "faces"), image_size=model.image_size, seed=rcfg.get("seed", 1337),
-                         split_ratio=rcfg.get("split_ratio", 0.7), val_ratio=rcfg.get("val_ratio", 0.1))
+        data = load_data(rcfg.data, image_size=model.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
+                         val_ratio=rcfg.val_ratio)
     check_data_matches(classes, data)
     forget, remain = run_classes(results)
     retrained_model = None
@@ -493,7 +486,7 @@ def audit_tables(report: dict) -> dict[str, str]:
         rows.append([_label(report, key), fmt(m["accuracy"]["acc_f"]), fmt(m["accuracy"]["acc_r"]),
                      fmt(m["probe"]["acc_f"]), fmt(m["probe"]["acc_r"]), fmt(m["mia"]["accuracy"], 3),
                      fmt(m["mia"]["auc"], 3)])
-    tables = {"evidence": _markdown(rows)}
+    tables = {"evidence": markdown(rows)}
     cfg = report["config"]
     orig_f = models["original"]["accuracy"]["acc_f"]
     rows = [["Model", "Acc_f epoch 0", f"Acc_f epoch {cfg['epochs']}", "max Acc_f", f"% of original ({fmt(orig_f)})",
@@ -507,10 +500,10 @@ def audit_tables(report: dict) -> dict[str, str]:
         rows.append([_label(report, key), fmt(rec["acc_f"][0]), fmt(rec["final_acc_f"]), fmt(rec["max_acc_f"]),
                      "-" if frac is None else f"{100 * frac:.0f}%", fmt(rec["final_acc_r"]), recovery_summary(rec),
                      relearn_summary(m.get("relearn"))])
-    tables["recovery"] = _markdown(rows)
+    tables["recovery"] = markdown(rows)
     gap = report.get("retrain_gap")
     if gap:
-        tables["gap"] = _markdown([["ΔAcc_f", "ΔAcc_r", "ΔMIA (acc, %)", "ΔProbe Acc_f", "average"],
+        tables["gap"] = markdown([["ΔAcc_f", "ΔAcc_r", "ΔMIA (acc, %)", "ΔProbe Acc_f", "average"],
                                    [fmt(gap["acc_f"]), fmt(gap["acc_r"]), fmt(gap["mia"]), fmt(gap["probe_acc_f"]),
                                     fmt(gap["average"])]])
     return tables
@@ -551,15 +544,14 @@ def audit_markdown(report: dict) -> str:
     return "\n".join(parts)
 
 
-def plot_recovery(report: dict, path: Path) -> Path:
+def recovery_figure(report: dict) -> Figure:
+    """Forgotten / remaining test accuracy per epoch of head retraining, per model (the paper's Fig. 6)."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
     orig = report["models"]["original"]["accuracy"]
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
     ax.axhline(orig["acc_f"], color="grey", ls=":", label="original Acc_f")
     deep = [(k, m) for k, m in report["models"].items() if m.get("recovery")]
     for i, (key, m) in enumerate(deep):
@@ -574,18 +566,15 @@ def plot_recovery(report: dict, path: Path) -> Path:
     ax.set_ylim(-2, 102)
     ax.set_title(f"Recovery test on {report['data']['name']}")
     ax.legend(fontsize=7)
-    return save_figure(fig, path)
+    return fig
 
 
-def plot_probe_mia(report: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def probe_mia_figure(report: dict) -> Figure:
+    """Linear-probe accuracy on the forgotten classes and membership-inference AUC, per model."""
     keys = list(report["models"])
     labels = [_label(report, k).replace(" (audited)", "") for k in keys]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
+    fig = Figure(figsize=(9, 3.6))
+    a1, a2 = fig.subplots(1, 2)
     a1.bar(labels, [report["models"][k]["probe"]["acc_f"] or 0 for k in keys], color="tab:purple")
     a1.set_ylabel("probe accuracy on forgotten classes (%)")
     a1.set_ylim(0, 102)
@@ -598,15 +587,16 @@ def plot_probe_mia(report: dict, path: Path) -> Path:
     a2.legend(fontsize=7)
     for a in (a1, a2):
         a.tick_params(axis="x", labelrotation=20, labelsize=8)
-    return save_figure(fig, path)
+    return fig
 
 
 def write_audit(out_dir: Path, report: dict) -> Path:
     """Plots and ``audit.md`` first, ``audit.json`` last (its presence marks a finished audit)."""
     out_dir = Path(out_dir)
     (out_dir / "audit.json").unlink(missing_ok=True)
-    report["plots"] = [str(p.relative_to(out_dir)) for p in (plot_recovery(report, out_dir / "recovery.png"),
-                                                              plot_probe_mia(report, out_dir / "probe_mia.png"))]
+    report["plots"] = [str(p.relative_to(out_dir)) for p in (
+        save_figure(recovery_figure(report), out_dir / "recovery.png"),
+        save_figure(probe_mia_figure(report), out_dir / "probe_mia.png"))]
     atomic_write_text(out_dir / "audit.md", audit_markdown(report))
     atomic_write_json(out_dir / "audit.json", report)
     return out_dir

@@ -11,9 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
-from .config import from_dict, load_run_config, merge_overrides, packaged_yaml, read_yaml
+from ._version import __version__
+from .config import PretrainConfig, RunConfig, build_config, config_data, from_dict
 from .errors import GsloraError
+from .presets import demo_preset, resolve
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
@@ -25,28 +26,26 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config key, e.g. --set replay_ratio=0.2 --set method_args.beta=0.3")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished run in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the unfinished run in --out from its last finished task (or epoch checkpoint)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _run_config(args, data: str | None = None):
-    kwargs = {"tasks": args.tasks, "method": args.method, "epochs": args.epochs, "seed": args.seed,
-              "device": args.device, "data": data}
-    return load_run_config(args.config, args.overrides, **kwargs)
+def _run_config(args, data: str | None = None) -> RunConfig:
+    """--config, then --set, then the flags; resolved against the method's preset (the same path as the API)."""
+    return resolve(build_config(RunConfig, args.config, args.overrides, tasks=args.tasks, method=args.method,
+                                epochs=args.epochs, seed=args.seed, device=args.device, data=data))
 
 
 def cmd_pretrain(args) -> int:
     from .data import load_data
     from .models import create_model, save_checkpoint
     from .models.checkpoint import checkpoint_paths
-    from .pretrain import PretrainConfig, pretrain
+    from .pretrain import pretrain
 
-    cfg = from_dict(PretrainConfig, merge_overrides(read_yaml(args.config) if args.config else {}, args.overrides),
-                    where="pretrain config")
-    for k in ("epochs", "lr", "batch_size", "seed", "device"):
-        if getattr(args, k) is not None:
-            setattr(cfg, k, getattr(args, k))
-    cfg.validate()
+    cfg = build_config(PretrainConfig, args.config, args.overrides, where="pretrain config", epochs=args.epochs,
+                       lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device)
     weights, _ = checkpoint_paths(args.out)
     if weights.exists() and not args.overwrite:
         raise GsloraError(f"{weights} already exists; choose another --out or pass --overwrite.")
@@ -79,7 +78,7 @@ def cmd_forget(args) -> int:
                      val_ratio=cfg.val_ratio)
     result = run_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, history=meta.get("history"),
                             overwrite=args.overwrite, progress=not args.no_progress, method=method,
-                            source_checkpoint=args.checkpoint)
+                            source_checkpoint=args.checkpoint, resume=args.resume)
     _print_run(result.results, Path(args.out))
     return 0
 
@@ -138,17 +137,15 @@ def cmd_demo(args) -> int:
     from .data import load_data
     from .forget import run_forgetting
     from .models import create_model, load_checkpoint, save_checkpoint
-    from .pretrain import PretrainConfig, pretrain
+    from .pretrain import pretrain
 
-    demo = packaged_yaml("demo.yaml")
+    demo = demo_preset()
     t0 = time.perf_counter()
-    pcfg = from_dict(PretrainConfig, demo["pretrain"], where="demo pretrain")
+    pcfg = from_dict(PretrainConfig, demo["pretrain"], where="demo pretrain").validate()
     key = hashlib.sha256(json.dumps([__version__, demo["model"], demo["pretrain"]], sort_keys=True).encode())
     ckpt = _cache_dir() / f"demo-{demo['model']}-{key.hexdigest()[:12]}.safetensors"
-    run_data = {**demo["run"], **({"device": args.device} if args.device else {})}
-    if args.epochs:
-        run_data["epochs"] = args.epochs
-    cfg = load_run_config(None, None, **merge_overrides(run_data, args.overrides))
+    cfg = resolve(build_config(RunConfig, None, args.overrides, base=demo["run"], where="demo config",
+                               epochs=args.epochs or None, device=args.device))
     data = load_data("faces", image_size=create_model(demo["model"], 1).image_size, seed=cfg.seed)
     if ckpt.exists() and not args.retrain:
         print(f"using cached pre-trained model {ckpt}")
@@ -171,10 +168,8 @@ def cmd_demo(args) -> int:
 def cmd_audit(args) -> int:
     from .audit import AuditConfig, audit_run, audit_tables
 
-    cfg = AuditConfig(device=args.device or "auto")
-    for k in ("epochs", "relearn_epochs", "seed"):
-        if getattr(args, k) is not None:
-            setattr(cfg, k, getattr(args, k))
+    cfg = build_config(AuditConfig, where="audit config", device=args.device, epochs=args.epochs,
+                       relearn_epochs=args.relearn_epochs, seed=args.seed)
     compare = {}
     for spec in args.compare or []:
         label, sep, path = spec.partition("=")
@@ -190,34 +185,32 @@ def cmd_audit(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .benchmark import comparison_markdown_table, run_benchmark
+    from .compare import comparison_markdown_table, run_comparison
     from .data import load_data
     from .models import load_checkpoint
 
-    base = merge_overrides(read_yaml(args.config) if args.config else {}, args.overrides)
-    base.update({k: v for k, v in {"epochs": args.epochs, "seed": args.seed, "device": args.device}.items()
-                 if v is not None})
+    base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device)
+    shared = from_dict(RunConfig, base, where="comparison config").validate()  # bad shared keys fail first
     method_args: dict = {}
     for item in args.method_overrides or []:
         key, sep, value = item.partition("=")
         name, dot, arg = key.partition(".")
         if not (sep and dot and name and arg):
             raise GsloraError(f"--method-set {item!r} must look like METHOD.KEY=VALUE (e.g. ewc.lam=5).")
-        method_args.setdefault(name.strip(), {}).update(merge_overrides({}, [f"{arg.strip()}={value}"]))
+        method_args.setdefault(name.strip(), {}).update(config_data(None, [f"{arg.strip()}={value}"]))
     model, meta = load_checkpoint(args.checkpoint)
-    seed = base.get("seed", 1337)
-    data = load_data(args.data, image_size=model.image_size, seed=seed, split_ratio=base.get("split_ratio", 0.7),
-                     val_ratio=base.get("val_ratio", 0.1))
+    data = load_data(args.data, image_size=model.image_size, seed=shared.seed, split_ratio=shared.split_ratio,
+                     val_ratio=shared.val_ratio)
 
     def done(entry):
         state = "ok" if entry["status"] == "ok" else f"FAILED ({entry['error']})"
         print(f"  {entry['method']:<8} {state}  {entry['wall_seconds']:.1f} s", flush=True)
 
     print(f"benchmark ({args.setting}) on {data.name}: {args.methods}")
-    comparison = run_benchmark(model, meta["classes"], data, args.setting, args.methods, base_config=base,
-                               method_args=method_args, out_dir=args.out, overwrite=args.overwrite,
-                               progress=not args.no_progress, on_method_done=done,
-                               source_checkpoint=args.checkpoint)
+    comparison = run_comparison(model, meta["classes"], data, args.setting, args.methods, base_config=base,
+                                method_args=method_args, out_dir=args.out, overwrite=args.overwrite,
+                                progress=not args.no_progress, on_method_done=done,
+                                source_checkpoint=args.checkpoint, resume=args.resume)
     print()
     print(comparison_markdown_table(comparison))
     print(f"\nbenchmark folder: {args.out}  (comparison.md, comparison.csv, comparison.json, plots/h_mean.png)")
@@ -315,7 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a shared run setting, e.g. --set replay_ratio=0.2")
     p.add_argument("--method-set", dest="method_overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="override one method's argument, e.g. --method-set ewc.lam=5")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished benchmark in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished comparison in --out")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished comparison in --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_benchmark)
 

@@ -7,7 +7,6 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Union
 
@@ -19,9 +18,24 @@ _PRECISIONS = ("fp32", "bf16")
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
+# Run settings a method preset may choose (``configs/methods/<name>.yaml``, key ``run``). In a RunConfig they are
+# None until set: None means "the method's preset, else the global default" (:func:`gslora.presets.resolve`).
+PRESET_KEYS = ("epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs")
+
+
+def _preset(default, help: str):
+    """A RunConfig field that a method preset may fill: None until the user (or :func:`resolve`) sets it."""
+    return field(default=None, metadata={"default": default, "help": help})
+
+
 @dataclass
 class RunConfig:
-    """Everything one forgetting run needs besides the checkpoint. Field comments are the documentation."""
+    """Everything one forgetting run needs besides the checkpoint. Field comments are the documentation.
+
+    The training settings in ``PRESET_KEYS`` default to None ("unset"): :func:`gslora.presets.resolve` fills them from
+    the method's preset (``configs/methods/<method>.yaml``, ``run:``), else from the global default in the field's
+    metadata. Every entry point (``run_forgetting``, the CLI, the comparison) resolves through that one function.
+    """
 
     data: str = "faces"  # "faces" (bundled) or a folder path (train/ + test/ class folders, or one class folder root)
     split_ratio: float = 0.7  # train fraction per class when the folder has no train/ and test/ split
@@ -30,12 +44,12 @@ class RunConfig:
     method: str = "gslora"
     method_args: dict = field(default_factory=dict)  # overrides of configs/methods/<method>.yaml
     seed: int = 1337
-    epochs: int = 100  # per task; an epoch is one pass over the replay (remain) subset
-    batch_size: int = 48
-    lr: float = 1e-2
-    min_lr: float = 1e-5
-    weight_decay: float = 0.05
-    warmup_epochs: int = 0
+    epochs: int | None = _preset(100, "per task; an epoch is one pass over the replay (remain) subset")
+    batch_size: int | None = _preset(48, "remain batch and forget batch size")
+    lr: float | None = _preset(1e-2, "AdamW learning rate (peak of the cosine schedule)")
+    min_lr: float | None = _preset(1e-5, "learning rate at the end of the cosine schedule")
+    weight_decay: float | None = _preset(0.05, "AdamW weight decay")
+    warmup_epochs: int | None = _preset(0, "linear warm-up epochs before the cosine decay")
     replay_ratio: float = 0.1  # fraction of each class's training images available (replay and forget subsets)
     shots: int = 0  # if > 0: k images per class instead of replay_ratio (few-shot forgetting)
     old_forget_shots: int = 0  # images per earlier-forgotten class kept in the forget batch (0: off, the paper)
@@ -45,21 +59,26 @@ class RunConfig:
     eval_batch_size: int = 256
     margin_at_test: bool = False  # the authors' protocol (CosFace margin at test time); for comparison only
     save_adapters: bool = True  # write each task's LoRA adapter in PEFT format
+    checkpoint_every: int = 0  # epochs between in-task resume checkpoints (0: resume from the last finished task)
 
     def validate(self) -> RunConfig:
+        """Check ranges; unset (None) preset fields are skipped (they are checked once resolved)."""
         _range("split_ratio", self.split_ratio, 0.0, 1.0, open_=True)
         _range("val_ratio", self.val_ratio, 0.0, 1.0, low_closed=True)
         _range("replay_ratio", self.replay_ratio, 0.0, 1.0, high_closed=True)
-        _range("lr", self.lr, 0.0, None)
-        _range("min_lr", self.min_lr, 0.0, None, low_closed=True)
-        _range("weight_decay", self.weight_decay, 0.0, None, low_closed=True)
+        if self.lr is not None:
+            _range("lr", self.lr, 0.0, None)
+        if self.min_lr is not None:
+            _range("min_lr", self.min_lr, 0.0, None, low_closed=True)
+        if self.weight_decay is not None:
+            _range("weight_decay", self.weight_decay, 0.0, None, low_closed=True)
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise GsloraError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("warmup_epochs", "shots", "old_forget_shots", "num_workers"):
-            if getattr(self, name) < 0:
+        for name in ("warmup_epochs", "shots", "old_forget_shots", "num_workers", "checkpoint_every"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise GsloraError(f"{name} must be 0 or more, got {getattr(self, name)}.")
-        if self.warmup_epochs >= self.epochs and self.warmup_epochs > 0:
+        if self.warmup_epochs and self.epochs is not None and self.warmup_epochs >= self.epochs:
             raise GsloraError(f"warmup_epochs ({self.warmup_epochs}) must be smaller than epochs ({self.epochs}).")
         if self.precision not in _PRECISIONS:
             raise GsloraError(f"precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}.")
@@ -67,6 +86,38 @@ class RunConfig:
             raise GsloraError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}.")
         if not isinstance(self.tasks, (str, list)):
             raise GsloraError(f"tasks must be a string like '4x20' or a list of class lists, got {self.tasks!r}.")
+        return self
+
+    def is_resolved(self) -> bool:
+        return all(getattr(self, k) is not None for k in PRESET_KEYS)
+
+
+@dataclass
+class PretrainConfig:
+    """Pre-training from scratch (``gslora pretrain``). ``warmup_epochs`` None: derived from ``epochs``."""
+
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 1e-3  # the paper's face model used 3e-4 with 10 warm-up epochs on CASIA-Face100
+    min_lr: float = 1e-5
+    weight_decay: float = 0.05
+    warmup_epochs: int | None = None  # None: min(3, 10% of epochs), so a short run gets a short warm-up
+    seed: int = 1337
+    device: str = "auto"
+
+    def resolved_warmup(self) -> int:
+        if self.warmup_epochs is not None:
+            return self.warmup_epochs
+        return min(3, self.epochs // 10)
+
+    def validate(self):
+        if self.epochs < 1 or self.batch_size < 1:
+            raise GsloraError(f"pretrain epochs and batch_size must be ≥ 1, got {self.epochs} and {self.batch_size}.")
+        if self.lr <= 0:
+            raise GsloraError(f"pretrain lr must be > 0, got {self.lr}.")
+        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < self.epochs:
+            raise GsloraError(f"pretrain warmup_epochs must be in [0, epochs), got {self.warmup_epochs} with "
+                              f"{self.epochs} epochs.")
         return self
 
 
@@ -95,6 +146,11 @@ def _coerce(value, tp, where: str):
         return value
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(tp)):
+            return None
+        if len(args) == 1:  # Optional[X]: the error names X
+            return _coerce(value, args[0], where)
         errors = []
         for arg in typing.get_args(tp):
             try:
@@ -203,23 +259,31 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None, **kwargs) -> RunConfig:
-    """Defaults, then the YAML file, then ``key=value`` overrides, then keyword arguments (CLI flags)."""
-    from .methods.base import method_defaults
-
-    data = read_yaml(path) if path else {}
+def config_data(path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None,
+                **flags) -> dict:
+    """The one way every command assembles its settings: ``base`` (e.g. a packaged preset), then the YAML file at
+    ``path``, then ``key=value`` overrides, then keyword flags (CLI options; None means "not given")."""
+    data = dict(base or {})
+    if path:
+        data.update(read_yaml(path))
     data = merge_overrides(data, overrides)
-    data.update({k: v for k, v in kwargs.items() if v is not None})
-    preferred = method_defaults(str(data.get("method", RunConfig.method))).get("run", {})
-    return from_dict(RunConfig, {**preferred, **data}, where=str(path) if path else "config").validate()
+    data.update({k: v for k, v in flags.items() if v is not None})
+    return data
 
 
-def packaged_yaml(*parts: str) -> dict:
-    """A YAML file shipped inside the package (``gslora/configs/...``)."""
-    ref = resources.files("gslora").joinpath("configs", *parts)
-    if not ref.is_file():
-        raise GsloraError(f"no packaged config {'/'.join(parts)}.")
-    return yaml.safe_load(ref.read_text(encoding="utf-8")) or {}
+def build_config(cls, path: str | Path | None = None, overrides: list[str] | None = None, base: dict | None = None,
+                 where: str | None = None, **flags):
+    """:func:`config_data` turned into the dataclass ``cls`` (unknown keys and bad types are errors), validated."""
+    data = config_data(path, overrides, base, **flags)
+    return from_dict(cls, data, where=where or (str(path) if path else "config")).validate()
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None, **kwargs) -> RunConfig:
+    """Defaults, the YAML file, ``key=value`` overrides and keyword arguments (CLI flags), resolved against the
+    method's preset (:func:`gslora.presets.resolve`)."""
+    from .presets import resolve
+
+    return resolve(build_config(RunConfig, path, overrides, **kwargs))
 
 
 def to_dict(obj) -> dict:

@@ -36,15 +36,24 @@ def average_gradients(params) -> None:
     """Average the gradients of ``params`` over all processes (a no-op in a single process).
 
     The engine calls this right before every optimizer step, so any method's ``train_step`` (one backward or several,
-    through ``model.forward`` or ``model.embed``/``model.head``) trains in sync without wrapping the model.
+    through ``model.forward`` or ``model.embed``/``model.head``) trains in sync without wrapping the model. The
+    gradients are flattened into one buffer per dtype and reduced in one collective each (not one per parameter).
     """
     if not is_distributed():
         return
     n = world_size()
+    by_dtype: dict[torch.dtype, list[torch.Tensor]] = {}
     for p in params:
         if p.grad is not None:
-            td.all_reduce(p.grad, op=td.ReduceOp.SUM)
-            p.grad.div_(n)
+            by_dtype.setdefault(p.grad.dtype, []).append(p.grad)
+    for grads in by_dtype.values():
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        td.all_reduce(flat, op=td.ReduceOp.SUM)
+        flat.div_(n)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
 
 
 def init_from_env(device: torch.device) -> bool:

@@ -1,13 +1,14 @@
 """The training loop for one task. It knows nothing about the method it runs: the method prepares the model,
 takes each step and finishes; the engine owns devices, data order, optimizer, schedule, precision and progress.
 
-Multi-process ready: pass samplers (DistributedSampler under torchrun); the loop itself needs no change.
+Multi-process ready: DistributedSampler under torchrun and one averaged gradient per step; the loop needs no change.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from itertools import cycle
 
 import torch
@@ -15,6 +16,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from . import distributed as dist
+from ._crash import crash_point
+from .errors import GsloraError
 from .methods.base import Method, StepState, TaskContext
 
 
@@ -45,8 +48,15 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16}.get(precision)
 
 
-def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext) -> dict:
-    """Run ``ctx.config.epochs`` epochs of ``method`` on ``model`` (already prepared). Returns a summary."""
+def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: dict | None = None,
+               on_checkpoint: Callable[[dict], None] | None = None) -> dict:
+    """Run ``ctx.config.epochs`` epochs of ``method`` on ``model`` (already prepared). Returns a summary.
+
+    Resumable: with ``ctx.config.checkpoint_every = k > 0`` the engine hands ``on_checkpoint`` its state (trainable
+    weights, optimizer, schedule, step, RNG and data-order state, the method's state) after every k-th epoch; passing
+    such a dict back as ``state`` continues from there with the same numbers. A non-finite loss stops the task with a
+    :class:`TrainingDiverged` error naming the task, epoch and loss term.
+    """
     cfg, device = ctx.config, ctx.device
     seed = cfg.seed + 1000 * ctx.task.index
     remain_loader = _loader(ctx.remain_data, cfg.batch_size, seed, cfg.num_workers, device)
@@ -67,23 +77,80 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext) -> dict
 
     model.train()
     forget_iter = cycle(forget_loader)  # the forget loader cycles; an epoch is one pass over the remain subset
-    bar = tqdm(total=total, desc=f"task {ctx.task.index}/{ctx.num_tasks}",
+    first_epoch, step, spent = 0, 0, 0.0
+    if state is not None:
+        for _ in range(state["step"]):  # the forget stream's position (its first pass is cached by cycle)
+            next(forget_iter)
+        first_epoch, step, spent = state["epoch"], state["step"], state["train_seconds"]
+        _load_engine_state(state, model, method, optimizer, schedule, remain_loader)
+    bar = tqdm(total=total, initial=step, desc=f"task {ctx.task.index}/{ctx.num_tasks}",
                disable=not (ctx.progress and dist.is_main()), leave=False, dynamic_ncols=True)
     logs: dict = {}
-    start, step = time.perf_counter(), 0
-    for epoch in range(cfg.epochs):
+    start = time.perf_counter()
+    for epoch in range(first_epoch, cfg.epochs):
         if isinstance(remain_loader.sampler, DistributedSampler):
             remain_loader.sampler.set_epoch(epoch)
         for x_r, y_r in remain_loader:
             x_f, y_f = next(forget_iter)
             remain = (x_r.to(device, non_blocking=True), y_r.to(device, non_blocking=True))
             forget = (x_f.to(device, non_blocking=True), y_f.to(device, non_blocking=True))
-            state = StepState(epoch=epoch, step=step, total_steps=total, epochs=cfg.epochs, autocast=autocast)
-            logs = method.train_step(model, remain, forget, optimizer, state)
+            step_state = StepState(epoch=epoch, step=step, total_steps=total, epochs=cfg.epochs, autocast=autocast)
+            logs = method.train_step(model, remain, forget, optimizer, step_state)
+            check_finite(logs, ctx.task.index, epoch)
             schedule.step()
             step += 1
             bar.update(1)
             if step % 10 == 0 or step == total:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()}, refresh=False)
+            crash_point(f"task{ctx.task.index}.step{step}")
+        done = epoch + 1
+        every = cfg.checkpoint_every
+        if on_checkpoint is not None and every and done % every == 0 and done < cfg.epochs:
+            on_checkpoint(_engine_state(done, step, spent + time.perf_counter() - start, model, method, optimizer,
+                                        schedule, remain_loader))
     bar.close()
-    return {"steps": step, "train_seconds": time.perf_counter() - start, "last_logs": logs}
+    return {"steps": step, "train_seconds": spent + time.perf_counter() - start, "last_logs": logs}
+
+
+class TrainingDiverged(GsloraError):
+    """The loss became NaN or infinite; the run folder keeps the last good state."""
+
+
+def check_finite(logs: dict, task_index: int, epoch: int) -> None:
+    """Raise :class:`TrainingDiverged` naming the first non-finite loss term (the total ``loss`` last)."""
+    bad = [k for k, v in logs.items() if isinstance(v, float) and not math.isfinite(v)]
+    if bad:
+        term = next((k for k in bad if k != "loss"), bad[0])
+        raise TrainingDiverged(f"task {task_index}, epoch {epoch + 1}: the loss term {term!r} became {logs[term]} "
+                               "(lower lr or the method's weights); the run folder keeps the last finished task, "
+                               "continue with --resume once fixed or start over with --overwrite.")
+
+
+def _engine_state(epoch, step, train_seconds, model, method, optimizer, schedule, remain_loader) -> dict:
+    return {
+        "epoch": epoch,
+        "step": step,
+        "train_seconds": train_seconds,
+        "trainable": {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad},
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "method": method.state_dict(),
+        "rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "remain_order": remain_loader.generator.get_state() if remain_loader.generator is not None else None,
+    }
+
+
+def _load_engine_state(state, model, method, optimizer, schedule, remain_loader) -> None:
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, value in state["trainable"].items():
+            named[n].copy_(value)
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    method.load_state_dict(state["method"])
+    torch.set_rng_state(state["rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if state["remain_order"] is not None:
+        remain_loader.generator.set_state(state["remain_order"])

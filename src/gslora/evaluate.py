@@ -67,3 +67,22 @@ def tunable_ratio(trainable: int, total: int) -> float:
 
 def set_accuracies(correct, total, sets: dict[str, Iterable[int]]) -> dict[str, float | None]:
     return {name: accuracy(correct, total, classes) for name, classes in sets.items()}
+
+
+def task_metrics(counts_before, counts_after, counts_orig, task, drop_against_pretrained: bool = False) -> dict:
+    """A task's metrics from per-class counts (correct, total) before the task, after it and of the original model:
+    Acc_f / Acc_r / Acc_o after, Drop (against the task's start, or the original model), H-Mean, the before and
+    pre-trained accuracies and the change of Acc_r against the pre-trained model."""
+    sets = {"acc_f": task.forget, "acc_r": task.remain, "acc_o": task.old}
+    before = set_accuracies(*(counts_orig if drop_against_pretrained else counts_before), sets)
+    after = set_accuracies(*counts_after, sets)
+    orig = set_accuracies(*counts_orig, sets)
+    d = drop(before["acc_f"], after["acc_f"])
+    return {
+        **after,
+        "drop": d,
+        "h_mean": h_mean(after["acc_r"], d),
+        "before": before,
+        "pretrained": {"acc_f": orig["acc_f"], "acc_r": orig["acc_r"]},
+        "acc_r_change_vs_pretrained": after["acc_r"] - orig["acc_r"],
+    }

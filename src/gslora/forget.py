@@ -1,37 +1,40 @@
-"""One forgetting run: a model, a data bundle and a config in; per-task results, a final model and a run folder out.
+"""The runner: a model, a data bundle and a config in; per-task results, a final model and a run folder out.
 
     checkpoint + data → task plan → for each task: prepare (attach LoRA) → train → evaluate → finish (merge)
-    → run folder: config.yaml, plan.json, adapters/, final.safetensors (+ .json), results.{json,csv,md}, plots/
+    → save resume state → … → run folder (see :mod:`gslora.rundir`)
+
+A run killed at any point continues with ``resume=True`` from its last finished task (or its last epoch checkpoint
+with ``checkpoint_every``) and ends with the same numbers as an uninterrupted run: each task's random state is
+derived from (seed, task index), never from what ran before in the process.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import Subset
 
-from . import __version__
 from . import distributed as dist
+from ._crash import crash_point
+from ._version import __version__
 from .config import RunConfig, to_dict
 from .data.base import DataBundle
-from .data.plan import TaskPlan, make_plan, select_per_class
+from .data.plan import Task, TaskPlan, make_plan, select_per_class
 from .engine import autocast_dtype, train_task
 from .errors import GsloraError
-from .evaluate import class_counts, drop, h_mean, set_accuracies, tunable_ratio
-from .io import atomic_write_json, atomic_write_text
+from .evaluate import class_counts, task_metrics, tunable_ratio
 from .methods import Method, TaskContext, get_method
 from .models.registry import Classifier, count_parameters
+from .presets import resolve
+from .rundir import RunFolder
 
 log = logging.getLogger(__name__)
-
-RESULT_FILES = ("results.json", "results.csv", "results.md")
 
 
 @dataclass
@@ -43,23 +46,14 @@ class RunResult:
 
     @property
     def rows(self) -> list[dict]:
-        """One dict per task (the ``tasks`` of ``results``)."""
+        """One dict per task (the ``tasks`` of ``results``); method-specific numbers under ``method_info``."""
         return self.results["tasks"]
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to clobber a finished run unless ``overwrite``; with it, remove the old run's outputs first."""
-    if (out_dir / "results.json").exists() and not overwrite:
-        raise GsloraError(f"{out_dir} already holds a finished run (results.json); choose another --out or pass "
-                          "--overwrite.")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise GsloraError(f"output path {out_dir} exists and is not a folder.")
-    if overwrite and out_dir.exists():
-        for name in (*RESULT_FILES, "final.safetensors", "final.json", "plan.json", "config.yaml"):
-            (out_dir / name).unlink(missing_ok=True)
-        for name in ("adapters", "plots"):
-            shutil.rmtree(out_dir / name, ignore_errors=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def task_seed(seed: int, task_index: int) -> int:
+    """The seed of one task's random state, derived from the run seed and the task index alone."""
+    digest = hashlib.sha256(f"gslora/task/{seed}/{task_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def check_data_matches(classes: list[str], data: DataBundle) -> None:
@@ -78,89 +72,65 @@ def _accuracies(model, data: DataBundle, split: str, num_classes: int, cfg: RunC
                         autocast_dtype=autocast_dtype(cfg.precision))
 
 
-def _task_metrics(counts_before, counts_after, counts_orig, task, drop_against_pretrained=False) -> dict:
-    sets = {"acc_f": task.forget, "acc_r": task.remain, "acc_o": task.old}
-    before = set_accuracies(*(counts_orig if drop_against_pretrained else counts_before), sets)
-    after = set_accuracies(*counts_after, sets)
-    orig = set_accuracies(*counts_orig, sets)
-    d = drop(before["acc_f"], after["acc_f"])
-    return {
-        **after,
-        "drop": d,
-        "h_mean": h_mean(after["acc_r"], d),
-        "before": before,
-        "pretrained": {"acc_f": orig["acc_f"], "acc_r": orig["acc_r"]},
-        "acc_r_change_vs_pretrained": after["acc_r"] - orig["acc_r"],
-    }
-
-
 def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, config: RunConfig,
                    out_dir: str | Path | None = None, history: list | None = None, overwrite: bool = False,
                    progress: bool = False, method: Method | None = None,
-                   source_checkpoint: str | Path | None = None) -> RunResult:
+                   source_checkpoint: str | Path | None = None, resume: bool = False) -> RunResult:
     """Run the task sequence of ``config`` on ``model`` (modified in place and returned as ``result.model``).
 
-    ``source_checkpoint`` (the path the model was loaded from) is recorded so audits can find the original model.
+    ``config`` is resolved first (:func:`gslora.presets.resolve`: unset training settings come from the method's
+    preset). ``resume``: continue the unfinished run in ``out_dir`` (started fresh when there is none); without it
+    an unfinished run there is an error, as is a finished one without ``overwrite``. ``source_checkpoint`` (the path
+    the model was loaded from) is recorded so audits can find the original model.
     """
-    config.validate()
+    config = resolve(config)
     method = method or get_method(config.method, **config.method_args)
     check_data_matches(classes, data)
     plan = make_plan(classes, config.tasks, seed=config.seed)
     device = dist.resolve_device(config.device)
     dist.init_from_env(device)
-    out = Path(out_dir) if out_dir is not None else None
-    writes = out is not None and dist.is_main()
-    if writes:
-        prepare_out_dir(out, overwrite)
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(to_dict(config), sort_keys=False))
-        atomic_write_json(out / "plan.json", plan.to_dict(classes))
+    folder = RunFolder(out_dir) if out_dir is not None else None
+    writes = folder is not None and dist.is_main()
+    state = None
+    if folder is not None:
+        folder.check(overwrite, resume)
+        if writes:
+            folder.start(config, plan.to_dict(classes), overwrite=overwrite, resume=resume)
+        if resume:
+            state = folder.load_task_state(config)
 
-    torch.manual_seed(config.seed)
     model = model.to(device)
     original = copy.deepcopy(model).eval().requires_grad_(False)
     total_params = count_parameters(model)
     nc = len(classes)
-    counts_orig = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
-    counts_now = dict(counts_orig)
-    rows, history = [], list(history or [])
+    if state is None:
+        counts_orig = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
+        counts_now, rows, history, spent = dict(counts_orig), [], list(history or []), 0.0
+    else:
+        model.load_state_dict(state["model"])
+        method.load_state_dict(state["method"])
+        counts_orig, counts_now = state["counts_orig"], state["counts_now"]
+        rows, history, spent = state["rows"], state["history"], state["wall_seconds"]
     run_start = time.perf_counter()
     for position, task in enumerate(plan.tasks):
-        t0 = time.perf_counter()
-        remain_idx = select_per_class(data.train.targets, task.remain, config.seed, config.replay_ratio, config.shots)
-        forget_idx = select_per_class(data.train.targets, task.forget, config.seed, config.replay_ratio, config.shots)
-        if config.old_forget_shots and task.old:
-            forget_idx += select_per_class(data.train.targets, task.old, config.seed, shots=config.old_forget_shots)
-        ctx = TaskContext(
-            task=task, position=position, num_tasks=len(plan.tasks), num_classes=nc, config=config, device=device,
-            remain_data=Subset(data.train, remain_idx), forget_data=Subset(data.train, forget_idx),
-            original_model=original, out_dir=out if writes else None, progress=progress,
-        )
-        work = method.prepare(model, ctx)
-        trainable = sum(p.numel() for p in method.trainable_parameters(work))
-        summary = train_task(work, method, ctx) if method.trains else {"steps": 0, "train_seconds": 0.0}
-        model, info = method.finish(work, ctx)
-        model.eval()
-        vs_pre = method.drop_against_pretrained
-        counts_after = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
-        row = {
-            "task": task.index,
-            "setting": f"{len(task.remain) + len(task.forget)}-{len(task.forget)}",
-            "forget": [classes[c] for c in task.forget],
-            "n_forget": len(task.forget), "n_remain": len(task.remain), "n_old": len(task.old),
-            **_task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre),
-            "val": _task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task, vs_pre),
-            "tunable_ratio": tunable_ratio(info.get("trainable_params", trainable), total_params),
-            "trainable_params": info.get("trainable_params", trainable),
-            "replay_images": len(remain_idx), "forget_images": len(forget_idx),
-            "steps": summary["steps"], "train_seconds": summary["train_seconds"],
-            "wall_seconds": time.perf_counter() - t0,
-            **{k: v for k, v in info.items() if k != "trainable_params"},
-        }
+        if position < len(rows):
+            continue  # finished before the resume
+        epoch_state = folder.load_epoch_state(task.index) if resume and folder is not None else None
+        row, model, counts_after = _run_task(model, method, task, position, plan, classes, data, config, device,
+                                             original, counts_orig, counts_now, total_params,
+                                             folder if writes else None, progress, epoch_state)
         rows.append(row)
         counts_now = counts_after
         history.append({"task": task.index, "method": method.name, "forgotten": row["forget"]})
         log.info("task %d: acc_f %.2f acc_r %.2f acc_o %s H %.2f", task.index, row["acc_f"], row["acc_r"],
                  row["acc_o"], row["h_mean"] or 0.0)
+        if writes and position + 1 < len(plan.tasks):
+            folder.save_task_state(position + 1, {
+                "config": to_dict(config), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "method": method.state_dict(), "rows": rows, "history": history, "counts_orig": counts_orig,
+                "counts_now": counts_now, "wall_seconds": spent + time.perf_counter() - run_start,
+            })
+            crash_point(f"after-task{task.index}")
 
     results = {
         "gslora_version": __version__,
@@ -172,13 +142,55 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         "source_checkpoint": str(Path(source_checkpoint).resolve()) if source_checkpoint else None,
         "plan": plan.to_dict(classes),
         "tasks": rows,
-        "wall_seconds": time.perf_counter() - run_start,
+        "wall_seconds": spent + time.perf_counter() - run_start,
     }
     if writes:
-        from .models.checkpoint import save_checkpoint
-        from .report import write_reports
+        folder.finish(results, model, classes, history)
+    return RunResult(results=results, model=model, plan=plan, out_dir=folder.path if folder is not None else None)
 
-        save_checkpoint(model, out / "final.safetensors", classes, history)
-        results["final_checkpoint"] = "final.safetensors"
-        write_reports(out, results)  # results.json is written last: its presence marks a finished run
-    return RunResult(results=results, model=model, plan=plan, out_dir=out)
+
+def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, classes, data: DataBundle,
+              config: RunConfig, device, original, counts_orig, counts_now, total_params, folder: RunFolder | None,
+              progress: bool, epoch_state: dict | None):
+    """One task: subsets, prepare, train, finish, evaluate. Returns (row, merged model, counts after the task)."""
+    t0 = time.perf_counter()
+    nc = len(classes)
+    torch.manual_seed(task_seed(config.seed, task.index))
+    remain_idx = select_per_class(data.train.targets, task.remain, config.seed, config.replay_ratio, config.shots)
+    forget_idx = select_per_class(data.train.targets, task.forget, config.seed, config.replay_ratio, config.shots)
+    if config.old_forget_shots and task.old:
+        forget_idx += select_per_class(data.train.targets, task.old, config.seed, shots=config.old_forget_shots)
+    ctx = TaskContext(
+        task=task, position=position, num_tasks=len(plan.tasks), num_classes=nc, config=config, device=device,
+        remain_data=Subset(data.train, remain_idx), forget_data=Subset(data.train, forget_idx),
+        original_model=original, out_dir=folder.path if folder is not None else None, progress=progress,
+        adapter_dir=folder.adapter_dir(task.index) if folder is not None and config.save_adapters else None,
+    )
+    work = method.prepare(model, ctx)
+    trainable = sum(p.numel() for p in method.trainable_parameters(work))
+    if method.trains:
+        on_checkpoint = (lambda s: folder.save_epoch_state(task.index, s)) if folder is not None else None
+        summary = train_task(work, method, ctx, state=epoch_state, on_checkpoint=on_checkpoint)
+    else:
+        summary = {"steps": 0, "train_seconds": 0.0}
+    model, info = method.finish(work, ctx)
+    model.eval()
+    info = dict(info)
+    trainable = info.pop("trainable_params", trainable)
+    vs_pre = method.drop_against_pretrained
+    counts_after = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
+    row = {
+        "task": task.index,
+        "setting": f"{len(task.remain) + len(task.forget)}-{len(task.forget)}",
+        "forget": [classes[c] for c in task.forget],
+        "n_forget": len(task.forget), "n_remain": len(task.remain), "n_old": len(task.old),
+        **task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre),
+        "val": task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task, vs_pre),
+        "tunable_ratio": tunable_ratio(trainable, total_params),
+        "trainable_params": trainable,
+        "replay_images": len(remain_idx), "forget_images": len(forget_idx),
+        "steps": summary["steps"], "train_seconds": summary["train_seconds"],
+        "wall_seconds": time.perf_counter() - t0,
+        "method_info": info,
+    }
+    return row, model, counts_after

@@ -13,7 +13,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 
-from .io import atomic_write_dir
+from .files import atomic_write_dir
 from .models.ffn import FFNBlock, locate_ffn
 
 

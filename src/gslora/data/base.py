@@ -1,14 +1,11 @@
-"""The dataset type every source produces, and the one entry point that turns a data spec into splits."""
+"""The dataset types every source produces (the name → loader table is :mod:`gslora.data.sources`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
-
-from ..errors import GsloraError
 
 
 class ImageDataset(Dataset):
@@ -68,17 +65,3 @@ class DataBundle:
             "val": len(self.val),
             "test": len(self.test),
         }
-
-
-def load_data(spec: str, image_size: int, seed: int = 1337, split_ratio: float = 0.7, val_ratio: float = 0.1):
-    """``"faces"`` for the bundled LFW crops, otherwise a folder path (see :mod:`gslora.data.folder`)."""
-    if spec in ("faces", "bundled", "lfw"):
-        from .faces import bundled_faces
-
-        return bundled_faces(image_size=image_size, seed=seed)
-    path = Path(spec).expanduser()
-    if not path.exists():
-        raise GsloraError(f"data {spec!r} is neither 'faces' (the bundled set) nor an existing folder.")
-    from .folder import folder_data
-
-    return folder_data(path, image_size=image_size, seed=seed, split_ratio=split_ratio, val_ratio=val_ratio)

@@ -1,26 +1,17 @@
-"""Forgetting methods, selected by name. Each one implements :class:`gslora.methods.base.Method`."""
+"""Forgetting methods, selected by name. Each one implements :class:`gslora.methods.base.Method` and registers itself
+with the ``@register`` decorator in its own file; every module of this package is imported here, so a new method is
+one file here plus one preset ``configs/methods/<name>.yaml``."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
+
 from ..errors import GsloraError
-from .base import Method, StepState, TaskContext, method_defaults
-from .distillation import DER, FDR, DERpp, LwF
-from .gslora import GSLoRA
-from .lirf import UniformKD
-from .regularization import EWC, L2, MAS
-from .retrain import HeadForgetting, Retrain
-from .scrub import SCRUB, SCRUBS
-from .ssd import SSD
+from .base import METHODS, Method, StepState, TaskContext, method_defaults, register
 
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls
-    for cls in (GSLoRA, L2, EWC, MAS, LwF, DER, DERpp, FDR, SCRUB, SCRUBS, UniformKD, Retrain, HeadForgetting, SSD)
-}
-
-
-def register_method(cls: type[Method]) -> type[Method]:
-    METHODS[cls.name] = cls
-    return cls
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def list_methods() -> list[str]:
@@ -34,4 +25,4 @@ def get_method(name: str, **args) -> Method:
 
 
 __all__ = ["METHODS", "Method", "StepState", "TaskContext", "get_method", "list_methods", "method_defaults",
-           "register_method"]
+           "register"]

@@ -18,9 +18,19 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..config import RunConfig, from_dict, packaged_yaml
+from ..config import RunConfig, from_dict
 from ..data.plan import Task
-from ..errors import GsloraError
+from ..presets import method_preset
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method selectable by its ``name`` (one file + one YAML preset adds a method)."""
+    if cls.name in METHODS and METHODS[cls.name] is not cls:
+        raise ValueError(f"two methods are named {cls.name!r}: {METHODS[cls.name].__qualname__} and {cls.__qualname__}")
+    METHODS[cls.name] = cls
+    return cls
 
 
 @dataclass
@@ -36,8 +46,9 @@ class TaskContext:
     remain_data: Dataset  # the replay subset of R_t
     forget_data: Dataset  # the subset of F_t (plus old forgotten classes if old_forget_shots > 0)
     original_model: nn.Module | None = None  # frozen copy of the model before the first task (teachers, anchors)
-    out_dir: Path | None = None  # where the method may write per-task artefacts (adapters); None: write nothing
+    out_dir: Path | None = None  # the run folder (None: the run writes nothing)
     progress: bool = False
+    adapter_dir: Path | None = None  # where this task's adapter goes (None: write no adapter)
 
 
 @dataclass
@@ -58,7 +69,7 @@ class Method:
     drop_against_pretrained: bool = False  # Drop (and H) vs the original model, not the task's start (Retrain)
 
     def __init__(self, **overrides):
-        defaults = method_defaults(self.name).get("args", {}) if self.Args is not None else {}
+        defaults = method_preset(self.name).get("args", {}) if self.Args is not None else {}
         where = f"method_args ({self.name})"
         self.args = from_dict(self.Args, {**defaults, **overrides}, where=where) if self.Args else None
         validate = getattr(self.args, "validate", None)
@@ -91,13 +102,44 @@ class Method:
 
         return {"method": self.name, "args": asdict(self.args) if self.args is not None else {}}
 
+    # --- resumable state --------------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What a resumed run needs of this method: by default every attribute that is plain data (tensors, numbers,
+        strings, None, lists / tuples / dicts of them; torch generators by their state). Anything else (models,
+        loaders, iterators) must be rebuilt by ``prepare``. Override both methods for anything richer."""
+        out = {}
+        for key, value in vars(self).items():
+            if key == "args":
+                continue
+            if isinstance(value, torch.Generator):
+                out[key] = {"__generator_state__": value.get_state()}
+            elif _plain(value):
+                out[key] = value
+        return out
 
-def method_defaults(name: str) -> dict:
-    """The versioned defaults file ``configs/methods/<name>.yaml`` (keys ``args`` and ``run``)."""
-    try:
-        return packaged_yaml("methods", f"{name}.yaml")
-    except GsloraError:  # a method without a defaults file simply has none
-        return {}
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            if isinstance(value, dict) and "__generator_state__" in value:
+                gen = getattr(self, key, None)
+                if not isinstance(gen, torch.Generator):
+                    gen = torch.Generator()
+                    setattr(self, key, gen)
+                gen.set_state(value["__generator_state__"])
+            else:
+                setattr(self, key, value)
+
+
+def _plain(value) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, (str, int)) and _plain(v) for k, v in value.items())
+    return False
+
+
+method_defaults = method_preset  # the earlier name
 
 
 def per_task(value, position: int):

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GsloraError
-from .base import StepState
+from .base import StepState, register
 from .common import BackboneFinetune, ReplayStream, distill_kl
 
 
@@ -39,6 +39,7 @@ class LwFArgs:
             raise GsloraError(f"method_args.temperature must be > 0, got {self.temperature}.")
 
 
+@register
 class LwF(BackboneFinetune):
     name = "lwf"
     Args = LwFArgs
@@ -64,6 +65,7 @@ class DERArgs:
         _non_negative(self, "lam")
 
 
+@register
 class DER(BackboneFinetune):
     name = "der"
     Args = DERArgs
@@ -91,6 +93,7 @@ class DERppArgs:
         _non_negative(self, "lam", "replay_weight")
 
 
+@register
 class DERpp(DER):
     name = "derpp"
     Args = DERppArgs
@@ -121,6 +124,7 @@ class FDRArgs:
         _non_negative(self, "lam")
 
 
+@register
 class FDR(BackboneFinetune):
     name = "fdr"
     Args = FDRArgs

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from ..errors import GsloraError
 from ..lora import LoraGroups, attach_lora, delta_norms, group_norms, merge_lora, save_adapter
 from ..losses import bounded_forget_loss, group_lasso, prototype_loss
-from .base import Method, StepState, TaskContext, per_task
+from .base import Method, StepState, TaskContext, per_task, register
 
 
 @dataclass
@@ -43,6 +43,7 @@ class GSLoRAArgs:
             raise GsloraError(f"method_args.lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
 
+@register
 class GSLoRA(Method):
     name = "gslora"
     Args = GSLoRAArgs
@@ -107,9 +108,9 @@ class GSLoRA(Method):
             "trainable_params": trainable,
             "beta": self.beta,
         }
-        if ctx.out_dir is not None and ctx.config.save_adapters:
-            folder = save_adapter(model, ctx.out_dir / "adapters" / f"task{ctx.task.index}")
-            info["adapter"] = str(folder.relative_to(ctx.out_dir))
+        if ctx.adapter_dir is not None:
+            folder = save_adapter(model, ctx.adapter_dir)
+            info["adapter"] = str(folder.relative_to(ctx.out_dir)) if ctx.out_dir is not None else str(folder)
         merged = merge_lora(model)
         self.groups = None
         return merged, info

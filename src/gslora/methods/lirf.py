@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GsloraError
-from .base import StepState
+from .base import StepState, register
 from .common import BackboneFinetune, distill_kl
 
 
@@ -46,6 +46,7 @@ class UniformKDArgs:
             raise GsloraError(f"method_args.temperature must be > 0, got {self.temperature}.")
 
 
+@register
 class UniformKD(BackboneFinetune):
     name = "uniform-kd"
     Args = UniformKDArgs

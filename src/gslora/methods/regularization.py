@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import GsloraError
-from .base import StepState, TaskContext
+from .base import StepState, TaskContext, register
 from .common import BackboneFinetune, batches_of, parameter_importance
 
 
@@ -73,16 +73,19 @@ class QuadraticPenaltyMethod(BackboneFinetune):
         return {"penalty_tasks": len(self.anchors)}
 
 
+@register
 class L2(QuadraticPenaltyMethod):
     name = "l2"
     importance_kind = None
 
 
+@register
 class EWC(QuadraticPenaltyMethod):
     name = "ewc"
     importance_kind = "fisher"
 
 
+@register
 class MAS(QuadraticPenaltyMethod):
     name = "mas"
     importance_kind = "mas"

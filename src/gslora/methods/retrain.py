@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..errors import GsloraError
 from ..models.registry import create_from_config
-from .base import Method, StepState
+from .base import Method, StepState, register
 from .common import random_wrong_labels
 
 
@@ -29,6 +29,7 @@ class RetrainArgs:
         pass
 
 
+@register
 class Retrain(Method):
     name = "retrain"
     Args = RetrainArgs
@@ -59,6 +60,7 @@ class HeadArgs:
             raise GsloraError(f"method_args.mode must be one of {', '.join(_HEAD_MODES)}, got {self.mode!r}.")
 
 
+@register
 class HeadForgetting(Method):
     name = "head"
     Args = HeadArgs

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GsloraError
-from .base import StepState
+from .base import StepState, register
 from .common import BackboneFinetune, distill_kl
 
 
@@ -38,6 +38,7 @@ class SCRUBArgs:
             raise GsloraError(f"method_args.max_fraction must be in [0, 1], got {self.max_fraction}.")
 
 
+@register
 class SCRUB(BackboneFinetune):
     name = "scrub"
     Args = SCRUBArgs
@@ -107,5 +108,6 @@ class SCRUB(BackboneFinetune):
         return super().finish(model, ctx)
 
 
+@register
 class SCRUBS(SCRUB):
     name = "scrub-s"

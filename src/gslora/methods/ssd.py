@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import GsloraError
-from .base import Method
+from .base import Method, register
 from .common import batches_of, parameter_importance
 
 
@@ -46,6 +46,7 @@ def ssd_dampen(params: dict[str, torch.nn.Parameter], imp_remain: dict[str, torc
     return masks
 
 
+@register
 class SSD(Method):
     name = "ssd"
     Args = SSDArgs

@@ -13,7 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..errors import GsloraError
-from ..io import atomic_write, atomic_write_json
+from ..files import atomic_write, atomic_write_json
 from .registry import Classifier, create_from_config
 
 FORMAT = "gslora-checkpoint"

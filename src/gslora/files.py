@@ -1,4 +1,4 @@
-"""Atomic file writes: a crash never leaves a half-written file that looks complete."""
+"""Atomic file writes (temporary file, fsync, rename): a crash never leaves a half-written file that looks complete."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp_path = Path(tmp)
     try:
         write(tmp_path)
+        with open(tmp_path, "rb") as f:  # the data reaches the disk before the rename makes it visible
+            os.fsync(f.fileno())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)

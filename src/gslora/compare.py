@@ -1,11 +1,12 @@
-"""The comparison benchmark: every method from the same checkpoint, task plan and replay / forget subsets (one seed).
+"""The comparison: every method from the same checkpoint, task plan and replay / forget subsets (one seed).
 
 - ``single``: the paper's 100−Y settings scaled to the class count C (Y = 5%, 10%, 50%, 90% of C), one run each;
 - ``continual``: 4 tasks of 20% of the classes each.
 
 Output folder: ``comparison.md``, ``comparison.csv``, ``comparison.json`` (written last: its presence marks a
-finished benchmark) and ``plots/h_mean.png``. A method that raises is reported as failed with its error; the others
-still run.
+finished comparison), ``plots/h_mean.png`` and ``runs/<method>/<run label>/``, each method's run folder (so a killed
+comparison continues with ``resume=True``: finished runs are read back, an unfinished one resumes). A method that
+raises is reported as failed with its error; the others still run.
 """
 
 from __future__ import annotations
@@ -14,25 +15,29 @@ import copy
 import csv
 import io
 import logging
+import shutil
 import time
 import traceback
 from pathlib import Path
 
-from . import __version__
+from matplotlib.figure import Figure
+
+from ._version import __version__
 from .config import RunConfig, from_dict, to_dict
 from .data.base import DataBundle
 from .errors import GsloraError
+from .files import atomic_write_json, atomic_write_text
 from .forget import run_forgetting
-from .io import atomic_write_json, atomic_write_text
-from .methods import get_method, list_methods, method_defaults
-from .report import _markdown, fmt, save_figure
+from .methods import get_method, list_methods
+from .presets import resolve
+from .report import fmt, markdown, save_figure
+from .rundir import RunFolder
 
 log = logging.getLogger(__name__)
 
 SETTINGS = ("single", "continual")
 SINGLE_FRACTIONS = (0.05, 0.10, 0.50, 0.90)
 CONTINUAL_TASKS, CONTINUAL_FRACTION = 4, 0.20
-BENCHMARK_FILES = ("comparison.md", "comparison.csv", "comparison.json")
 
 
 def setting_plans(setting: str, num_classes: int) -> list[tuple[str, str]]:
@@ -68,27 +73,27 @@ def parse_methods(spec: str | list[str]) -> list[str]:
 
 
 def method_config(name: str, base: dict, tasks: str, own: dict | None = None) -> RunConfig:
-    """The run config of one method: its preferred run settings (configs/methods/<name>.yaml ``run:``) unless the
-    user's shared ``base`` sets them, then ``own`` (run settings for this method only), then the task plan."""
-    preferred = method_defaults(name).get("run", {})
-    data = {**preferred, **base, **(own or {}), "method": name, "tasks": tasks}
-    return from_dict(RunConfig, data, where=f"benchmark config ({name})").validate()
+    """The run config of one method: the user's shared ``base``, then ``own`` (run settings for this method only),
+    then the task plan, resolved (:func:`gslora.presets.resolve`: what is still unset comes from the method preset)."""
+    data = {**base, **(own or {}), "method": name, "tasks": tasks}
+    return resolve(from_dict(RunConfig, data, where=f"comparison config ({name})"))
 
 
-def run_benchmark(model, classes: list[str], data: DataBundle, setting: str, methods: list[str] | str = "all",
+def run_comparison(model, classes: list[str], data: DataBundle, setting: str, methods: list[str] | str = "all",
                   base_config: dict | None = None, method_args: dict[str, dict] | None = None,
                   out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = False,
                   on_method_done=None, source_checkpoint: str | Path | None = None,
-                  method_run: dict[str, dict] | None = None) -> dict:
+                  method_run: dict[str, dict] | None = None, resume: bool = False) -> dict:
     """Run every method of ``methods`` on a fresh copy of ``model`` for each run of ``setting``; return (and write
     to ``out_dir``) the comparison. ``method_args``: per-method overrides of the packaged defaults;
     ``method_run``: per-method run settings (e.g. ``{"gslora": {"lr": 3e-3}}``) over the shared ``base_config``.
-    ``on_method_done(entry)`` is called after each method (the CLI prints progress with it)."""
+    ``on_method_done(entry)`` is called after each method (the CLI prints progress with it). ``resume``: continue a
+    killed comparison in ``out_dir`` (every method run has its own run folder under ``runs/``)."""
     names = parse_methods(methods)
     plans = setting_plans(setting, len(classes))
     base = dict(base_config or {})
     if "method_args" in base:
-        raise GsloraError("the benchmark's shared config must not hold method_args (they differ per method); pass "
+        raise GsloraError("the comparison's shared config must not hold method_args (they differ per method); pass "
                           "per-method overrides instead (--method-set METHOD.KEY=VALUE).")
     base.pop("method", None)
     base.pop("tasks", None)
@@ -96,13 +101,19 @@ def run_benchmark(model, classes: list[str], data: DataBundle, setting: str, met
     method_run = dict(method_run or {})
     unknown = [m for m in (*method_args, *method_run) if m not in names]
     if unknown:
-        raise GsloraError(f"method arguments given for {unknown[0]!r}, which is not benchmarked; benchmarked: "
+        raise GsloraError(f"method arguments given for {unknown[0]!r}, which is not compared; compared: "
                           f"{', '.join(names)}.")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         if (out / "comparison.json").exists() and not overwrite:
-            raise GsloraError(f"{out} already holds a finished benchmark (comparison.json); choose another --out or "
+            raise GsloraError(f"{out} already holds a finished comparison (comparison.json); choose another --out or "
                               "pass --overwrite.")
+        if (out / "runs").is_dir() and not (overwrite or resume):
+            raise GsloraError(f"{out} holds an unfinished comparison; pass --resume to continue it or --overwrite to "
+                              "start over.")
+        if overwrite:
+            shutil.rmtree(out / "runs", ignore_errors=True)
+            (out / "comparison.json").unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
     base_cfg = method_config(names[0], base, plans[0][1])  # validates the shared keys once, before any run
     entries = []
@@ -113,10 +124,16 @@ def run_benchmark(model, classes: list[str], data: DataBundle, setting: str, met
             for label, tasks in plans:
                 cfg = method_config(name, base, tasks, method_run.get(name))
                 method = get_method(name, **method_args.get(name, {}))
-                res = run_forgetting(copy.deepcopy(model), classes, data, cfg, method=method, progress=progress)
+                run_dir = out / "runs" / name / label if out is not None else None
+                if resume and run_dir is not None and RunFolder(run_dir).is_finished():
+                    results = RunFolder.load(run_dir).results
+                else:
+                    results = run_forgetting(copy.deepcopy(model), classes, data, cfg, method=method,
+                                             progress=progress, out_dir=run_dir, resume=resume,
+                                             source_checkpoint=source_checkpoint).results
                 entry["runs"].append({"label": label, "tasks_spec": tasks, "config": to_dict(cfg),
-                                      "method": method.describe(), "tasks": res.rows,
-                                      "wall_seconds": res.results["wall_seconds"]})
+                                      "method": method.describe(), "tasks": results["tasks"],
+                                      "wall_seconds": results["wall_seconds"]})
         except Exception as e:  # a failing method is reported, the others still run
             entry["status"] = "failed"
             entry["error"] = f"{type(e).__name__}: {e}"
@@ -203,14 +220,14 @@ def comparison_markdown_table(comparison: dict) -> str:
         status = "ok" if e["status"] == "ok" else "failed: " + e["error"].replace("|", "/").replace("\n", " ")[:160]
         line += [f"{e['wall_seconds']:.1f}", status]
         lines.append(line)
-    return _markdown(lines)
+    return markdown(lines)
 
 
 def comparison_markdown(comparison: dict) -> str:
     d, m = comparison["data"], comparison["model"]
     plans = ", ".join(f"{p['label']} ({p['tasks']})" for p in comparison["plans"])
     return "\n".join([
-        f"# Forgetting benchmark: {comparison['setting']} on {d['name']}",
+        f"# Forgetting comparison: {comparison['setting']} on {d['name']}",
         "",
         f"Model `{m['arch']}` ({m['num_classes']} classes), {comparison['epochs']} epochs per task, seed "
         f"{comparison['seed']}, gslora {comparison['gslora_version']}. Runs: {plans}. Every method starts from the "
@@ -247,15 +264,12 @@ def comparison_csv(comparison: dict) -> str:
     return buf.getvalue()
 
 
-def plot_h_mean(comparison: dict, path: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def h_mean_figure(comparison: dict) -> Figure:
+    """H-Mean per setting (single step) or task (continual), one line per method."""
     cols = _columns(comparison)
     x = list(range(len(cols)))
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cols) + 3), 4.5))
+    fig = Figure(figsize=(max(6, 1.4 * len(cols) + 3), 4.5))
+    ax = fig.subplots()
     for e in comparison["methods"]:
         if e["status"] != "ok":
             continue
@@ -270,13 +284,17 @@ def plot_h_mean(comparison: dict, path: Path) -> Path:
     ax.set_title(f"H-Mean per {'setting' if comparison['setting'] == 'single' else 'task'} and method "
                  f"({comparison['data']['name']})")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return save_figure(fig, path)
+    return fig
 
 
 def write_comparison(out_dir: Path, comparison: dict) -> None:
-    """Plot, Markdown and CSV first; ``comparison.json`` last, so its presence means the benchmark finished."""
+    """Plot, Markdown and CSV first; ``comparison.json`` last, so its presence means the comparison finished."""
     out_dir = Path(out_dir)
-    comparison["plots"] = [str(plot_h_mean(comparison, out_dir / "plots" / "h_mean.png").relative_to(out_dir))]
+    comparison["plots"] = [str(save_figure(h_mean_figure(comparison), out_dir / "plots" / "h_mean.png")
+                               .relative_to(out_dir))]
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(comparison))
     atomic_write_text(out_dir / "comparison.csv", comparison_csv(comparison))
     atomic_write_json(out_dir / "comparison.json", comparison)
+
+
+run_benchmark = run_comparison  # the earlier name

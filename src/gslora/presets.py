@@ -1,0 +1,64 @@
+"""Packaged YAML presets (each method's defaults, the demo) and the one place a run config is resolved.
+
+``resolve(config)`` is what ``run_forgetting``, every CLI command and the comparison pass a RunConfig through: the
+training settings the user left unset (None, see ``config.PRESET_KEYS``) come from the method's preset
+(``configs/methods/<method>.yaml``, key ``run``), else from the global default of the field. The resolved config is
+the one written to ``config.yaml``; resolving it again changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+
+import yaml
+
+from .config import PRESET_KEYS, RunConfig, from_dict
+from .errors import GsloraError
+
+
+def packaged_yaml(*parts: str) -> dict:
+    """A YAML file shipped inside the package (``gslora/configs/...``)."""
+    ref = resources.files("gslora").joinpath("configs", *parts)
+    if not ref.is_file():
+        raise GsloraError(f"no packaged config {'/'.join(parts)}.")
+    return yaml.safe_load(ref.read_text(encoding="utf-8")) or {}
+
+
+def method_preset(name: str) -> dict:
+    """The versioned defaults file ``configs/methods/<name>.yaml`` (keys ``args`` and ``run``); {} when absent."""
+    try:
+        return packaged_yaml("methods", f"{name}.yaml")
+    except GsloraError:  # a method without a defaults file simply has none
+        return {}
+
+
+def method_run_preset(name: str) -> dict:
+    """The run settings a method prefers (its preset's ``run`` mapping), checked against ``PRESET_KEYS``."""
+    run = method_preset(name).get("run") or {}
+    bad = [k for k in run if k not in PRESET_KEYS]
+    if bad:
+        raise GsloraError(f"the preset of method {name!r} sets {bad[0]!r}, which a method preset may not choose; "
+                          f"allowed: {', '.join(PRESET_KEYS)}.")
+    return run
+
+
+def demo_preset() -> dict:
+    """``configs/demo.yaml``: the demo's model, pre-training and run settings."""
+    return packaged_yaml("demo.yaml")
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """A copy of ``config`` with every unset training setting filled: method preset first, then global default.
+
+    Validated; idempotent (a resolved config resolves to itself).
+    """
+    config.validate()
+    preset = from_dict(RunConfig, method_run_preset(config.method), where=f"preset of method {config.method!r}")
+    fields = {f.name: f for f in dataclasses.fields(RunConfig)}
+    filled = {}
+    for key in PRESET_KEYS:
+        if getattr(config, key) is None:
+            value = getattr(preset, key)
+            filled[key] = value if value is not None else fields[key].metadata["default"]
+    return dataclasses.replace(config, **filled).validate()
