@@ -1,0 +1,129 @@
+"""Runs that survive a crash: a tiny continual run is killed with SIGKILL at several points (a test-only hook,
+GSLORA_CRASH_AT, makes the process kill itself at a named point); each resumed run ends with the same results.json,
+number for number, and the same final weights as the uninterrupted run."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gslora import RunConfig, RunFolder, resolve, run_forgetting
+from gslora.cli import main
+from gslora.errors import GsloraError
+from gslora.methods import get_method
+
+SETTINGS = ["--tasks", "3x2", "--epochs", "3", "--device", "cpu", "--no-progress", "--set", "batch_size=16",
+            "--set", "replay_ratio=0.5", "--set", "lr=3e-3", "--set", "method_args.lora_alpha=8.0"]
+
+
+def _args(ckpt, data, out, *extra):
+    return ["forget", "--checkpoint", str(ckpt), "--data", str(data), "--out", str(out), *SETTINGS, *extra]
+
+
+def _killed_run(ckpt, data, out, point, *extra):
+    env = {**os.environ, "GSLORA_CRASH_AT": point, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "gslora.cli", *_args(ckpt, data, out, *extra)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL at the named point
+
+
+def _numbers(obj):
+    """results.json without wall-clock seconds (everything else must be equal, number for number)."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items() if not k.endswith("seconds")}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    return obj
+
+
+def _finished(out):
+    return _numbers(json.loads((out / "results.json").read_text())), load_file(str(out / "final.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, _micro_pretrained, micro_data):
+    """A checkpoint and an image folder (train/ + test/, as conftest's micro_folder), made once for this module."""
+    from PIL import Image
+
+    from gslora.models import save_checkpoint
+
+    root = tmp_path_factory.mktemp("resume")
+    ckpt = save_checkpoint(_micro_pretrained[0], root / "micro.safetensors", micro_data.classes)
+    for split, ds, per_class in (("train", micro_data.train, 6), ("test", micro_data.test, 3)):
+        seen = {}
+        for i, t in enumerate(ds.targets):
+            if seen.get(t, 0) < per_class:
+                seen[t] = seen.get(t, 0) + 1
+                d = root / "faces" / split / ds.classes[t]
+                d.mkdir(parents=True, exist_ok=True)
+                Image.fromarray((ds[i][0].permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()).save(d / f"{i}.png")
+    return ckpt, root / "faces"
+
+
+@pytest.fixture(scope="module")
+def reference(inputs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference") / "run"
+    assert main(_args(*inputs, out)) == 0
+    return _finished(out)
+
+
+@pytest.mark.parametrize("point, extra", [
+    ("task1.step6", ["--set", "checkpoint_every=1"]),  # during task 1, after its first epoch checkpoint
+    ("after-task2", []),  # between tasks (task 2's state then cut short: the previous state is used)
+    ("task3.step5", []),  # during the last task, no epoch checkpoints: from the end of task 2
+])
+def test_a_killed_run_resumes_to_the_same_numbers(tmp_path, inputs, reference, point, extra, capsys):
+    out = tmp_path / "run"
+    _killed_run(*inputs, out, point, *extra)
+    folder = RunFolder(out)
+    assert folder.is_unfinished() and not (out / "results.json").exists()
+    if point == "task1.step6":
+        assert (out / "state" / "epoch-task1.pt").is_file()
+    if point == "after-task2":
+        state = out / "state" / "task-2.pt"
+        state.write_bytes(state.read_bytes()[:1000])  # a power loss that beat the rename's durability
+    assert main(_args(*inputs, out)) == 2  # neither --resume nor --overwrite
+    assert "pass --resume to continue it or --overwrite" in capsys.readouterr().err
+    assert main(_args(*inputs, out, "--resume", "--set", "lr=1e-3")) == 2  # other numbers: not the same run
+    assert "used lr = 0.003, not 0.001" in capsys.readouterr().err
+    assert main(_args(*inputs, out, "--resume")) == 0
+    assert main(_args(*inputs, out, "--resume")) == 2
+    assert "already holds a finished run" in capsys.readouterr().err
+    results, weights = _finished(out)
+    ref_results, ref_weights = reference
+    assert results == ref_results
+    assert weights.keys() == ref_weights.keys()
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+    assert not (out / "state").exists()
+
+
+class _Exploding:
+    """Wraps GS-LoRA; from task 2 on its forgetting term is NaN."""
+
+    def __new__(cls):
+        method = get_method("gslora", lora_alpha=8.0)
+        real = method._forget_term
+
+        def forget_term(logits, y):
+            term = real(logits, y)
+            return term * math.nan if method.position >= 1 else term
+
+        method._forget_term = forget_term
+        return method
+
+
+def test_a_nan_loss_stops_with_the_task_epoch_and_term_and_leaves_a_resumable_run(tmp_path, micro_model, micro_data):
+    out = tmp_path / "run"
+    cfg = RunConfig(tasks="2x2", epochs=2, batch_size=16, replay_ratio=0.3, lr=3e-3, device="cpu",
+                    save_adapters=False)
+    with pytest.raises(GsloraError, match=r"task 2, epoch 1: the loss term 'forget' became nan"):
+        run_forgetting(micro_model, micro_data.classes, micro_data, cfg, out_dir=out, method=_Exploding())
+    folder = RunFolder(out)
+    assert folder.is_unfinished()
+    assert folder.load_task_state(resolve(cfg))["completed"] == 1
+
