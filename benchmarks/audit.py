@@ -59,8 +59,8 @@ def pretrained(path: Path, data, image_size: int, settings: dict, seed: int, log
 def bench(name: str, args) -> dict:
     from gslora import load_checkpoint, load_data, load_run_config, run_forgetting
     from gslora.audit import AuditConfig, audit_run, audit_tables, run_classes
-    from gslora.config import packaged_yaml
     from gslora.methods import list_methods
+    from gslora.presets import packaged_yaml
 
     spec, size, tasks, settings, split = DATASETS[name]
     out = Path(args.out) / name

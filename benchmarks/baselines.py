@@ -58,7 +58,8 @@ def main() -> None:
 
     from gslora import load_checkpoint, load_data
     from gslora.compare import comparison_markdown_table, run_benchmark
-    from gslora.config import merge_overrides, packaged_yaml
+    from gslora.config import merge_overrides
+    from gslora.presets import packaged_yaml
 
     shared = merge_overrides({"epochs": args.epochs, "seed": args.seed, "device": "cpu", "save_adapters": False},
                              args.overrides)

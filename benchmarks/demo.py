@@ -47,9 +47,10 @@ def main() -> int:
         ok = r["acc_f"] <= 5 and (r["acc_o"] is None or r["acc_o"] <= 5) and r["acc_r_change_vs_pretrained"] >= -3
         ok_all &= ok
         acc_o = "-" if r["acc_o"] is None else f"{r['acc_o']:.1f}"
+        info = r["method_info"]
         print(f"| {r['task']} | {r['acc_f']:.1f} | {acc_o} | {r['acc_r']:.1f} | {r['pretrained']['acc_r']:.1f} | "
-              f"{r['acc_r_change_vs_pretrained']:+.1f} | {r['h_mean']:.1f} | {len(r['selected_blocks'])}/"
-              f"{len(r['group_norms'])} | {r['tunable_ratio']:.2f}% | {'pass' if ok else 'MISS'} |")
+              f"{r['acc_r_change_vs_pretrained']:+.1f} | {r['h_mean']:.1f} | {len(info['selected_blocks'])}/"
+              f"{len(info['group_norms'])} | {r['tunable_ratio']:.2f}% | {'pass' if ok else 'MISS'} |")
     print(f"\nquality bar: {'met after every task' if ok_all else 'missed (see MISS rows)'}")
     return 0
 

@@ -69,10 +69,10 @@ def main(argv=None) -> int:
                            "method_args": margs})
         t0 = time.perf_counter()
         r = run_forgetting(model, meta["classes"], data, cfg).rows[0]
-        v = r["val"]
+        v, info = r["val"], r["method_info"]
         print(f"| {i} | {label} | {v['acc_f']:.1f} | {v['acc_r']:.1f} ({v['pretrained']['acc_r']:.1f}) | "
               f"{v['acc_r_change_vs_pretrained']:+.1f} | {r['acc_f']:.1f} | {r['acc_r_change_vs_pretrained']:+.1f} | "
-              f"{len(r['selected_blocks'])}/{len(r['group_norms'])} | {max(r['relative_delta_norms']):.2f} | "
+              f"{len(info['selected_blocks'])}/{len(info['group_norms'])} | {max(info['relative_delta_norms']):.2f} | "
               f"{time.perf_counter() - t0:.0f} |", flush=True)
     return 0
 
