@@ -97,3 +97,38 @@ def test_benchmark_cli_single_step(micro_checkpoint, micro_data, tmp_path, capsy
     assert saved["methods"][0]["runs"][0]["method"]["args"]["mode"] == "mask"
     assert main(args[:-2] + ["--method-set", "bogus"]) == 2  # a malformed override is a user error
 
+
+
+def _numbers(obj):
+    if isinstance(obj, dict):
+        return {k: _numbers(v) for k, v in obj.items() if not k.endswith("seconds")}
+    if isinstance(obj, list):
+        return [_numbers(v) for v in obj]
+    return obj
+
+
+def test_a_killed_comparison_resumes_without_redoing_finished_runs(micro_model, micro_data, tmp_path, monkeypatch):
+    import copy
+
+    import gslora.compare as compare
+
+    real, calls = compare.run_forgetting, []
+
+    def dies_in_head(*args, **kw):
+        calls.append(kw["method"].name)
+        if kw["method"].name == "head" and len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies during the second method
+        return real(*args, **kw)
+
+    monkeypatch.setattr(compare, "run_forgetting", dies_in_head)
+    out, args = tmp_path / "bench", (micro_data.classes, micro_data, "continual", "gslora,head")
+    kw = {"base_config": FAST, "method_args": {"head": {"mode": "mask"}}}
+    with pytest.raises(KeyboardInterrupt):
+        compare.run_comparison(copy.deepcopy(micro_model), *args, out_dir=out, **kw)
+    with pytest.raises(GsloraError, match="unfinished comparison; pass --resume"):
+        compare.run_comparison(copy.deepcopy(micro_model), *args, out_dir=out, **kw)
+    resumed = compare.run_comparison(copy.deepcopy(micro_model), *args, out_dir=out, resume=True, **kw)
+    assert calls == ["gslora", "head", "head"]  # the finished gslora run was read back, not trained again
+    reference = compare.run_comparison(copy.deepcopy(micro_model), *args, out_dir=tmp_path / "ref", **kw)
+    assert _numbers(resumed["methods"]) == _numbers(reference["methods"])
+    assert json.loads((out / "comparison.json").read_text())["methods"][0]["status"] == "ok"
