@@ -97,7 +97,7 @@ def test_folder_test_class_without_train_folder_is_an_error(tmp_path):
 
 
 def test_config_reads_numbers_without_a_dot_and_rejects_words(tmp_path):
-    from gslora.config import load_run_config
+    from gslora.presets import load_run_config
 
     cfg_file = tmp_path / "run.yaml"
     cfg_file.write_text("lr: 3e-3\nmethod_args:\n  bound: 60\n")

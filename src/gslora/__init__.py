@@ -11,12 +11,12 @@ The public API::
 """
 
 from ._version import __version__
-from .config import PretrainConfig, RunConfig, load_run_config
+from .config import PretrainConfig, RunConfig
 from .data import load_data, make_plan
 from .errors import GsloraError
 from .forget import RunResult, run_forgetting
 from .models import create_model, load_checkpoint, locate_ffn, save_checkpoint
-from .presets import resolve
+from .presets import load_run_config, resolve
 from .rundir import FinishedRun, RunFolder
 
 __all__ = [

@@ -278,13 +278,5 @@ def build_config(cls, path: str | Path | None = None, overrides: list[str] | Non
     return from_dict(cls, data, where=where or (str(path) if path else "config")).validate()
 
 
-def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None, **kwargs) -> RunConfig:
-    """Defaults, the YAML file, ``key=value`` overrides and keyword arguments (CLI flags), resolved against the
-    method's preset (:func:`gslora.presets.resolve`)."""
-    from .presets import resolve
-
-    return resolve(build_config(RunConfig, path, overrides, **kwargs))
-
-
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 from importlib import resources
+from pathlib import Path
 
 import yaml
 
-from .config import PRESET_KEYS, RunConfig, from_dict
+from .config import PRESET_KEYS, RunConfig, build_config, from_dict
 from .errors import GsloraError
 
 
@@ -62,3 +63,8 @@ def resolve(config: RunConfig) -> RunConfig:
             value = getattr(preset, key)
             filled[key] = value if value is not None else fields[key].metadata["default"]
     return dataclasses.replace(config, **filled).validate()
+
+
+def load_run_config(path: str | Path | None = None, overrides: list[str] | None = None, **flags) -> RunConfig:
+    """Defaults, the YAML file at ``path``, ``key=value`` overrides and keyword flags (None: not given), resolved."""
+    return resolve(build_config(RunConfig, path, overrides, **flags))
