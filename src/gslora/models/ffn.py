@@ -6,6 +6,7 @@ Families, tried in order (the first that matches wins):
 - ``hf-vit-5``: ``layers.<i>.mlp.fc1`` / ``fc2`` (Hugging Face transformers 5.x ``ViTModel``)
 - ``hf-vit-4``: ``encoder.layer.<i>.intermediate.dense`` / ``encoder.layer.<i>.output.dense`` (transformers 4.x)
 - ``torchvision``: ``encoder_layer_<i>.mlp.0`` / ``encoder_layer_<i>.mlp.3`` (torchvision ``vit_b_16`` etc.)
+- ``hf-dinov2``: ``encoder.layer.<i>.mlp.fc1`` / ``fc2`` (Hugging Face ``Dinov2Model``, 4.x and 5.x)
 
 A block is the group GS-LoRA's group lasso acts on.
 """
@@ -28,6 +29,11 @@ FAMILIES: list[tuple[str, re.Pattern, tuple[str, str]]] = [
         ("intermediate.dense", "output.dense"),
     ),
     ("torchvision", re.compile(r"^(?P<prefix>(?:.*\.)?encoder_layer_(?P<i>\d+)\.mlp)\.(?P<which>0|3)$"), ("0", "3")),
+    (
+        "hf-dinov2",
+        re.compile(r"^(?P<prefix>(?:.*\.)?encoder\.layer\.(?P<i>\d+)\.mlp)\.(?P<which>fc1|fc2)$"),
+        ("fc1", "fc2"),
+    ),
 ]
 
 
@@ -53,5 +59,6 @@ def locate_ffn(model: nn.Module) -> tuple[str, list[FFNBlock]]:
             return family, [FFNBlock(index=i, fc1=d[first], fc2=d[second]) for i, d in blocks]
     raise GsloraError(
         f"found no Transformer FFN linears in {type(model).__name__}; supported layouts are timm ViT "
-        "(blocks.i.mlp.fc1/fc2), Hugging Face ViT (4.x and 5.x names) and torchvision ViT (encoder_layer_i.mlp.0/3)."
+        "(blocks.i.mlp.fc1/fc2), Hugging Face ViT / DeiT / BEiT / Dinov2 (4.x and 5.x names) and torchvision ViT "
+        "(encoder_layer_i.mlp.0/3)."
     )

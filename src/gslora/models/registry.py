@@ -14,12 +14,16 @@ from torch import nn
 from ..errors import GsloraError
 from .heads import make_head
 
-# The paper's Face Transformer: 112 px, patch 8, width 512, depth 6, 8 heads, FFN 2048, qkv without bias, dropout 0.1.
-# With a 100-way CosFace head it has 19,157,504 parameters.
+# The paper's Face Transformer: 112 px, patch 8, width 512, depth 6, 8 heads, FFN 2048, qkv without bias.
+# With a 100-way CosFace head it has 19,157,504 parameters. ``face=True`` makes the timm ViT compute what the authors'
+# ``ViT_face`` computes (see :func:`_make_face_transformer`): attention scale width^-0.5 (512^-0.5, not the head
+# dimension's 64^-0.5), LayerNorm eps 1e-5, dropout 0.1 after the embedding, after the attention output projection,
+# after the FFN's GELU and after its second linear, none on the attention weights. ``attention_scale="head"`` keeps
+# timm's standard head_dim^-0.5 (a choice for models trained from scratch).
 MODEL_CONFIGS: dict[str, dict] = {
     "vit_face": dict(
         img_size=112, patch_size=8, embed_dim=512, depth=6, num_heads=8, mlp_ratio=4.0, qkv_bias=False,
-        proj_drop_rate=0.1, attn_drop_rate=0.1, head="cosface",
+        pos_drop_rate=0.1, proj_drop_rate=0.1, attn_drop_rate=0.0, face=True, head="cosface",
     ),
     # A CPU-sized face model for demos and tests: 24 px, patch 4 (36 patches), width 64, depth 6, FFN 256.
     "vit_face_tiny": dict(
@@ -89,21 +93,59 @@ def create_model(name: str, num_classes: int, seed: int | None = None, **overrid
         kwargs = {**copy.deepcopy(MODEL_CONFIGS[name]), **overrides}
         head_kind = head_kind or kwargs.pop("head")
         kwargs.pop("head", None)
-        backbone = VisionTransformer(num_classes=0, global_pool="token", **kwargs)
+        face = bool(kwargs.pop("face", False))
+        attention_scale = kwargs.pop("attention_scale", "width" if face else "head")
+        if attention_scale not in ("width", "head"):
+            raise GsloraError(f"attention_scale must be 'width' or 'head', got {attention_scale!r}.")
+        if face:
+            backbone = _make_face_transformer(VisionTransformer, kwargs, attention_scale)
+        else:
+            backbone = VisionTransformer(num_classes=0, global_pool="token", **kwargs)
         image_size = int(kwargs["img_size"])
         embed_dim = int(kwargs["embed_dim"])
         cfg = {"arch": name, "num_classes": num_classes, "head": head_kind, "overrides": overrides}
+        if face:
+            cfg["face_v2"] = True  # records that the blocks follow the Face Transformer (see create_from_config)
     cfg["head_kwargs"] = head_kwargs
     head = make_head(head_kind, embed_dim, num_classes, **head_kwargs)
     return Classifier(backbone, head, image_size=image_size, config=cfg)
 
 
+def _make_face_transformer(vit_class, kwargs: dict, attention_scale: str) -> nn.Module:
+    """A timm ViT computing the authors' Face Transformer (``vit_pytorch_face/vit_face.py``): pre-LN blocks,
+    ``dots = q·kᵀ · dim^-0.5`` with dim the model width, nn.LayerNorm (eps 1e-5), dropout after the embedding (timm's
+    pos_drop), after ``to_out`` (proj_drop) and after GELU and the second FFN linear (timm's Mlp drop1 / drop2), CLS
+    token then LayerNorm as the embedding. Their linear patch embedding on (p1 p2 c)-flattened patches is the same
+    function as timm's conv patch embedding once the weight is permuted (done when their checkpoint is imported)."""
+    from functools import partial
+
+    backbone = vit_class(num_classes=0, global_pool="token", norm_layer=partial(nn.LayerNorm, eps=1e-5), **kwargs)
+    if attention_scale == "width":
+        for block in backbone.blocks:
+            block.attn.scale = float(kwargs["embed_dim"]) ** -0.5
+            block.attn.fused_attn = False  # timm's fused path ignores .scale
+    return backbone
+
+
 def create_from_config(cfg: dict) -> Classifier:
-    """Rebuild a model from the ``config`` a checkpoint stored."""
+    """Rebuild a model from the ``config`` a checkpoint stored (offline: imported models are rebuilt from the
+    library configuration recorded in the sidecar, never downloaded)."""
+    if cfg.get("imported"):
+        from .importers import build_imported
+
+        return build_imported(cfg)
+    overrides = dict(cfg.get("overrides", {}))
+    if cfg.get("arch") == "vit_face" and "attention_scale" not in overrides and not cfg.get("face_v2"):
+        # written before vit_face reproduced the Face Transformer: keep the timm blocks it was trained with
+        overrides.update(face=False, pos_drop_rate=0.0, attn_drop_rate=0.1)
+        rebuilt = create_model("vit_face", cfg["num_classes"], head=cfg.get("head", "cosface"),
+                               head_kwargs=cfg.get("head_kwargs", {}), **overrides)
+        rebuilt.config = cfg
+        return rebuilt
     try:
         return create_model(
             cfg["arch"], cfg["num_classes"], head=cfg.get("head", "cosface"),
-            head_kwargs=cfg.get("head_kwargs", {}), **cfg.get("overrides", {}),
+            head_kwargs=cfg.get("head_kwargs", {}), **overrides,
         )
     except KeyError as e:
         raise GsloraError(f"model config is missing {e.args[0]!r}; the checkpoint sidecar is damaged.") from None

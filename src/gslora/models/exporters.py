@@ -1,0 +1,91 @@
+"""Write a model back in the format it was imported from (see :mod:`gslora.models.importers`).
+
+- Hugging Face: a folder ``save_pretrained`` wrote (``config.json`` + ``model.safetensors``, and the
+  ``preprocessor_config.json`` the model came with), loadable with ``AutoModelForImageClassification.from_pretrained``;
+  ``id2label`` holds the head's classes and ``config.gslora`` the forgotten classes and the forgetting history.
+- torchvision: ``model.safetensors``, the ``VisionTransformer`` state dict (``model.load_state_dict(load_file(...))``).
+- timm: ``model.safetensors`` (the timm state dict) + ``config.json`` in timm's own format, so
+  ``timm.create_model("local-dir:FOLDER", pretrained=True)`` also loads it.
+
+Each comes with ``gslora.json``: the architecture, classes, forgotten classes and history.
+The model must be merged (no LoRA layers), as every finished task leaves it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from .._version import __version__
+from ..errors import GsloraError
+from ..files import atomic_write_dir
+from .importers import _put_classifier
+from .registry import Classifier
+
+NOTE = "gslora.json"
+
+
+def is_imported(model: Classifier) -> bool:
+    return bool(model.config.get("imported"))
+
+
+def native_model(model: Classifier) -> nn.Module:
+    """A CPU copy of the library's own model with the head put back as its classifier linear."""
+    if not is_imported(model):
+        raise GsloraError("this model was not imported from Hugging Face / torchvision / timm; it has no native format.")
+    head = model.head
+    library_model = copy.deepcopy(model.backbone.model).cpu().eval()
+    if any("lora_" in name for name, _ in library_model.named_parameters()):
+        raise GsloraError("merge the LoRA update before exporting (the model still has LoRA layers).")
+    linear = nn.Linear(head.in_features, head.out_features, bias=head.bias is not None)
+    with torch.no_grad():
+        linear.weight.copy_(head.weight.detach().cpu())
+        if head.bias is not None:
+            linear.bias.copy_(head.bias.detach().cpu())
+    _put_classifier(library_model, model.config["imported"]["classifier"], linear)
+    return library_model
+
+
+def forgotten_classes(history: list | None) -> list[str]:
+    return [c for entry in history or [] for c in entry.get("forgotten", [])]
+
+
+def export_native(model: Classifier, folder: str | Path, classes: list[str], history: list | None = None) -> Path:
+    """Write ``model`` (merged) to ``folder`` in its library's format; returns the folder. Atomic (whole folder)."""
+    imported = model.config["imported"] if is_imported(model) else None
+    if imported is None:
+        raise GsloraError("this model was not imported from Hugging Face / torchvision / timm; it has no native format.")
+    if len(classes) != model.config["num_classes"]:
+        raise GsloraError(f"{len(classes)} class names for a model with {model.config['num_classes']} classes.")
+    library_model = native_model(model)
+    note = {"format": f"{imported['library']} (exported by gslora {__version__})", "arch": imported["arch"],
+            "source": imported.get("source"), "classes": list(classes), "forgotten": forgotten_classes(history),
+            "history": list(history or []), "preprocessing": model.config.get("preprocessing")}
+
+    def write(tmp: Path) -> None:
+        if imported["library"] == "hf":
+            conf = library_model.config
+            conf.num_labels = len(classes)
+            conf.id2label = {i: c for i, c in enumerate(classes)}
+            conf.label2id = {c: i for i, c in enumerate(classes)}
+            conf.gslora = {"forgotten": note["forgotten"], "history": note["history"], "gslora_version": __version__}
+            library_model.save_pretrained(str(tmp))
+            if imported.get("preprocessor_config"):
+                (tmp / "preprocessor_config.json").write_text(json.dumps(imported["preprocessor_config"], indent=2))
+        else:
+            state = {k: v.detach().cpu().contiguous() for k, v in library_model.state_dict().items()}
+            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+            if imported["library"] == "timm":
+                from timm.models._hub import save_config_for_hf
+
+                save_config_for_hf(library_model, str(tmp / "config.json"),
+                                   model_config={"label_names": list(classes)},
+                                   model_args={k: v for k, v in imported["kwargs"].items() if k != "num_classes"})
+        (tmp / NOTE).write_text(json.dumps(note, indent=2))
+
+    return atomic_write_dir(folder, write)
