@@ -287,3 +287,33 @@ def test_vit_face_is_the_face_transformer_and_timm_scale_is_an_option():
     standard = create_model("vit_face", num_classes=100, attention_scale="head")
     assert standard.backbone.blocks[0].attn.scale == pytest.approx(64 ** -0.5)
     assert math.isclose(sum(p.numel() for p in model.parameters()), 19_157_504)
+
+
+# --- classes --------------------------------------------------------------------------------------------------------
+def test_classes_align_by_name_permute_and_head_subset(tmp_path):
+    from gslora.models.importers import align_classes, read_class_file
+
+    hf = _hf("vit", ["a", "b", "c", "d"])
+    hf.save_pretrained(tmp_path / "m")
+    model, classes = import_model(tmp_path / "m")
+    x = _x()
+    with torch.no_grad():
+        full = model(x)
+    names, info = align_classes(model, classes, ["d", "b", "a", "c"])
+    with torch.no_grad():
+        assert torch.allclose(model(x), full[:, [3, 1, 0, 2]])
+    with pytest.raises(GsloraError, match="pass --head-subset"):
+        align_classes(model, names, ["a", "c"])
+    names, info = align_classes(model, names, ["c", "d"], head_subset=True)
+    with torch.no_grad():
+        assert torch.allclose(model(x), full[:, [2, 3]])
+    assert model.config["num_classes"] == 2 and model.config["head_subset"]["of"] == 4
+    save_checkpoint(model, tmp_path / "sub.safetensors", names)  # the subset model round-trips
+    again, meta = load_checkpoint(tmp_path / "sub.safetensors")
+    with torch.no_grad():
+        assert torch.allclose(again.eval()(x), full[:, [2, 3]], atol=1e-6)
+    with pytest.raises(GsloraError, match="not classes of the model"):
+        align_classes(model, names, ["c", "zebra"])
+    (tmp_path / "classes.txt").write_text("x\ny\n\nz\n")
+    assert read_class_file(tmp_path / "classes.txt") == ["x", "y", "z"]
+    assert align_classes(create_model("vit_face_micro", 3), None, ["p", "q", "r"])[0] == ["p", "q", "r"]

@@ -488,3 +488,125 @@ def import_model(path: str | Path, model: str | None = None, model_args: dict | 
         return import_timm(path, model.split(":", 1)[1], model_args, preprocessing, state=state)
     raise GsloraError(f"unsupported --model {model!r} for a state dict; use torchvision:<arch>, timm:<name> or "
                       "vit_face.")
+
+
+# --- classes --------------------------------------------------------------------------------------------------------
+def read_class_file(path: str | Path) -> list[str]:
+    """Class names of the model's outputs, in order: a JSON list, or one name per line (blank lines skipped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise GsloraError(f"class file {path} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            names = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise GsloraError(f"class file {path} is not valid JSON ({e}).") from None
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    names = [str(n) for n in names]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise GsloraError(f"class file {path} names {dup!r} twice.")
+    return names
+
+
+def select_head_rows(model: Classifier, rows: list[int]) -> None:
+    """Keep only ``rows`` of the head, in that order (a new head of the same kind; the model is changed in place)."""
+    old = model.head
+    new = copy.deepcopy(old)
+    with torch.no_grad():
+        new.weight = nn.Parameter(old.weight.detach()[rows].clone())
+        if getattr(old, "bias", None) is not None:
+            new.bias = nn.Parameter(old.bias.detach()[rows].clone())
+    if hasattr(new, "out_features"):
+        new.out_features = len(rows)
+    model.head = new
+    model.config["num_classes"] = len(rows)
+
+
+def align_classes(model: Classifier, model_classes: list[str] | None, data_classes: list[str],
+                  head_subset: bool = False) -> tuple[list[str], dict]:
+    """Make the model's outputs the data's classes, in the data's order; returns (classes, what was done).
+
+    - names equal: nothing to do; same names in another order: the head rows are permuted (same function);
+    - no names in the checkpoint and as many outputs as data classes: the data's (sorted folder) order is taken;
+    - the data's classes a strict subset of the model's: with ``head_subset`` only their head rows are kept (the
+      ImageNet-100 protocol) and the original head is remembered in ``model.config["head_subset"]``; otherwise an error.
+    """
+    data_classes = list(data_classes)
+    n = model.config["num_classes"]
+    if model_classes is None:
+        if n == len(data_classes):
+            return data_classes, {"classes_from": "data folder order (the checkpoint names no classes)"}
+        raise GsloraError(f"the checkpoint names no classes and has {n} outputs but the data has "
+                          f"{len(data_classes)} classes; pass --classes FILE with the name of each output.")
+    model_classes = list(model_classes)
+    if len(model_classes) != n:
+        raise GsloraError(f"{len(model_classes)} class names for a model with {n} outputs.")
+    if model_classes == data_classes:
+        return data_classes, {"classes_from": "checkpoint"}
+    index = {c: i for i, c in enumerate(model_classes)}
+    unknown = [c for c in data_classes if c not in index]
+    if unknown:
+        raise GsloraError(f"{len(unknown)} data class(es) are not classes of the model (e.g. {unknown[0]!r}; the "
+                          f"model's first classes: {', '.join(model_classes[:3])}); pass --classes FILE naming the "
+                          "model's outputs, or use the data it was trained on.")
+    rows = [index[c] for c in data_classes]
+    if len(rows) == n:
+        select_head_rows(model, rows)
+        return data_classes, {"classes_from": "checkpoint, head rows put in the data's order"}
+    if not head_subset:
+        raise GsloraError(f"the data has {len(rows)} of the model's {n} classes; pass --head-subset to keep only "
+                          "their head rows.")
+    model.config["head_subset"] = {"of": n, "rows": rows, "original_classes": model_classes}
+    select_head_rows(model, rows)
+    return data_classes, {"classes_from": f"checkpoint, head subset: {len(rows)} of {n} rows"}
+
+
+# --- one entry point for every command ------------------------------------------------------------------------------
+def is_gslora_checkpoint(path: str | Path) -> bool:
+    from .checkpoint import checkpoint_paths
+
+    path = Path(path)
+    if path.is_dir() or (path.suffix and path.suffix not in (".safetensors", ".json")):
+        return False
+    weights, sidecar = checkpoint_paths(path)
+    if not sidecar.is_file():
+        return False
+    try:
+        return json.loads(sidecar.read_text(encoding="utf-8")).get("format") == "gslora-checkpoint"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def load_any(path: str | Path, model: str | None = None, model_args: dict | None = None,
+             preprocessing: dict | None = None, classes_file: str | Path | None = None) -> tuple[Classifier, dict]:
+    """A gslora checkpoint (``load_checkpoint``) or anything :func:`import_model` reads → (model, meta).
+
+    ``meta`` is the sidecar's (``classes``, ``history``, …) for gslora checkpoints; for an import it has
+    ``classes`` (``None`` when neither the checkpoint nor ``classes_file`` names them), ``history`` (from an HF
+    folder gslora exported, so a second run continues the history) and ``imported_from``."""
+    from .checkpoint import load_checkpoint
+
+    if is_gslora_checkpoint(path) and model is None:
+        loaded, meta = load_checkpoint(path)
+        if classes_file is not None:
+            names = read_class_file(classes_file)
+            if len(names) != len(meta["classes"]):
+                raise GsloraError(f"class file {classes_file} names {len(names)} classes for a model with "
+                                  f"{len(meta['classes'])} outputs.")
+            meta = {**meta, "classes": names}
+        return loaded, meta
+    loaded, names = import_model(path, model, model_args, preprocessing)
+    if classes_file is not None:
+        names = read_class_file(classes_file)
+        if len(names) != loaded.config["num_classes"]:
+            raise GsloraError(f"class file {classes_file} names {len(names)} classes for a model with "
+                              f"{loaded.config['num_classes']} outputs.")
+    history = []
+    note = Path(path) / "gslora.json" if Path(path).is_dir() else None
+    if note is not None and note.is_file():
+        history = json.loads(note.read_text(encoding="utf-8")).get("history", [])
+    return loaded, {"classes": names, "history": history, "imported_from": str(Path(path).resolve()),
+                    "model": loaded.config, "image_size": loaded.image_size}
