@@ -1,4 +1,5 @@
-"""Command line: ``gslora pretrain | forget | evaluate | demo | list``. The only module that prints."""
+"""Command line: ``gslora pretrain | forget | evaluate | demo | audit | benchmark | list``. The only module that
+prints."""
 
 from __future__ import annotations
 

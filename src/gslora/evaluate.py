@@ -4,6 +4,7 @@ tunable ratio. Pure functions of predictions, plus one function that produces th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypedDict
 
 import torch
 from torch import nn
@@ -69,7 +70,23 @@ def set_accuracies(correct, total, sets: dict[str, Iterable[int]]) -> dict[str, 
     return {name: accuracy(correct, total, classes) for name, classes in sets.items()}
 
 
-def task_metrics(counts_before, counts_after, counts_orig, task, drop_against_pretrained: bool = False) -> dict:
+class SetAccuracies(TypedDict):
+    acc_f: float | None  # forgotten in this task
+    acc_r: float | None  # remaining
+    acc_o: float | None  # forgotten in earlier tasks (None in the first)
+
+
+class TaskMetrics(SetAccuracies):
+    """The metrics of one task on one split (accuracies in %, top-1 over all classes)."""
+
+    drop: float | None  # Acc_f before − Acc_f after
+    h_mean: float | None
+    before: SetAccuracies  # at the start of the task (Retrain: the pre-trained model)
+    pretrained: dict  # acc_f, acc_r of the pre-trained model on this task's sets
+    acc_r_change_vs_pretrained: float | None
+
+
+def task_metrics(counts_before, counts_after, counts_orig, task, drop_against_pretrained: bool = False) -> TaskMetrics:
     """A task's metrics from per-class counts (correct, total) before the task, after it and of the original model:
     Acc_f / Acc_r / Acc_o after, Drop (against the task's start, or the original model), H-Mean, the before and
     pre-trained accuracies and the change of Acc_r against the pre-trained model."""

@@ -28,13 +28,33 @@ from .data.base import DataBundle
 from .data.plan import Task, TaskPlan, make_plan, select_per_class
 from .engine import autocast_dtype, train_task
 from .errors import GsloraError
-from .evaluate import class_counts, task_metrics, tunable_ratio
+from .evaluate import TaskMetrics, class_counts, task_metrics, tunable_ratio
 from .methods import Method, TaskContext, get_method
 from .models.registry import Classifier, count_parameters
 from .presets import resolve
 from .rundir import RunFolder
 
 log = logging.getLogger(__name__)
+
+
+class TaskRow(TaskMetrics):
+    """One task of ``results["tasks"]`` (= ``RunResult.rows``): the test-split metrics at the top level."""
+
+    task: int
+    setting: str  # "<classes before>-<forgotten>", e.g. "100-20"
+    forget: list[str]  # the class names forgotten in this task
+    n_forget: int
+    n_remain: int
+    n_old: int
+    val: TaskMetrics  # the same metrics on the validation split
+    tunable_ratio: float  # % of the model's parameters trained (SSD: dampened)
+    trainable_params: int
+    replay_images: int
+    forget_images: int
+    steps: int
+    train_seconds: float
+    wall_seconds: float
+    method_info: dict  # what the method reports (GS-LoRA: group norms, ‖ΔW‖/‖W‖, blocks selected, adapter)
 
 
 @dataclass
@@ -45,7 +65,7 @@ class RunResult:
     out_dir: Path | None = None
 
     @property
-    def rows(self) -> list[dict]:
+    def rows(self) -> list[TaskRow]:
         """One dict per task (the ``tasks`` of ``results``); method-specific numbers under ``method_info``."""
         return self.results["tasks"]
 
@@ -92,12 +112,10 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     folder = RunFolder(out_dir) if out_dir is not None else None
     writes = folder is not None and dist.is_main()
     state = None
-    if folder is not None:
-        folder.check(overwrite, resume)
-        if writes:
-            folder.start(config, plan.to_dict(classes), overwrite=overwrite, resume=resume)
-        if resume:
-            state = folder.load_task_state(config)
+    if writes:  # under torchrun, rank 0 alone checks and writes the folder
+        folder.start(config, plan.to_dict(classes), overwrite=overwrite, resume=resume)
+    if folder is not None and resume:
+        state = folder.load_task_state(config)
 
     model = model.to(device)
     original = copy.deepcopy(model).eval().requires_grad_(False)
@@ -179,7 +197,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     trainable = info.pop("trainable_params", trainable)
     vs_pre = method.drop_against_pretrained
     counts_after = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
-    row = {
+    row: TaskRow = {
         "task": task.index,
         "setting": f"{len(task.remain) + len(task.forget)}-{len(task.forget)}",
         "forget": [classes[c] for c in task.forget],
