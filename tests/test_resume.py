@@ -127,3 +127,44 @@ def test_a_nan_loss_stops_with_the_task_epoch_and_term_and_leaves_a_resumable_ru
     assert folder.is_unfinished()
     assert folder.load_task_state(resolve(cfg))["completed"] == 1
 
+
+
+def test_method_state_carries_data_not_model_references(tmp_path):
+    scrub = get_method("scrub")
+    scrub.params, scrub.swa = [torch.nn.Parameter(torch.zeros(2))], [torch.ones(2)]
+    scrub.step_kinds, scrub.generator = ["max", "min"], torch.Generator().manual_seed(3)
+    state = scrub.state_dict()
+    assert "params" not in state and "args" not in state and state["step_kinds"] == ["max", "min"]
+    path = tmp_path / "state.pt"
+    torch.save(state, path)
+    fresh = get_method("scrub")
+    fresh.load_state_dict(torch.load(path, weights_only=True))  # what the run folder does: no arbitrary unpickling
+    assert fresh.step_kinds == ["max", "min"] and torch.equal(fresh.swa[0], torch.ones(2))
+    assert torch.equal(torch.rand(3, generator=fresh.generator), torch.rand(3, generator=scrub.generator))
+
+
+def test_a_crashed_baseline_resumes_with_its_accumulated_state(tmp_path, micro_model, micro_data, monkeypatch):
+    """L2 keeps one anchor per finished task: a run that crashed in task 2 must resume with task 1's anchor."""
+    import copy
+
+    import gslora.forget as forget_module
+
+    cfg = RunConfig(method="l2", tasks="2x2", epochs=2, batch_size=16, replay_ratio=0.3, lr=1e-3, device="cpu")
+    reference = run_forgetting(copy.deepcopy(micro_model), micro_data.classes, micro_data, cfg,
+                               out_dir=tmp_path / "reference")
+    real = forget_module.train_task
+
+    def crash_in_task_2(model, method, ctx, **kw):
+        if ctx.task.index == 2:
+            raise RuntimeError("simulated crash")
+        return real(model, method, ctx, **kw)
+
+    monkeypatch.setattr(forget_module, "train_task", crash_in_task_2)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_forgetting(copy.deepcopy(micro_model), micro_data.classes, micro_data, cfg, out_dir=tmp_path / "run")
+    monkeypatch.setattr(forget_module, "train_task", real)
+    method = get_method("l2")
+    resumed = run_forgetting(copy.deepcopy(micro_model), micro_data.classes, micro_data, cfg, out_dir=tmp_path / "run",
+                             method=method, resume=True)
+    assert len(method.anchors) == 2 and resumed.rows[1]["method_info"]["penalty_tasks"] == 2
+    assert _numbers(resumed.results) == _numbers(reference.results)

@@ -82,7 +82,7 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
         for _ in range(state["step"]):  # the forget stream's position (its first pass is cached by cycle)
             next(forget_iter)
         first_epoch, step, spent = state["epoch"], state["step"], state["train_seconds"]
-        _load_engine_state(state, model, method, optimizer, schedule, remain_loader)
+        _load_engine_state(state, model, method, optimizer, schedule, remain_loader, device)
     bar = tqdm(total=total, initial=step, desc=f"task {ctx.task.index}/{ctx.num_tasks}",
                disable=not (ctx.progress and dist.is_main()), leave=False, dynamic_ncols=True)
     logs: dict = {}
@@ -141,14 +141,14 @@ def _engine_state(epoch, step, train_seconds, model, method, optimizer, schedule
     }
 
 
-def _load_engine_state(state, model, method, optimizer, schedule, remain_loader) -> None:
+def _load_engine_state(state, model, method, optimizer, schedule, remain_loader, device) -> None:
     named = dict(model.named_parameters())
     with torch.no_grad():
         for n, value in state["trainable"].items():
             named[n].copy_(value)
     optimizer.load_state_dict(state["optimizer"])
     schedule.load_state_dict(state["schedule"])
-    method.load_state_dict(state["method"])
+    method.load_state_dict(state["method"], device)
     torch.set_rng_state(state["rng"])
     if state["cuda_rng"]:
         torch.cuda.set_rng_state_all(state["cuda_rng"])

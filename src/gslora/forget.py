@@ -126,7 +126,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         counts_now, rows, history, spent = dict(counts_orig), [], list(history or []), 0.0
     else:
         model.load_state_dict(state["model"])
-        method.load_state_dict(state["method"])
+        method.load_state_dict(state["method"], device)
         counts_orig, counts_now = state["counts_orig"], state["counts_now"]
         rows, history, spent = state["rows"], state["history"], state["wall_seconds"]
     run_start = time.perf_counter()

@@ -117,7 +117,8 @@ class Method:
                 out[key] = value
         return out
 
-    def load_state_dict(self, state: dict) -> None:
+    def load_state_dict(self, state: dict, device: torch.device | str | None = None) -> None:
+        """Restore :meth:`state_dict`; tensors move to ``device`` (where the run trains) when given."""
         for key, value in state.items():
             if isinstance(value, dict) and "__generator_state__" in value:
                 gen = getattr(self, key, None)
@@ -126,10 +127,23 @@ class Method:
                     setattr(self, key, gen)
                 gen.set_state(value["__generator_state__"])
             else:
-                setattr(self, key, value)
+                setattr(self, key, _to_device(value, device) if device is not None else value)
+
+
+def _to_device(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
 
 
 def _plain(value) -> bool:
+    """Plain data: parameters are references to the model, not data, so they are left out."""
+    if isinstance(value, nn.Parameter):
+        return False
     if value is None or isinstance(value, (bool, int, float, str, torch.Tensor)):
         return True
     if isinstance(value, (list, tuple)):
