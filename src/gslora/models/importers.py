@@ -610,3 +610,31 @@ def load_any(path: str | Path, model: str | None = None, model_args: dict | None
         history = json.loads(note.read_text(encoding="utf-8")).get("history", [])
     return loaded, {"classes": names, "history": history, "imported_from": str(Path(path).resolve()),
                     "model": loaded.config, "image_size": loaded.image_size}
+
+
+def classes_for_run(model: Classifier, meta: dict, data_classes: list[str], head_subset: bool = False) -> list[str]:
+    """The class list a run uses: a gslora checkpoint's own (checked against the data by the runner) unless
+    ``head_subset`` is asked for; an imported model's matched by name to the data (:func:`align_classes`)."""
+    if "imported_from" not in meta and not head_subset:
+        return list(meta["classes"])
+    classes, _ = align_classes(model, meta.get("classes"), data_classes, head_subset=head_subset)
+    return classes
+
+
+def load_original(source: str | Path, final_config: dict, classes: list[str]) -> tuple[Classifier, dict]:
+    """The model a run started from, loaded as the run loaded it (same library, arguments and class alignment), so
+    audits compare like with like."""
+    imported = final_config.get("imported") or {}
+    model_arg, model_args, prep = None, None, None
+    if imported.get("library") in ("torchvision", "timm"):
+        model_arg = imported["arch"]
+        model_args = {k: v for k, v in imported.get("kwargs", {}).items() if k != "num_classes"}
+    if imported:
+        prep = {k: final_config["preprocessing"][k] for k in ("mean", "std")}
+    model, meta = load_any(source, model_arg, model_args, prep)
+    subset = final_config.get("head_subset")
+    if meta.get("classes") != classes:
+        names = meta.get("classes") or (subset or {}).get("original_classes")
+        meta = {**meta, "classes": classes_for_run(model, {**meta, "classes": names, "imported_from": str(source)},
+                                                   classes, head_subset=bool(subset))}
+    return model, meta
