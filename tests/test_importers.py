@@ -3,6 +3,8 @@ and exported back; the authors' Face Transformer maps onto vit_face with their o
 
 from __future__ import annotations
 
+import copy
+import json
 import math
 
 import pytest
@@ -317,3 +319,32 @@ def test_classes_align_by_name_permute_and_head_subset(tmp_path):
     (tmp_path / "classes.txt").write_text("x\ny\n\nz\n")
     assert read_class_file(tmp_path / "classes.txt") == ["x", "y", "z"]
     assert align_classes(create_model("vit_face_micro", 3), None, ["p", "q", "r"])[0] == ["p", "q", "r"]
+
+
+def test_every_method_runs_with_a_linear_head(micro_data, tmp_path):
+    from gslora.methods import list_methods
+
+    _hf("vit", micro_data.classes).save_pretrained(tmp_path / "m")
+    base, _ = import_model(tmp_path / "m")
+    for name in list_methods():
+        model = copy.deepcopy(base)
+        res = run_forgetting(model, micro_data.classes, micro_data,
+                             RunConfig(tasks="1x2", epochs=1, batch_size=16, replay_ratio=0.2, device="cpu",
+                                       method=name))
+        row = res.rows[0]
+        assert row["acc_r"] is not None and math.isfinite(row["acc_r"]), name
+        assert type(res.model.head).__name__ == "LinearHead", name
+
+
+def test_imported_backbones_expose_blocks_and_embeddings(tmp_path):
+    hf = _hf("vit", ["a", "b"])
+    hf.save_pretrained(tmp_path / "m")
+    torch.save(_torchvision(2).state_dict(), tmp_path / "tv.pth")
+    save_file(_timm(2).state_dict(), str(tmp_path / "tm.safetensors"))
+    for model in (import_model(tmp_path / "m")[0],
+                  import_model(tmp_path / "tv.pth", "torchvision:VisionTransformer", {"num_heads": 2})[0],
+                  import_model(tmp_path / "tm.safetensors", "timm:vit_tiny_patch16_224", TIMM_ARGS)[0]):
+        b = model.backbone
+        assert len(b.blocks) == 2 and sum(p.numel() for p in b.patch_embed.parameters()) > 0
+        names = {n for n, _ in model.named_parameters()}
+        assert not any(n.startswith("backbone.blocks") for n in names)  # nothing registered twice

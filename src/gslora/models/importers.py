@@ -56,6 +56,38 @@ class ImportedBackbone(nn.Module):
             return self.model(pixel_values=x).logits
         return self.model(x)
 
+    # The parts methods that train "the lower blocks" look for, under timm's names (``blocks``, ``patch_embed``,
+    # ``cls_token``, ``pos_embed``), mapped onto each library's modules. Properties, so nothing is registered twice.
+    def _base(self) -> nn.Module:
+        return getattr(self.model, self.model.base_model_prefix)
+
+    @property
+    def blocks(self) -> nn.Module:
+        if self.library == "timm":
+            return self.model.blocks
+        if self.library == "torchvision":
+            return self.model.encoder.layers
+        base = self._base()
+        return base.layers if hasattr(base, "layers") else base.encoder.layer
+
+    @property
+    def patch_embed(self) -> nn.Module:
+        if self.library == "timm":
+            return self.model.patch_embed
+        if self.library == "torchvision":
+            return self.model.conv_proj
+        return self._base().embeddings  # HF: patch projection, CLS token and position embeddings together
+
+    @property
+    def cls_token(self):
+        return {"timm": lambda: getattr(self.model, "cls_token", None),
+                "torchvision": lambda: self.model.class_token}.get(self.library, lambda: None)()
+
+    @property
+    def pos_embed(self):
+        return {"timm": lambda: getattr(self.model, "pos_embed", None),
+                "torchvision": lambda: self.model.encoder.pos_embedding}.get(self.library, lambda: None)()
+
 
 def _split_path(path: str) -> tuple[str, str]:
     parent, _, leaf = path.rpartition(".")
