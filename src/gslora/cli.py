@@ -167,7 +167,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_audit(args) -> int:
-    from .audit import AuditConfig, audit_run, audit_tables
+    from .audit import AuditConfig, audit_run
+    from .report.audit import audit_tables
 
     cfg = build_config(AuditConfig, where="audit config", device=args.device, epochs=args.epochs,
                        relearn_epochs=args.relearn_epochs, seed=args.seed)
@@ -186,9 +187,10 @@ def cmd_audit(args) -> int:
 
 
 def cmd_benchmark(args) -> int:
-    from .compare import comparison_markdown_table, run_comparison
+    from .compare import run_comparison
     from .data import load_data
     from .models import load_checkpoint
+    from .report.comparison import comparison_markdown_table
 
     base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device)
     shared = from_dict(RunConfig, base, where="comparison config").validate()  # bad shared keys fail first

@@ -12,15 +12,11 @@ raises is reported as failed with its error; the others still run.
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import logging
 import shutil
 import time
 import traceback
 from pathlib import Path
-
-from matplotlib.figure import Figure
 
 from ._version import __version__
 from .config import RunConfig, from_dict, to_dict
@@ -30,7 +26,14 @@ from .files import atomic_write_json, atomic_write_text
 from .forget import run_forgetting
 from .methods import get_method, list_methods
 from .presets import resolve
-from .report import fmt, markdown, save_figure
+from .report import save_figure
+from .report.comparison import (  # noqa: F401 (rendering lives in gslora.report; re-exported here)
+    comparison_csv,
+    comparison_markdown,
+    comparison_markdown_table,
+    h_mean_figure,
+    tunable_ratio_of,
+)
 from .rundir import RunFolder
 
 log = logging.getLogger(__name__)
@@ -157,134 +160,6 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
     if out is not None:
         write_comparison(out, comparison)
     return comparison
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Tables and plot
-
-
-def _columns(comparison: dict) -> list[dict]:
-    """One column group per run (single step) or per task (continual), with the Pre-train numbers of the first method
-    that produced them (every method starts from the same model, so they agree)."""
-    ok = [e for e in comparison["methods"] if e["status"] == "ok"]
-    cols = []
-    for i, plan in enumerate(comparison["plans"]):
-        rows = ok[0]["runs"][i]["tasks"] if ok else []
-        n_tasks = len(rows) if rows else 1
-        for j in range(n_tasks):
-            r = rows[j] if rows else None
-            label = plan["label"] if comparison["setting"] == "single" else (r["setting"] if r else f"T{j + 1}")
-            if comparison["setting"] == "continual" and r:
-                label = f"T{r['task']} {r['setting']}"
-            cols.append({"run": i, "task": j, "label": label, "old": bool(r and r["n_old"]),
-                         "pre": r["pretrained"] if r else None})
-    return cols
-
-
-def _cell_rows(entry: dict, col: dict) -> dict | None:
-    if entry["status"] != "ok":
-        return None
-    return entry["runs"][col["run"]]["tasks"][col["task"]]
-
-
-def tunable_ratio_of(entry: dict) -> float | None:
-    rows = [r for run in entry["runs"] for r in run["tasks"]]
-    return sum(r["tunable_ratio"] for r in rows) / len(rows) if rows else None
-
-
-def comparison_markdown_table(comparison: dict) -> str:
-    """The paper's layout: method rows; tunable ratio; per setting / task H, Acc_r, Acc_f (and Acc_o); wall time."""
-    cols = _columns(comparison)
-    header, sub = ["Method", "Tunable ratio"], ["", ""]
-    pre = ["Pre-train", "-"]
-    for c in cols:
-        names = ["H ↑", "Acc_r ↑", "Acc_f ↓"] + (["Acc_o ↓"] if c["old"] else [])
-        header += [c["label"]] + [""] * (len(names) - 1)
-        sub += names
-        p = c["pre"] or {}
-        pre += ["-", fmt(p.get("acc_r")), fmt(p.get("acc_f"))] + (["-"] if c["old"] else [])
-    header += ["Time (s)", "Status"]
-    sub += ["", ""]
-    pre += ["", ""]
-    lines = [header, sub, pre]
-    for e in comparison["methods"]:
-        ratio = tunable_ratio_of(e)
-        line = [e["method"], "-" if ratio is None else f"{ratio:.2f}%"]
-        for c in cols:
-            r = _cell_rows(e, c)
-            n = 4 if c["old"] else 3
-            if r is None:
-                line += ["failed"] + ["-"] * (n - 1)
-            else:
-                line += [fmt(r["h_mean"]), fmt(r["acc_r"]), fmt(r["acc_f"])] + ([fmt(r["acc_o"])] if c["old"] else [])
-        status = "ok" if e["status"] == "ok" else "failed: " + e["error"].replace("|", "/").replace("\n", " ")[:160]
-        line += [f"{e['wall_seconds']:.1f}", status]
-        lines.append(line)
-    return markdown(lines)
-
-
-def comparison_markdown(comparison: dict) -> str:
-    d, m = comparison["data"], comparison["model"]
-    plans = ", ".join(f"{p['label']} ({p['tasks']})" for p in comparison["plans"])
-    return "\n".join([
-        f"# Forgetting comparison: {comparison['setting']} on {d['name']}",
-        "",
-        f"Model `{m['arch']}` ({m['num_classes']} classes), {comparison['epochs']} epochs per task, seed "
-        f"{comparison['seed']}, gslora {comparison['gslora_version']}. Runs: {plans}. Every method starts from the "
-        "same checkpoint with the same task plan and replay / forget subsets. Accuracies in %, test split; H-Mean uses "
-        "the drop from the start of each task (Retrain: from the pre-trained model). Tunable ratio: mean over tasks of "
-        "trainable / all parameters (SSD: parameters it dampened). Time: wall seconds for all runs of the method.",
-        "",
-        comparison_markdown_table(comparison),
-        "",
-    ])
-
-
-CSV_FIELDS = ["method", "status", "run", "task", "setting", "tunable_ratio", "h_mean", "acc_r", "acc_f", "acc_o",
-              "drop", "acc_f_before", "acc_r_pretrained", "acc_f_pretrained", "val_h_mean", "trainable_params", "steps",
-              "train_seconds", "wall_seconds", "method_wall_seconds", "error"]
-
-
-def comparison_csv(comparison: dict) -> str:
-    """Long format: one line per method and task (one line for a failed method)."""
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for e in comparison["methods"]:
-        if e["status"] != "ok":
-            w.writerow({"method": e["method"], "status": e["status"], "error": e["error"],
-                        "method_wall_seconds": f"{e['wall_seconds']:.2f}"})
-            continue
-        for run in e["runs"]:
-            for r in run["tasks"]:
-                w.writerow({**{k: r.get(k) for k in CSV_FIELDS if k in r}, "method": e["method"], "status": "ok",
-                            "run": run["label"], "acc_f_before": r["before"]["acc_f"],
-                            "acc_r_pretrained": r["pretrained"]["acc_r"], "acc_f_pretrained": r["pretrained"]["acc_f"],
-                            "val_h_mean": r["val"]["h_mean"], "method_wall_seconds": f"{e['wall_seconds']:.2f}"})
-    return buf.getvalue()
-
-
-def h_mean_figure(comparison: dict) -> Figure:
-    """H-Mean per setting (single step) or task (continual), one line per method."""
-    cols = _columns(comparison)
-    x = list(range(len(cols)))
-    fig = Figure(figsize=(max(6, 1.4 * len(cols) + 3), 4.5))
-    ax = fig.subplots()
-    for e in comparison["methods"]:
-        if e["status"] != "ok":
-            continue
-        pts = [(i, _cell_rows(e, c)["h_mean"]) for i, c in zip(x, cols) if _cell_rows(e, c)["h_mean"] is not None]
-        if pts:
-            style = "o-" if e["method"] == "gslora" else ".--"
-            ax.plot(*zip(*pts), style, label=e["method"], linewidth=2.5 if e["method"] == "gslora" else 1.2)
-    ax.set_xticks(x, [c["label"] for c in cols])
-    ax.set_xlabel("setting" if comparison["setting"] == "single" else "task")
-    ax.set_ylabel("H-Mean (%)")
-    ax.set_ylim(-2, 102)
-    ax.set_title(f"H-Mean per {'setting' if comparison['setting'] == 'single' else 'task'} and method "
-                 f"({comparison['data']['name']})")
-    ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    return fig
 
 
 def write_comparison(out_dir: Path, comparison: dict) -> None:

@@ -1,0 +1,139 @@
+"""An audit report (``gslora.audit``) as Markdown tables and :class:`~matplotlib.figure.Figure` objects."""
+
+from __future__ import annotations
+
+import matplotlib
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .tables import fmt, markdown
+
+
+def recovery_summary(rec: dict) -> str:
+    """"epoch k" or "not within N epochs"."""
+    if rec["recovered_at_epoch"] is None:
+        return f"not within {rec['epochs'][-1]} epochs"
+    return f"epoch {rec['recovered_at_epoch']}"
+
+
+def relearn_summary(rel: dict | None) -> str:
+    if rel is None:
+        return "-"
+    best = max((a for a in rel["acc_f"] if a is not None), default=None)
+    if rel["relearned_at_epoch"] is None:
+        return f"> {rel['max_epochs']} (max Acc_f {fmt(best)})"
+    return f"{rel['relearned_at_epoch']} (max Acc_f {fmt(best)})"
+
+
+def _label(report: dict, key: str) -> str:
+    return f"{report.get('method', 'forgotten')} (audited)" if key == "forgotten" else key
+
+
+def audit_tables(report: dict) -> dict[str, str]:
+    """Markdown tables: ``evidence`` (accuracy, probe, MIA per model), ``recovery`` and, with a retrained model,
+    ``gap``."""
+    models = report["models"]
+    rows = [["Model", "Acc_f (test)", "Acc_r (test)", "Probe Acc_f (test)", "Probe Acc_r (test)",
+             "MIA acc (forget train vs test)", "MIA AUC"]]
+    for key, m in models.items():
+        rows.append([_label(report, key), fmt(m["accuracy"]["acc_f"]), fmt(m["accuracy"]["acc_r"]),
+                     fmt(m["probe"]["acc_f"]), fmt(m["probe"]["acc_r"]), fmt(m["mia"]["accuracy"], 3),
+                     fmt(m["mia"]["auc"], 3)])
+    tables = {"evidence": markdown(rows)}
+    cfg = report["config"]
+    orig_f = models["original"]["accuracy"]["acc_f"]
+    rows = [["Model", "Acc_f epoch 0", f"Acc_f epoch {cfg['epochs']}", "max Acc_f", f"% of original ({fmt(orig_f)})",
+             f"Acc_r epoch {cfg['epochs']}", f"reaches {cfg['threshold']:.0%} of original Acc_f",
+             f"relearn epochs to {cfg['relearn_fraction']:.0%} of original (whole model)"]]
+    for key, m in models.items():
+        rec = m.get("recovery")
+        if rec is None:
+            continue
+        frac = rec["recovered_fraction"]
+        rows.append([_label(report, key), fmt(rec["acc_f"][0]), fmt(rec["final_acc_f"]), fmt(rec["max_acc_f"]),
+                     "-" if frac is None else f"{100 * frac:.0f}%", fmt(rec["final_acc_r"]), recovery_summary(rec),
+                     relearn_summary(m.get("relearn"))])
+    tables["recovery"] = markdown(rows)
+    gap = report.get("retrain_gap")
+    if gap:
+        tables["gap"] = markdown([["ΔAcc_f", "ΔAcc_r", "ΔMIA (acc, %)", "ΔProbe Acc_f", "average"],
+                                   [fmt(gap["acc_f"]), fmt(gap["acc_r"]), fmt(gap["mia"]), fmt(gap["probe_acc_f"]),
+                                    fmt(gap["average"])]])
+    return tables
+
+
+def audit_markdown(report: dict) -> str:
+    t = audit_tables(report)
+    cfg, d = report["config"], report["data"]
+    parts = [
+        f"# Forgetting audit: {report.get('method', 'model')} on {d['name']}",
+        "",
+        f"{report['classes']['n_forget']} forgotten and {report['classes']['n_remain']} remaining classes; splits: "
+        f"train {d['train']}, test {d['test']} images. Device {report['device']}, {report['wall_seconds']:.1f} s.",
+        "",
+        "## Accuracy, linear probe, membership inference",
+        "",
+        "Accuracies in % on the test split, top-1 over all classes. Probe: logistic regression on the frozen "
+        "penultimate features of the train split (all classes), scored on the test split. MIA: loss-based attack "
+        f"({cfg['mia_folds']}-fold cross-validated logistic regression on the per-sample loss, balanced) telling the "
+        "forgotten classes' train split images from their test split images; 0.5 = no membership signal.",
+        "",
+        t["evidence"],
+        "",
+        "## Recovery test (paper Fig. 6)",
+        "",
+        f"Backbone frozen, head retrained for {cfg['epochs']} epochs (AdamW lr {cfg['recovery_lr']:g}, CE with the "
+        f"training margin) on {cfg['ratio']:g} of each forgotten and remaining class's train split images; accuracies "
+        f"on the test split. Relearn: the whole model fine-tuned (AdamW lr {cfg['relearn_lr']:g}) on {cfg['ratio']:g} "
+        f"of the forgotten classes' train split images, at most {cfg['relearn_epochs']} epochs.",
+        "",
+        t["recovery"],
+        "",
+    ]
+    if "gap" in t:
+        parts += ["## Gap to the retrained model", "",
+                  "Absolute differences to the retrained model in percentage points (lower is better).", "",
+                  t["gap"], ""]
+    return "\n".join(parts)
+
+
+def recovery_figure(report: dict) -> Figure:
+    """Forgotten / remaining test accuracy per epoch of head retraining, per model (the paper's Fig. 6)."""
+    fig = Figure(figsize=(6.5, 4))
+    ax = fig.subplots()
+    orig = report["models"]["original"]["accuracy"]
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key()["color"]
+    ax.axhline(orig["acc_f"], color="grey", ls=":", label="original Acc_f")
+    deep = [(k, m) for k, m in report["models"].items() if m.get("recovery")]
+    for i, (key, m) in enumerate(deep):
+        rec, c = m["recovery"], colors[(i + 1) % len(colors)]
+        ax.plot(rec["epochs"], rec["acc_f"], "o-", ms=3, color=c, label=f"{_label(report, key)}: forgotten")
+        ax.plot(rec["epochs"], rec["acc_r"], "--", color=c, alpha=0.7, label=f"{_label(report, key)}: remaining")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch of head retraining (backbone frozen)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(-2, 102)
+    ax.set_title(f"Recovery test on {report['data']['name']}")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def probe_mia_figure(report: dict) -> Figure:
+    """Linear-probe accuracy on the forgotten classes and membership-inference AUC, per model."""
+    keys = list(report["models"])
+    labels = [_label(report, k).replace(" (audited)", "") for k in keys]
+    fig = Figure(figsize=(9, 3.6))
+    a1, a2 = fig.subplots(1, 2)
+    a1.bar(labels, [report["models"][k]["probe"]["acc_f"] or 0 for k in keys], color="tab:purple")
+    a1.set_ylabel("probe accuracy on forgotten classes (%)")
+    a1.set_ylim(0, 102)
+    a1.set_title("Linear probe (fit: train, score: test)")
+    a2.bar(labels, [report["models"][k]["mia"]["auc"] for k in keys], color="tab:orange")
+    a2.axhline(0.5, color="grey", ls=":", label="chance")
+    a2.set_ylim(0, 1)
+    a2.set_ylabel("MIA AUC")
+    a2.set_title("Membership inference (forgotten classes)")
+    a2.legend(fontsize=7)
+    for a in (a1, a2):
+        a.tick_params(axis="x", labelrotation=20, labelsize=8)
+    return fig
