@@ -52,6 +52,9 @@ def test_a_preset_may_only_choose_training_settings(monkeypatch):
 
 
 def test_pretrain_warmup_follows_the_epochs_unless_set():
+    from gslora.config import build_config
+
+    assert build_config(PretrainConfig, None, [], epochs=3).resolved_warmup() == 0  # `gslora pretrain --epochs 3`
     assert PretrainConfig(epochs=3).validate().resolved_warmup() == 0
     assert PretrainConfig(epochs=20).resolved_warmup() == 2
     assert PretrainConfig(epochs=40).resolved_warmup() == 3
