@@ -1,6 +1,6 @@
 """GS-LoRA against every baseline (paper Tables 1 and 3), on the bundled faces and on ../shared/data/orl-faces.
 
-Pre-trains vit_face_tiny per dataset (cached in --out), then runs `gslora.benchmark.run_benchmark` (what
+Pre-trains vit_face_tiny per dataset (cached in --out), then runs `gslora.compare.run_comparison` (what
 `gslora benchmark` runs) for each setting and prints the comparison tables. The shared data is read in place, never
 copied into the repository.
 
@@ -57,7 +57,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     from gslora import load_checkpoint, load_data
-    from gslora.compare import comparison_markdown_table, run_benchmark
+    from gslora.compare import comparison_markdown_table, run_comparison
     from gslora.config import merge_overrides
     from gslora.presets import packaged_yaml
 
@@ -81,7 +81,7 @@ def main() -> None:
         for setting in [s.strip() for s in args.settings.split(",") if s.strip()]:
             model, meta = load_checkpoint(ckpt)
             t0 = time.perf_counter()
-            comp = run_benchmark(model, meta["classes"], data, setting, args.methods,
+            comp = run_comparison(model, meta["classes"], data, setting, args.methods,
                                  base_config=shared, method_args=method_args, method_run=method_run,
                                  out_dir=out / name / setting, overwrite=True, source_checkpoint=ckpt,
                                  on_method_done=lambda e: print(f"  {e['method']:<8} {e['status']} "
