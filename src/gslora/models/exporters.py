@@ -28,6 +28,7 @@ from .importers import _put_classifier
 from .registry import Classifier
 
 NOTE = "gslora.json"
+NOT_IMPORTED = "this model was not imported from Hugging Face / torchvision / timm; it has no native format."
 
 
 def is_imported(model: Classifier) -> bool:
@@ -37,7 +38,7 @@ def is_imported(model: Classifier) -> bool:
 def native_model(model: Classifier) -> nn.Module:
     """A CPU copy of the library's own model with the head put back as its classifier linear."""
     if not is_imported(model):
-        raise GsloraError("this model was not imported from Hugging Face / torchvision / timm; it has no native format.")
+        raise GsloraError(NOT_IMPORTED)
     head = model.head
     library_model = copy.deepcopy(model.backbone.model).cpu().eval()
     if any("lora_" in name for name, _ in library_model.named_parameters()):
@@ -59,7 +60,7 @@ def export_native(model: Classifier, folder: str | Path, classes: list[str], his
     """Write ``model`` (merged) to ``folder`` in its library's format; returns the folder. Atomic (whole folder)."""
     imported = model.config["imported"] if is_imported(model) else None
     if imported is None:
-        raise GsloraError("this model was not imported from Hugging Face / torchvision / timm; it has no native format.")
+        raise GsloraError(NOT_IMPORTED)
     if len(classes) != model.config["num_classes"]:
         raise GsloraError(f"{len(classes)} class names for a model with {model.config['num_classes']} classes.")
     library_model = native_model(model)
