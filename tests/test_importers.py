@@ -348,3 +348,19 @@ def test_imported_backbones_expose_blocks_and_embeddings(tmp_path):
         assert len(b.blocks) == 2 and sum(p.numel() for p in b.patch_embed.parameters()) > 0
         names = {n for n, _ in model.named_parameters()}
         assert not any(n.startswith("backbone.blocks") for n in names)  # nothing registered twice
+
+
+def test_hf_folder_loads_with_4x_and_5x_weight_names(tmp_path):
+    hf = _hf("vit", ["a", "b", "c"])
+    hf.save_pretrained(tmp_path / "m")  # transformers 5 writes the 4.x names (encoder.layer.i.attention.attention.*)
+    assert any(".encoder.layer.0.attention.attention.query." in k for k in load_file(str(tmp_path / "m" /
+                                                                                      "model.safetensors")))
+    x = _x()
+    model4, _ = import_model(tmp_path / "m")
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()},  # the 5.x module names
+              str(tmp_path / "m" / "model.safetensors"), metadata={"format": "pt"})
+    assert any(".layers.0.mlp.fc1." in k for k in load_file(str(tmp_path / "m" / "model.safetensors")))
+    model5, _ = import_model(tmp_path / "m")
+    with torch.no_grad():
+        assert torch.allclose(model4(x), model5(x)) and torch.allclose(model5(x), hf(pixel_values=x).logits,
+                                                                        atol=1e-5)
