@@ -335,6 +335,23 @@ def import_torchvision(path: str | Path, arch: str, model_args: dict | None = No
     return _wrap(tv_model.eval(), "torchvision", "heads.head", tv_model.image_size, prep, imported), names
 
 
+# (hidden_dim, patch_size, num_layers, mlp_dim) of torchvision's named ViTs
+_TORCHVISION_SHAPES = {(768, 16, 12, 3072): "vit_b_16", (768, 32, 12, 3072): "vit_b_32",
+                       (1024, 16, 24, 4096): "vit_l_16", (1024, 32, 24, 4096): "vit_l_32",
+                       (1280, 14, 32, 5120): "vit_h_14"}
+
+
+def _guess_torchvision_arch(state: dict) -> str | None:
+    """The named torchvision ViT a state dict's shapes match (None when it is not one)."""
+    if "conv_proj.weight" not in state or "heads.head.weight" not in state:
+        return None
+    try:
+        k = _torchvision_shapes(state, "")
+    except GsloraError:
+        return None
+    return _TORCHVISION_SHAPES.get((k["hidden_dim"], k["patch_size"], k["num_layers"], k["mlp_dim"]))
+
+
 def _build_torchvision(imported: dict) -> nn.Module:
     import torchvision.models as tvm
     from torchvision.models.vision_transformer import VisionTransformer
@@ -512,6 +529,9 @@ def import_model(path: str | Path, model: str | None = None, model_args: dict | 
         if model == "vit_face":
             raise GsloraError(f"{path} is not a Face Transformer state dict (no patch_to_embedding / "
                               "transformer.layers.*).")
+        guess = _guess_torchvision_arch(state)
+        if model is None and guess is not None:
+            return import_torchvision(path, guess, model_args, preprocessing, state=state)
         raise GsloraError(f"{path} is a state dict without a gslora sidecar; name its architecture with --model "
                           "torchvision:<arch> or timm:<name>.")
     if model.startswith("torchvision:"):
