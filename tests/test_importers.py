@@ -365,3 +365,15 @@ def test_hf_folder_loads_with_4x_and_5x_weight_names(tmp_path):
     with torch.no_grad():
         assert torch.allclose(model4(x), model5(x)) and torch.allclose(model5(x), hf(pixel_values=x).logits,
                                                                         atol=1e-5)
+
+
+def test_vit_face_checkpoints_written_before_the_face_transformer_keep_their_blocks():
+    from gslora.models.registry import create_from_config
+
+    legacy = {"arch": "vit_face", "num_classes": 3, "head": "cosface", "overrides": {"depth": 1}, "head_kwargs": {}}
+    model = create_from_config(legacy)
+    blk = model.backbone.blocks[0]
+    assert blk.attn.scale == pytest.approx(64 ** -0.5) and blk.attn.attn_drop.p == 0.1 and blk.norm1.eps == 1e-6
+    assert model.config == legacy
+    now = create_model("vit_face", 3, depth=1)
+    assert create_from_config(now.config).backbone.blocks[0].attn.scale == pytest.approx(512 ** -0.5)
