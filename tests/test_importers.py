@@ -377,3 +377,100 @@ def test_vit_face_checkpoints_written_before_the_face_transformer_keep_their_blo
     assert model.config == legacy
     now = create_model("vit_face", 3, depth=1)
     assert create_from_config(now.config).backbone.blocks[0].attn.scale == pytest.approx(512 ** -0.5)
+# --- the command line: the same inputs for forget, evaluate and audit ------------------------------------------------
+def _cli(capsys, *argv):
+    from gslora.cli import main
+
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _forget(ckpt, data, out, *extra):
+    return ("forget", "--checkpoint", ckpt, "--data", data, "--out", out, "--epochs", "1", "--no-progress",
+            "--set", "batch_size=8", "--device", "cpu", "--tasks", "1x2", *extra)
+
+
+def _folder_classes(folder):
+    return sorted(p.name for p in (folder / "train").iterdir())
+
+
+def test_cli_forget_hf_folder_exports_an_hf_folder(capsys, tmp_path, micro_folder):
+    from transformers import AutoModelForImageClassification
+
+    classes = _folder_classes(micro_folder)
+    _hf("vit", classes[::-1]).save_pretrained(tmp_path / "m")  # another order: matched by name
+    out = tmp_path / "run"
+    code, stdout, err = _cli(capsys, *_forget(tmp_path / "m", micro_folder, out))
+    assert code == 0, err
+    results = json.loads((out / "results.json").read_text())
+    again = AutoModelForImageClassification.from_pretrained(str(out / "final")).eval()
+    gs, meta = load_checkpoint(out / "final.safetensors")
+    x = _x()
+    with torch.no_grad():
+        assert torch.allclose(again(pixel_values=x).logits, gs.eval()(x), atol=1e-5)  # no preprocessor: x as is
+    assert sorted(again.config.gslora["forgotten"]) == sorted(results["tasks"][0]["forget"])
+    assert [again.config.id2label[i] for i in range(len(classes))] == classes
+    # evaluate and audit read the exported folder like any checkpoint; the history comes with it
+    code, stdout, err = _cli(capsys, "evaluate", "--checkpoint", out / "final", "--data", micro_folder, "--device",
+                             "cpu")
+    assert code == 0, err
+    assert "forgotten (history)" in stdout
+    code, stdout, err = _cli(capsys, "audit", out, "--epochs", "1", "--relearn-epochs", "0", "--device", "cpu",
+                             "--no-progress")  # the original is the HF folder the run recorded
+    assert code == 0, err
+    audit = json.loads((out / "audit" / "audit.json").read_text())
+    assert audit["original_checkpoint"] == str((tmp_path / "m").resolve())
+
+
+def test_cli_forget_torchvision_and_timm_state_dicts(capsys, tmp_path, micro_folder):
+    import timm
+
+    n = len(_folder_classes(micro_folder))
+    tv = _torchvision(n)
+    torch.save(tv.state_dict(), tmp_path / "vit.pth")
+    code, _, err = _cli(capsys, *_forget(tmp_path / "vit.pth", micro_folder, tmp_path / "tv-run", "--model",
+                                         "torchvision:VisionTransformer", "--model-arg", "num_heads=2"))
+    assert code == 0, err
+    again = _torchvision(n)
+    again.load_state_dict(load_file(str(tmp_path / "tv-run" / "final" / "model.safetensors")))
+    gs, _ = load_checkpoint(tmp_path / "tv-run" / "final.safetensors")
+    x = _x()
+    with torch.no_grad():
+        assert torch.allclose(again(x), gs.eval()(x), atol=1e-5)
+    save_file(_timm(n).state_dict(), str(tmp_path / "model.safetensors"))
+    args = [a for k, v in TIMM_ARGS.items() for a in ("--model-arg", f"{k}={v}")]
+    code, _, err = _cli(capsys, *_forget(tmp_path / "model.safetensors", micro_folder, tmp_path / "timm-run",
+                                         "--model", "timm:vit_tiny_patch16_224", *args))
+    assert code == 0, err
+    local = timm.create_model(f"local-dir:{tmp_path / 'timm-run' / 'final'}", pretrained=True).eval()
+    gs, meta = load_checkpoint(tmp_path / "timm-run" / "final.safetensors")
+    prep = meta["model"]["preprocessing"]
+    with torch.no_grad():
+        assert torch.allclose(local(_norm(x, prep["mean"], prep["std"])), gs.eval()(x), atol=1e-5)
+
+
+def test_cli_bad_imports_exit_2_without_a_run_folder(capsys, tmp_path, micro_folder):
+    from transformers import SwinConfig, SwinForImageClassification
+
+    torch.save(_torchvision(20).state_dict(), tmp_path / "vit.pth")
+    hf = _hf("vit", ["a", "b"])
+    hf.save_pretrained(tmp_path / "noweights")
+    (tmp_path / "noweights" / "model.safetensors").unlink()
+    SwinForImageClassification(SwinConfig(image_size=32, patch_size=4, embed_dim=8, depths=[1], num_heads=[1],
+                                          window_size=2, num_labels=2)).save_pretrained(tmp_path / "swin")
+    capsys.readouterr()  # the libraries' own progress output while writing the inputs
+    cases = [
+        ((tmp_path / "vit.pth", "--model", "torchvision:vit_b_16"), "does not match torchvision vit_b_16"),
+        ((tmp_path / "noweights",), "has a config.json but no weights"),
+        ((tmp_path / "swin",), "unsupported Hugging Face architecture 'SwinForImageClassification'"),
+        ((tmp_path / "vit.pth",), "name its architecture with --model"),
+    ]
+    for i, ((ckpt, *extra), message) in enumerate(cases):
+        out = tmp_path / f"run{i}"
+        code, _, err = _cli(capsys, *_forget(ckpt, micro_folder, out, *extra))
+        assert code == 2 and message in err, err
+        assert err.startswith("gslora: error: ") and err.count("\n") == 1
+        assert not out.exists()
+
+

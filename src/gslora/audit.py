@@ -383,8 +383,11 @@ def audit(model, original, data: DataBundle, forget, remain, retrained=None, com
 
 def _load_model(path: Path, what: str):
     from .models.checkpoint import load_checkpoint
+    from .models.importers import load_any
 
     path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():  # an HF / timm folder (e.g. a run's final/)
+        return load_any(path)
     if path.is_dir():
         if not (path / "final.safetensors").is_file():
             raise GsloraError(f"{what} {path} is a folder without a final model (final.safetensors); pass a finished "
@@ -413,6 +416,7 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
     """
     from .data import load_data
     from .forget import check_data_matches
+    from .models.importers import is_gslora_checkpoint, load_original
 
     finished = RunFolder.load(run_dir)
     run, results, rcfg = finished.folder.path, finished.results, finished.config
@@ -423,10 +427,13 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
     src = original or results.get("source_checkpoint")
     if not src:
         raise GsloraError(f"run {run} does not record its source checkpoint; pass the original model with --original.")
-    if not Path(src).with_suffix(".safetensors").is_file() and not Path(src).is_file():
+    if not Path(src).with_suffix(".safetensors").is_file() and not Path(src).exists():
         raise GsloraError(f"the original model {src} of run {run} is gone; pass it with --original.")
-    orig, orig_meta = _load_model(Path(src), "original model")
     classes = meta["classes"]
+    if model.config.get("imported") or model.config.get("head_subset") or not is_gslora_checkpoint(src):
+        orig, orig_meta = load_original(src, model.config, classes)  # loaded, and classes matched, as the run did
+    else:
+        orig, orig_meta = _load_model(Path(src), "original model")
     if orig_meta["classes"] != classes:
         raise GsloraError(f"the original model {src} has other classes than the run's final model; pass the "
                           "checkpoint the run started from with --original.")

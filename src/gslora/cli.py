@@ -39,6 +39,28 @@ def _run_config(args, data: str | None = None) -> RunConfig:
                                 epochs=args.epochs, seed=args.seed, device=args.device, data=data))
 
 
+def _model_input_args(p: argparse.ArgumentParser, classes_flags: tuple[str, ...] = ("--class-names",)) -> None:
+    """The flags that let a command read a model gslora did not write (see "Bring your own model" in the README)."""
+    p.add_argument("--model", help="architecture of a state-dict checkpoint: torchvision:<arch> (vit_b_16, ..., "
+                   "VisionTransformer), timm:<name>, or vit_face (the authors' Face Transformer; detected anyway)")
+    p.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
+                   help="an argument of the architecture, e.g. --model-arg num_heads=2 or img_size=32; repeatable")
+    p.add_argument(*classes_flags, dest="class_file", metavar="FILE",
+                   help="the class name of each model output, in order (one per line, or a JSON list)")
+    p.add_argument("--head-subset", action="store_true",
+                   help="keep only the head rows of the data's classes (e.g. ImageNet-100 from a 1000-way head)")
+
+
+def _load_model_input(args, preprocessing: dict | None = None):
+    """--checkpoint (a gslora checkpoint, an HF / timm folder or a state dict) → (model, meta)."""
+    from .config import parse_override
+    from .models.importers import load_any
+
+    model_args = dict(parse_override(item) for item in args.model_args)
+    return load_any(args.checkpoint, model=args.model, model_args=model_args or None,
+                    preprocessing=preprocessing or None, classes_file=args.class_file)
+
+
 def cmd_pretrain(args) -> int:
     from .data import load_data
     from .models import create_model, save_checkpoint
@@ -70,14 +92,15 @@ def cmd_forget(args) -> int:
     from .data import load_data
     from .forget import run_forgetting
     from .methods import get_method
-    from .models import load_checkpoint
+    from .models.importers import classes_for_run
 
     cfg = _run_config(args, data=args.data)
     method = get_method(cfg.method, **cfg.method_args)  # bad method settings fail before any data is read
-    model, meta = load_checkpoint(args.checkpoint)
+    model, meta = _load_model_input(args, cfg.preprocessing)
     data = load_data(cfg.data, image_size=model.image_size, seed=cfg.seed, split_ratio=cfg.split_ratio,
                      val_ratio=cfg.val_ratio)
-    result = run_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, history=meta.get("history"),
+    classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
+    result = run_forgetting(model, classes, data, cfg, out_dir=args.out, history=meta.get("history"),
                             overwrite=args.overwrite, progress=not args.no_progress, method=method,
                             source_checkpoint=args.checkpoint, resume=args.resume)
     _print_run(result.results, Path(args.out))
@@ -101,11 +124,11 @@ def cmd_evaluate(args) -> int:
     from .data import load_data
     from .distributed import resolve_device
     from .evaluate import accuracy, class_counts
-    from .models import load_checkpoint
+    from .models.importers import classes_for_run
 
-    model, meta = load_checkpoint(args.checkpoint)
-    classes = meta["classes"]
-    data = load_data(args.data, image_size=model.image_size, seed=args.seed)
+    model, meta = _load_model_input(args)
+    data = load_data(args.data, image_size=model.image_size, seed=args.seed, split_ratio=args.split_ratio)
+    classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
     from .forget import check_data_matches
 
     check_data_matches(classes, data)
@@ -189,7 +212,7 @@ def cmd_audit(args) -> int:
 def cmd_benchmark(args) -> int:
     from .compare import run_comparison
     from .data import load_data
-    from .models import load_checkpoint
+    from .models.importers import classes_for_run
     from .report.comparison import comparison_markdown_table
 
     base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device)
@@ -201,16 +224,17 @@ def cmd_benchmark(args) -> int:
         if not (sep and dot and name and arg):
             raise GsloraError(f"--method-set {item!r} must look like METHOD.KEY=VALUE (e.g. ewc.lam=5).")
         method_args.setdefault(name.strip(), {}).update(config_data(None, [f"{arg.strip()}={value}"]))
-    model, meta = load_checkpoint(args.checkpoint)
+    model, meta = _load_model_input(args, shared.preprocessing)
     data = load_data(args.data, image_size=model.image_size, seed=shared.seed, split_ratio=shared.split_ratio,
                      val_ratio=shared.val_ratio)
+    classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
 
     def done(entry):
         state = "ok" if entry["status"] == "ok" else f"FAILED ({entry['error']})"
         print(f"  {entry['method']:<8} {state}  {entry['wall_seconds']:.1f} s", flush=True)
 
     print(f"benchmark ({args.setting}) on {data.name}: {args.methods}")
-    comparison = run_comparison(model, meta["classes"], data, args.setting, args.methods, base_config=base,
+    comparison = run_comparison(model, classes, data, args.setting, args.methods, base_config=base,
                                 method_args=method_args, out_dir=args.out, overwrite=args.overwrite,
                                 progress=not args.no_progress, on_method_done=done,
                                 source_checkpoint=args.checkpoint, resume=args.resume)
@@ -255,14 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("forget", help="erase classes from a checkpoint, task after task")
-    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint written by gslora")
+    p.add_argument("--checkpoint", required=True, help="a gslora checkpoint (.safetensors), a Hugging Face or timm "
+                   "model folder, or a torchvision / timm state dict (with --model)")
+    _model_input_args(p, ("--classes", "--class-names"))
     p.add_argument("--data", help="'faces' or an image folder (default: the config's data)")
     p.add_argument("--out", required=True, help="run folder")
     _common_run_args(p)
     p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("evaluate", help="accuracy of a checkpoint on class sets")
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True, help="as for forget (gslora checkpoint, HF / timm folder, state "
+                   "dict with --model, or a run's final/ folder)")
+    _model_input_args(p)
+    p.add_argument("--split-ratio", dest="split_ratio", type=float, default=0.7,
+                   help="train fraction per class of a folder without train/ and test/ (as the run used)")
     p.add_argument("--data", default="faces")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--classes", action="append", help="a class set 'a,b,c' (names or ids); repeatable")
@@ -297,7 +327,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("benchmark", help="compare forgetting methods from one checkpoint (the paper's tables)")
-    p.add_argument("--checkpoint", required=True, help="a .safetensors checkpoint written by gslora")
+    p.add_argument("--checkpoint", required=True, help="as for forget: a gslora checkpoint, an HF / timm folder or "
+                   "a state dict (with --model)")
+    _model_input_args(p)
     p.add_argument("--data", required=True, help="'faces' or an image folder (the data the model was trained on)")
     p.add_argument("--setting", required=True, choices=["continual", "single"],
                    help="continual: 4 tasks x 20%% of the classes; single: C-Y for Y = 5, 10, 50, 90%% of the classes")

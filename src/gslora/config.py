@@ -60,6 +60,7 @@ class RunConfig:
     margin_at_test: bool = False  # the authors' protocol (CosFace margin at test time); for comparison only
     save_adapters: bool = True  # write each task's LoRA adapter in PEFT format
     checkpoint_every: int = 0  # epochs between in-task resume checkpoints (0: resume from the last finished task)
+    preprocessing: dict = field(default_factory=dict)  # mean / std override for an imported model's input
 
     def validate(self) -> RunConfig:
         """Check ranges; unset (None) preset fields are skipped (they are checked once resolved)."""

@@ -9,6 +9,7 @@ the paths inside a run folder.
         task-<k>.pt          after k finished tasks: merged model, method state, rows so far, history, counts
         epoch-task<i>.pt     inside task i, when checkpoint_every > 0: the engine's state at an epoch boundary
       final.safetensors      the final merged model (+ final.json)
+      final/                 an imported model (HF / torchvision / timm) in its own library's format
       results.md|csv|json    the results; results.json is written last and marks a finished run
       plots/*.png
 
@@ -34,6 +35,7 @@ from .files import atomic_write, atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 CONFIG, PLAN, RESULTS, FINAL = "config.yaml", "plan.json", "results.json", "final.safetensors"
+NATIVE = "final"  # folder: the final model in the format it was imported from (models.exporters)
 REPORT_FILES = ("results.csv", "results.md")
 STATE, ADAPTERS, PLOTS = "state", "adapters", "plots"
 # settings that may differ between a run and its resumption (they do not change the numbers)
@@ -131,7 +133,7 @@ class RunFolder:
         """Remove what a run writes here (other files are left alone)."""
         for name in (RESULTS, *REPORT_FILES, FINAL, "final.json", PLAN, CONFIG):
             (self.path / name).unlink(missing_ok=True)
-        for name in (ADAPTERS, PLOTS, STATE):
+        for name in (ADAPTERS, PLOTS, STATE, NATIVE):
             shutil.rmtree(self.path / name, ignore_errors=True)
 
     def _check_same_config(self, config: RunConfig) -> None:
@@ -152,10 +154,14 @@ class RunFolder:
     def finish(self, results: dict, model, classes: list[str], history: list) -> None:
         """Final model, plots, CSV and Markdown, then ``results.json`` (the finish marker); then drop resume state."""
         from .models.checkpoint import save_checkpoint
+        from .models.exporters import export_native, is_imported
         from .report import write_run_report
 
         save_checkpoint(model, self.final_checkpoint, classes, history)
         results["final_checkpoint"] = FINAL
+        if is_imported(model):
+            export_native(model, self.path / NATIVE, classes, history)
+            results["final_native"] = NATIVE
         files = write_run_report(results, self.path, plots_dir=self.plots_dir)
         results["plots"] = [self.relative(p) for p in files if p.suffix == ".png"]
         atomic_write_json(self.results_file, results)

@@ -245,11 +245,18 @@ def import_hf(folder: str | Path, preprocessing: dict | None = None) -> tuple[Cl
     if not any((folder / name).is_file() for name in HF_WEIGHTS):
         raise GsloraError(f"{folder} has a config.json but no weights ({' or '.join(HF_WEIGHTS[::2])}).")
     cls = _hf_model_class(arch)
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bars on the command line
     try:
         hf_model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True,
                                              dtype=torch.float32)
     except (OSError, ValueError, RuntimeError) as e:
         raise GsloraError(f"cannot load {folder} as {arch} ({str(e).strip().splitlines()[0]}).") from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     bad = info.get("missing_keys") or info.get("mismatched_keys")
     if bad:
         raise GsloraError(f"the weights in {folder} do not match its config.json ({arch}: "
