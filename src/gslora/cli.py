@@ -117,7 +117,10 @@ def _print_run(results: dict, out: Path) -> None:
     print(paper_table(results))
     print()
     print(task_table(results))
-    print(f"\nrun folder: {out}  (results.md, results.json, results.csv, plots/, final.safetensors, adapters/)")
+    native = results.get("final_native")
+    native = f", {native}/ (the model in its own library's format)" if native else ""
+    print(f"\nrun folder: {out}  (results.md, results.json, results.csv, plots/, final.safetensors, adapters/"
+          f"{native})")
 
 
 def cmd_evaluate(args) -> int:
