@@ -474,3 +474,14 @@ def test_cli_bad_imports_exit_2_without_a_run_folder(capsys, tmp_path, micro_fol
         assert not out.exists()
 
 
+
+
+def test_runs_started_before_the_preprocessing_setting_still_resume(tmp_path):
+    from gslora.config import to_dict
+    from gslora.rundir import RunFolder
+
+    saved = to_dict(RunConfig())
+    del saved["preprocessing"]  # a run folder written before the setting existed
+    RunFolder(tmp_path)._compare(saved, to_dict(RunConfig()))
+    with pytest.raises(GsloraError, match="used preprocessing"):
+        RunFolder(tmp_path)._compare(saved, to_dict(RunConfig(preprocessing={"mean": [0.5] * 3})))

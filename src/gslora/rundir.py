@@ -144,9 +144,12 @@ class RunFolder:
         self._compare(saved, to_dict(config))
 
     def _compare(self, saved: dict, now: dict) -> None:
+        defaults = to_dict(RunConfig())
         for key in now:
             if key in RESUME_MAY_CHANGE:
                 continue
+            if key not in saved and now[key] == defaults.get(key):
+                continue  # a setting added after the run started, left at its default
             if saved.get(key) != now[key]:
                 raise GsloraError(f"the unfinished run in {self.path} used {key} = {saved.get(key)!r}, not "
                                   f"{now[key]!r}; resume it with the same settings, or pass --overwrite to start over.")
