@@ -485,3 +485,16 @@ def test_runs_started_before_the_preprocessing_setting_still_resume(tmp_path):
     RunFolder(tmp_path)._compare(saved, to_dict(RunConfig()))
     with pytest.raises(GsloraError, match="used preprocessing"):
         RunFolder(tmp_path)._compare(saved, to_dict(RunConfig(preprocessing={"mean": [0.5] * 3})))
+
+
+def test_preprocessing_override_from_the_config(tmp_path):
+    from gslora.config import build_config
+
+    cfg = build_config(RunConfig, None, ["preprocessing.mean=[0.1, 0.2, 0.3]", "preprocessing.std=[1, 1, 1]"])
+    _hf("vit", ["a", "b"]).save_pretrained(tmp_path / "m")
+    model, _ = import_model(tmp_path / "m", preprocessing=cfg.preprocessing)
+    assert model.config["preprocessing"]["mean"] == [0.1, 0.2, 0.3] and model.config["preprocessing"]["from"] == \
+        "override"
+    assert torch.allclose(model.backbone.mean.flatten(), torch.tensor([0.1, 0.2, 0.3]))
+    with pytest.raises(GsloraError, match="unknown preprocessing override 'size'"):
+        import_model(tmp_path / "m", preprocessing={"size": 3})
