@@ -91,10 +91,3 @@ def export_native(model: Classifier, folder: str | Path, classes: list[str], his
 
     return atomic_write_dir(folder, write)
 
-
-def export_run_final(model: Classifier, run_dir: str | Path, classes: list[str], history: list | None) -> str | None:
-    """For an imported model: ``RUN/final/`` in the library's format (the name, relative to the run); else None."""
-    if not is_imported(model):
-        return None
-    export_native(model, Path(run_dir) / "final", classes, history)
-    return "final"
