@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -15,12 +16,19 @@ import yaml
 from .errors import GsloraError
 
 _PRECISIONS = ("fp32", "bf16")
+_PROTOCOLS = ("auto", "continual", "single_step")
+TARGET_METRICS = {
+    "acc_f": "accuracy (%) on the classes forgotten in this task; a forgetting target: training stops once it holds",
+    "acc_o": "accuracy (%) on the classes forgotten in earlier tasks; a forgetting target",
+    "acc_r_drop": "points the remaining classes' accuracy lies below the pre-trained model's; a retention target: a "
+                  "trial that misses it is retried with half the lr",
+}
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
 # Run settings a method preset may choose (``configs/methods/<name>.yaml``, key ``run``). In a RunConfig they are
 # None until set: None means "the method's preset, else the global default" (:func:`gslora.presets.resolve`).
-PRESET_KEYS = ("epochs", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs")
+PRESET_KEYS = ("epochs", "max_steps", "batch_size", "lr", "min_lr", "weight_decay", "warmup_epochs")
 
 
 def _preset(default, help: str):
@@ -44,13 +52,26 @@ class RunConfig:
     method: str = "gslora"
     method_args: dict = field(default_factory=dict)  # overrides of configs/methods/<method>.yaml
     seed: int = 1337
-    epochs: int | None = _preset(100, "per task; an epoch is one pass over the replay (remain) subset")
+    epochs: int | None = _preset(100, "per task when max_steps is 0; an epoch is one pass over the replay (remain) "
+                                      "subset")
+    max_steps: int | None = _preset(0, "step budget per task (each trial); 0: epochs × steps per epoch")
     batch_size: int | None = _preset(48, "remain batch and forget batch size")
     lr: float | None = _preset(1e-2, "AdamW learning rate (peak of the cosine schedule)")
     min_lr: float | None = _preset(1e-5, "learning rate at the end of the cosine schedule")
     weight_decay: float | None = _preset(0.05, "AdamW weight decay")
     warmup_epochs: int | None = _preset(0, "linear warm-up epochs before the cosine decay")
+    target: str = "acc_f<=2,acc_r_drop<=2"  # what each task must reach on the validation split (see `targets`)
+    eval_every: int = 10  # steps between validation checks; training stops at the first check meeting the forgetting
+    # target (acc_f, acc_o); 0: never check, train the whole budget
+    target_checks: int = 3  # consecutive checks the forgetting target must hold before training stops (one check on
+    # a small validation split can pass by luck)
+    max_trials: int = 3  # trials per task: when the retention target (acc_r_drop) fails, retry with half the lr
+    augment: bool = True  # light augmentation of the task batches (crop, shift, small rotation; gslora.data.augment)
+    protocol: str = "auto"  # continual | single_step | auto (single_step for one task, e.g. "1x10"); picks the
+    # method's protocol preset (configs/methods/<method>.yaml, key protocols)
     replay_ratio: float = 0.1  # fraction of each class's training images available (replay and forget subsets)
+    min_replay: int = 2  # with replay_ratio: at least this many images per class (one image per class left the
+    # remaining classes 4-14 points lower than two on gt-faces; README, "Choices made by measurement")
     shots: int = 0  # if > 0: k images per class instead of replay_ratio (few-shot forgetting)
     old_forget_shots: int = 0  # images per earlier-forgotten class kept in the forget batch (0: off, the paper)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -76,7 +97,15 @@ class RunConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise GsloraError(f"{name} must be at least 1, got {getattr(self, name)}.")
-        for name in ("warmup_epochs", "shots", "old_forget_shots", "num_workers", "checkpoint_every"):
+        for name in ("max_trials", "target_checks"):
+            if getattr(self, name) < 1:
+                raise GsloraError(f"{name} must be at least 1, got {getattr(self, name)}.")
+        if self.protocol not in _PROTOCOLS:
+            raise GsloraError(f"protocol must be one of {', '.join(_PROTOCOLS)}, got {self.protocol!r}.")
+        parse_target(self.target)
+        for name in ("warmup_epochs", "shots", "old_forget_shots", "num_workers", "checkpoint_every", "max_steps",
+                     "min_replay",
+                     "eval_every"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise GsloraError(f"{name} must be 0 or more, got {getattr(self, name)}.")
         if self.warmup_epochs and self.epochs is not None and self.warmup_epochs >= self.epochs:
@@ -95,31 +124,110 @@ class RunConfig:
 
 @dataclass
 class PretrainConfig:
-    """Pre-training from scratch (``gslora pretrain``). ``warmup_epochs`` None: derived from ``epochs``."""
+    """Pre-training from scratch (``gslora pretrain``). The defaults are meant to give a usable model on any small
+    image folder without flags: a step budget sized by the training set, early stopping on the validation accuracy,
+    the best-validation weights kept. See :func:`PretrainConfig.schedule` for the rule."""
 
-    epochs: int = 40
-    batch_size: int = 64
-    lr: float = 1e-3  # the paper's face model used 3e-4 with 10 warm-up epochs on CASIA-Face100
-    min_lr: float = 1e-5
+    max_steps: int | None = None  # optimiser steps; None: derived from the training-set size (see budget_*)
+    epochs: int | None = None  # if set (and max_steps is not): max_steps = epochs × ceil(train images / batch_size)
+    budget_passes: float = 50.0  # derived budget: this many (augmented) passes over the training set ...
+    budget_min_steps: int = 1000  # ... but at least this many steps (a model from scratch needs them on any data)
+    budget_max_steps: int = 6000  # ... and at most this many
+    batch_size: int = 64  # random batches drawn from a reshuffled pass over the training set
+    lr: float = 1e-3  # AdamW peak learning rate (the paper's face model used 3e-4 on CASIA-Face100)
+    min_lr: float = 1e-5  # end of the cosine decay
     weight_decay: float = 0.05
-    warmup_epochs: int | None = None  # None: min(3, 10% of epochs), so a short run gets a short warm-up
+    warmup_steps: int | None = None  # linear warm-up; None: 5% of the budget (or warmup_epochs when epochs is set)
+    warmup_epochs: int | None = None  # with epochs: warm-up in epochs; None: min(3, 10% of epochs)
+    eval_every: int | None = None  # steps between validation checks; None: 1/20 of the budget
+    patience: int = 5  # stop after this many checks without a better validation accuracy (0: never stop early);
+    #                    never before half the budget, so a long plateau at the start cannot end the run
+    augment: bool = True  # gslora.data.augment.augment_batch on every training batch
+    standardize: bool = True  # train on inputs standardised by the training set's mean / std, folded into the
+    #                            patch embedding at the end (the checkpoint takes the usual [0, 1] input)
+    margin_warmup: float = 0.3  # fraction of the budget over which a CosFace margin ramps up from 0
     seed: int = 1337
     device: str = "auto"
 
     def resolved_warmup(self) -> int:
+        """Warm-up in epochs, for a run sized in epochs."""
         if self.warmup_epochs is not None:
             return self.warmup_epochs
-        return min(3, self.epochs // 10)
+        return min(3, (self.epochs or 0) // 10)
+
+    def schedule(self, num_train: int) -> dict:
+        """The step budget for ``num_train`` training images: ``max_steps`` if set, else ``epochs`` × batches per
+        epoch if set, else clamp(ceil(budget_passes × num_train / batch_size), budget_min_steps, budget_max_steps).
+        Warm-up: ``warmup_steps``, else ``warmup_epochs`` (epochs runs), else 5% of the budget. Validation every
+        ``eval_every`` steps, else every budget / 20 steps. Returns max_steps, warmup_steps, eval_every, rule."""
+        per_epoch = max(1, math.ceil(num_train / self.batch_size))
+        if self.max_steps is not None:
+            steps, rule = self.max_steps, "max_steps"
+        elif self.epochs is not None:
+            steps, rule = self.epochs * per_epoch, f"{self.epochs} epochs x {per_epoch} batches"
+        else:
+            raw = math.ceil(self.budget_passes * num_train / self.batch_size)
+            steps = min(max(raw, self.budget_min_steps), self.budget_max_steps)
+            rule = (f"{self.budget_passes:g} passes x {num_train} images / batch {self.batch_size} = {raw} steps, "
+                    f"bounded to [{self.budget_min_steps}, {self.budget_max_steps}]")
+        if self.warmup_steps is not None:
+            warmup = self.warmup_steps
+        elif self.epochs is not None and self.max_steps is None:
+            warmup = self.resolved_warmup() * per_epoch
+        else:
+            warmup = int(0.05 * steps)
+        warmup = min(warmup, steps - 1)
+        eval_every = self.eval_every if self.eval_every is not None else max(1, steps // 20)
+        return {"max_steps": steps, "warmup_steps": warmup, "eval_every": eval_every, "rule": rule}
 
     def validate(self):
-        if self.epochs < 1 or self.batch_size < 1:
-            raise GsloraError(f"pretrain epochs and batch_size must be ≥ 1, got {self.epochs} and {self.batch_size}.")
+        if self.batch_size < 1:
+            raise GsloraError(f"pretrain batch_size must be ≥ 1, got {self.batch_size}.")
+        for name in ("max_steps", "epochs", "eval_every", "budget_min_steps", "budget_max_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise GsloraError(f"pretrain {name} must be ≥ 1, got {getattr(self, name)}.")
+        if self.budget_min_steps > self.budget_max_steps:
+            raise GsloraError(f"pretrain budget_min_steps ({self.budget_min_steps}) must not exceed budget_max_steps "
+                              f"({self.budget_max_steps}).")
+        if self.budget_passes <= 0:
+            raise GsloraError(f"pretrain budget_passes must be > 0, got {self.budget_passes}.")
         if self.lr <= 0:
             raise GsloraError(f"pretrain lr must be > 0, got {self.lr}.")
-        if self.warmup_epochs is not None and not 0 <= self.warmup_epochs < self.epochs:
-            raise GsloraError(f"pretrain warmup_epochs must be in [0, epochs), got {self.warmup_epochs} with "
-                              f"{self.epochs} epochs.")
+        if self.min_lr < 0 or self.weight_decay < 0:
+            raise GsloraError(f"pretrain min_lr and weight_decay must be ≥ 0, got {self.min_lr} and "
+                              f"{self.weight_decay}.")
+        if self.patience < 0:
+            raise GsloraError(f"pretrain patience must be ≥ 0 (0: no early stopping), got {self.patience}.")
+        if not 0 <= self.margin_warmup <= 1:
+            raise GsloraError(f"pretrain margin_warmup must be in [0, 1], got {self.margin_warmup}.")
+        if self.warmup_epochs is not None:
+            if self.epochs is None:
+                raise GsloraError("pretrain warmup_epochs needs epochs; use warmup_steps with a step budget.")
+            if not 0 <= self.warmup_epochs < self.epochs:
+                raise GsloraError(f"pretrain warmup_epochs must be in [0, epochs), got {self.warmup_epochs} with "
+                                  f"{self.epochs} epochs.")
+        if self.warmup_steps is not None:
+            if self.warmup_steps < 0:
+                raise GsloraError(f"pretrain warmup_steps must be ≥ 0, got {self.warmup_steps}.")
+            if self.max_steps is not None and self.warmup_steps >= self.max_steps:
+                raise GsloraError(f"pretrain warmup_steps must be smaller than max_steps, got {self.warmup_steps} "
+                                  f"with {self.max_steps} steps.")
         return self
+
+
+def parse_target(text: str) -> dict[str, float]:
+    """``"acc_f<=2,acc_r_drop<=2"`` → ``{"acc_f": 2.0, "acc_r_drop": 2.0}`` (upper bounds; "" means no target)."""
+    out: dict[str, float] = {}
+    for part in (p.strip() for p in str(text or "").split(",")):
+        if not part:
+            continue
+        m = re.fullmatch(r"([a-z_]+)\s*<=\s*(\S+)", part)
+        if not m or m.group(1) not in TARGET_METRICS or not _NUMBER.match(m.group(2)):
+            names = ", ".join(TARGET_METRICS)
+            raise GsloraError(f"target {part!r} must look like METRIC<=NUMBER with METRIC one of {names} "
+                              "(e.g. acc_f<=2,acc_r_drop<=2).")
+        out[m.group(1)] = float(m.group(2))
+    return out
 
 
 def _range(name, value, low, high, open_=False, low_closed=False, high_closed=False):

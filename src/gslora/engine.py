@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from itertools import cycle
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 
 import torch
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from . import distributed as dist
 from ._crash import crash_point
+from .data.augment import augment_batch
 from .errors import GsloraError
 from .methods.base import Method, StepState, TaskContext
 
@@ -44,58 +45,108 @@ def _loader(dataset, batch_size, seed, num_workers, device, drop_last=False) -> 
                       pin_memory=device.type == "cuda", drop_last=drop_last)
 
 
+def repeated(dataset, batch_size: int, most: int = 4):
+    """``dataset`` repeated up to ``most`` times so that it fills a batch: a forget subset of a few images then gives
+    batches holding several (differently augmented) views of each image instead of a handful of images."""
+    n = len(dataset)
+    times = min(most, max(1, math.ceil(batch_size / max(n, 1))))
+    return dataset if times == 1 else ConcatDataset([dataset] * times)
+
+
+def passes(loader: DataLoader, first_pass: int = 0) -> Iterator:
+    """The batches of ``loader``, pass after pass, reshuffled each pass (``set_epoch`` under torchrun).
+
+    Unlike ``itertools.cycle`` (which replays its first pass forever and keeps it in memory), every pass draws a new
+    order from the loader's generator (or the distributed sampler's epoch)."""
+    n = first_pass
+    while True:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(n)
+        yield from loader
+        n += 1
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16}.get(precision)
 
 
+@dataclass
+class Check:
+    """One validation check during a task: the step, the metrics and whether the forgetting target held."""
+
+    step: int
+    metrics: dict
+    met: bool
+
+
+def total_steps(cfg, steps_per_epoch: int) -> int:
+    """The task's step budget: ``max_steps`` when set, else ``epochs`` passes over the remain subset."""
+    return cfg.max_steps if cfg.max_steps else cfg.epochs * steps_per_epoch
+
+
 def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: dict | None = None,
-               on_checkpoint: Callable[[dict], None] | None = None) -> dict:
-    """Run ``ctx.config.epochs`` epochs of ``method`` on ``model`` (already prepared). Returns a summary.
+               on_checkpoint: Callable[[dict], None] | None = None,
+               check: Callable[[torch.nn.Module], tuple[bool, dict]] | None = None, seed_offset: int = 0) -> dict:
+    """Train ``method`` on ``model`` (already prepared) for the task's step budget. Returns a summary.
+
+    Budget: ``ctx.config.max_steps`` steps, or ``epochs`` passes over the remain subset when it is 0; the forget
+    loader reshuffles on each of its passes. ``check`` (the runner's validation check: model → (target met,
+    metrics)) runs every ``ctx.config.eval_every`` steps and at the end; training stops at the first check whose
+    target holds, so the model returned is the one that check evaluated. The summary lists every check.
 
     Resumable: with ``ctx.config.checkpoint_every = k > 0`` the engine hands ``on_checkpoint`` its state (trainable
-    weights, optimizer, schedule, step, RNG and data-order state, the method's state) after every k-th epoch; passing
-    such a dict back as ``state`` continues from there with the same numbers. A non-finite loss stops the task with a
-    :class:`TrainingDiverged` error naming the task, epoch and loss term.
+    weights, optimizer, schedule, step, RNG and data-order state, the method's state) after every k-th pass over the
+    remain subset; passing such a dict back as ``state`` continues from there with the same numbers. A non-finite loss
+    stops the task with a :class:`TrainingDiverged` error naming the task, epoch and loss term.
     """
     cfg, device = ctx.config, ctx.device
-    seed = cfg.seed + 1000 * ctx.task.index
+    seed = cfg.seed + 1000 * ctx.task.index + seed_offset
     remain_loader = _loader(ctx.remain_data, cfg.batch_size, seed, cfg.num_workers, device)
-    forget_loader = _loader(ctx.forget_data, cfg.batch_size, seed + 1, cfg.num_workers, device)
+    forget_loader = _loader(repeated(ctx.forget_data, cfg.batch_size), cfg.batch_size, seed + 1, cfg.num_workers,
+                            device)
     steps_per_epoch = len(remain_loader)
-    total = cfg.epochs * steps_per_epoch
+    total = total_steps(cfg, steps_per_epoch)
     params = method.trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if dist.is_distributed():  # every process sees its shard of the data; steps use the averaged gradient
         optimizer.register_step_pre_hook(lambda *_: dist.average_gradients(params))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(total, cfg.warmup_epochs * steps_per_epoch, cfg.min_lr / cfg.lr)
-    )
+    warmup = min(cfg.warmup_epochs * steps_per_epoch, total // 2)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup, cfg.min_lr / cfg.lr))
     amp = autocast_dtype(cfg.precision)
+    augment_gen = torch.Generator().manual_seed(seed + 2)
 
     def autocast():
         return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
 
     model.train()
-    forget_iter = cycle(forget_loader)  # the forget loader cycles; an epoch is one pass over the remain subset
-    first_epoch, step, spent = 0, 0, 0.0
+    forget_iter = passes(forget_loader)
+    first_epoch, step, spent, checks = 0, 0, 0.0, []
     if state is not None:
-        for _ in range(state["step"]):  # the forget stream's position (its first pass is cached by cycle)
+        for _ in range(state["step"]):  # the forget stream's position: replay its seeded order up to the step
             next(forget_iter)
         first_epoch, step, spent = state["epoch"], state["step"], state["train_seconds"]
+        checks = [Check(**c) for c in state.get("checks", [])]
+        augment_gen.set_state(state["augment_rng"])
         _load_engine_state(state, model, method, optimizer, schedule, remain_loader, device)
+    every = cfg.eval_every if check is not None else 0
     bar = tqdm(total=total, initial=step, desc=f"task {ctx.task.index}/{ctx.num_tasks}",
                disable=not (ctx.progress and dist.is_main()), leave=False, dynamic_ncols=True)
     logs: dict = {}
     start = time.perf_counter()
-    for epoch in range(first_epoch, cfg.epochs):
+    stopped = False
+    epoch = first_epoch
+    while step < total and not stopped:
         if isinstance(remain_loader.sampler, DistributedSampler):
             remain_loader.sampler.set_epoch(epoch)
         for x_r, y_r in remain_loader:
             x_f, y_f = next(forget_iter)
-            remain = (x_r.to(device, non_blocking=True), y_r.to(device, non_blocking=True))
-            forget = (x_f.to(device, non_blocking=True), y_f.to(device, non_blocking=True))
-            step_state = StepState(epoch=epoch, step=step, total_steps=total, epochs=cfg.epochs, autocast=autocast)
-            logs = method.train_step(model, remain, forget, optimizer, step_state)
+            x_r, y_r = x_r.to(device, non_blocking=True), y_r.to(device, non_blocking=True)
+            x_f, y_f = x_f.to(device, non_blocking=True), y_f.to(device, non_blocking=True)
+            if cfg.augment:
+                x_r, x_f = augment_batch(x_r, augment_gen), augment_batch(x_f, augment_gen)
+            step_state = StepState(epoch=epoch, step=step, total_steps=total, epochs=cfg.epochs, autocast=autocast,
+                                   lr=optimizer.param_groups[0]["lr"])
+            logs = method.train_step(model, (x_r, y_r), (x_f, y_f), optimizer, step_state)
             check_finite(logs, ctx.task.index, epoch)
             schedule.step()
             step += 1
@@ -103,13 +154,25 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
             if step % 10 == 0 or step == total:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()}, refresh=False)
             crash_point(f"task{ctx.task.index}.step{step}")
-        done = epoch + 1
-        every = cfg.checkpoint_every
-        if on_checkpoint is not None and every and done % every == 0 and done < cfg.epochs:
-            on_checkpoint(_engine_state(done, step, spent + time.perf_counter() - start, model, method, optimizer,
-                                        schedule, remain_loader))
+            if every and (step % every == 0 or step == total):
+                met, metrics = check(model)
+                model.train()
+                checks.append(Check(step=step, metrics=metrics, met=met))
+                need = cfg.target_checks
+                if len(checks) >= need and all(c.met for c in checks[-need:]):
+                    stopped = True
+            if stopped or step >= total:
+                break
+        epoch += 1
+        k = cfg.checkpoint_every
+        if on_checkpoint is not None and k and epoch % k == 0 and step < total and not stopped:
+            on_checkpoint({**_engine_state(epoch, step, spent + time.perf_counter() - start, model, method, optimizer,
+                                           schedule, remain_loader),
+                           "checks": [asdict(c) for c in checks], "augment_rng": augment_gen.get_state()})
     bar.close()
-    return {"steps": step, "train_seconds": spent + time.perf_counter() - start, "last_logs": logs}
+    return {"steps": step, "budget": total, "train_seconds": spent + time.perf_counter() - start, "last_logs": logs,
+            "checks": [asdict(c) for c in checks], "stopped_early": stopped and step < total,
+            "target_met": bool(checks and checks[-1].met)}
 
 
 class TrainingDiverged(GsloraError):

@@ -11,8 +11,10 @@ derived from (seed, task index), never from what ran before in the process.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ from torch.utils.data import Subset
 from . import distributed as dist
 from ._crash import crash_point
 from ._version import __version__
-from .config import RunConfig, to_dict
+from .config import RunConfig, parse_target, to_dict
 from .data.base import DataBundle
 from .data.plan import Task, TaskPlan, make_plan, select_per_class
 from .engine import autocast_dtype, train_task
@@ -47,6 +49,9 @@ class TaskRow(TaskMetrics):
     n_remain: int
     n_old: int
     val: TaskMetrics  # the same metrics on the validation split
+    targets: dict  # the target spec and, per target, whether it held on validation and on test
+    trials: list[dict]  # per trial: lr, steps, whether it stopped early, validation metrics, targets met
+    chosen_trial: int  # 1-based
     tunable_ratio: float  # % of the model's parameters trained (SSD: dampened)
     trainable_params: int
     replay_images: int
@@ -170,45 +175,177 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
 def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, classes, data: DataBundle,
               config: RunConfig, device, original, counts_orig, counts_now, total_params, folder: RunFolder | None,
               progress: bool, epoch_state: dict | None):
-    """One task: subsets, prepare, train, finish, evaluate. Returns (row, merged model, counts after the task)."""
+    """One task: subsets, then trials of prepare → train (stopping at the validation target) → finish, the chosen
+    trial evaluated on test. Returns (row, merged model, counts after the task).
+
+    Every trial trains from the task's start; the first uses the configured lr, later ones double it when the last
+    trial missed the forgetting target and halve it when it met that but missed the retention target
+    (:func:`next_lr_scale`). The first trial meeting every target on validation is kept, else the best by
+    (forgetting met, retention met, validation H-Mean). Only the validation split is ever looked at to choose."""
     t0 = time.perf_counter()
     nc = len(classes)
-    torch.manual_seed(task_seed(config.seed, task.index))
-    remain_idx = select_per_class(data.train.targets, task.remain, config.seed, config.replay_ratio, config.shots)
-    forget_idx = select_per_class(data.train.targets, task.forget, config.seed, config.replay_ratio, config.shots)
+    remain_idx = select_per_class(data.train.targets, task.remain, config.seed, config.replay_ratio, config.shots,
+                                  minimum=config.min_replay)
+    forget_idx = select_per_class(data.train.targets, task.forget, config.seed, config.replay_ratio, config.shots,
+                                  minimum=config.min_replay)
     if config.old_forget_shots and task.old:
         forget_idx += select_per_class(data.train.targets, task.old, config.seed, shots=config.old_forget_shots)
-    ctx = TaskContext(
-        task=task, position=position, num_tasks=len(plan.tasks), num_classes=nc, config=config, device=device,
-        remain_data=Subset(data.train, remain_idx), forget_data=Subset(data.train, forget_idx),
-        original_model=original, out_dir=folder.path if folder is not None else None, progress=progress,
-        adapter_dir=folder.adapter_dir(task.index) if folder is not None and config.save_adapters else None,
-    )
-    work = method.prepare(model, ctx)
-    trainable = sum(p.numel() for p in method.trainable_parameters(work))
-    if method.trains:
-        on_checkpoint = (lambda s: folder.save_epoch_state(task.index, s)) if folder is not None else None
-        summary = train_task(work, method, ctx, state=epoch_state, on_checkpoint=on_checkpoint)
-    else:
-        summary = {"steps": 0, "train_seconds": 0.0}
-    model, info = method.finish(work, ctx)
-    model.eval()
-    info = dict(info)
-    trainable = info.pop("trainable_params", trainable)
     vs_pre = method.drop_against_pretrained
+    targets = parse_target(config.target)
+    forgetting = {k: v for k, v in targets.items() if k in FORGETTING_TARGETS}
+    use_targets = method.trains and method.uses_targets
+    n_trials = config.max_trials if use_targets and targets else 1
+
+    def validate(m) -> dict:
+        counts = _accuracies(m, data, "val", nc, config, device)
+        return task_metrics(counts_now["val"], counts, counts_orig["val"], task, vs_pre)
+
+    def check(m) -> tuple[bool, dict]:
+        metrics = validate(m)
+        return forgetting_met(metrics, forgetting), _brief(metrics)
+
+    start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    method_start = copy.deepcopy(method.state_dict())
+    trials: list[dict] = []
+    best = None  # (record, weights, method state, info, summary)
+    first_trial = 0
+    if epoch_state is not None and "trial" in epoch_state:
+        first_trial, trials, best = epoch_state["trial"], epoch_state["trials"], epoch_state["best"]
+    for k in range(first_trial, n_trials):
+        if k > 0:
+            model.load_state_dict(start_weights)
+            method.load_state_dict(copy.deepcopy(method_start), device)
+        scale = next_lr_scale(trials)
+        trial_cfg = dataclasses.replace(config, lr=config.lr * scale, min_lr=config.min_lr * scale)
+        adapter_dir = None
+        if folder is not None and config.save_adapters:
+            adapter_dir = folder.adapter_dir(task.index)
+            adapter_dir = adapter_dir.with_name(f"{adapter_dir.name}.trial{k}") if n_trials > 1 else adapter_dir
+        ctx = TaskContext(
+            task=task, position=position, num_tasks=len(plan.tasks), num_classes=nc, config=trial_cfg, device=device,
+            remain_data=Subset(data.train, remain_idx), forget_data=Subset(data.train, forget_idx),
+            original_model=original, out_dir=folder.path if folder is not None else None, progress=progress,
+            adapter_dir=adapter_dir,
+        )
+        torch.manual_seed(task_seed(config.seed, task.index) + k)
+        work = method.prepare(model, ctx)
+        trainable = sum(p.numel() for p in method.trainable_parameters(work))
+        if method.trains:
+            resume_from = epoch_state if epoch_state is not None and epoch_state.get("trial", 0) == k else None
+            on_checkpoint = None
+            if folder is not None:
+                def on_checkpoint(s, k=k, best=best):
+                    folder.save_epoch_state(task.index, {**s, "trial": k, "trials": trials, "best": best})
+            summary = train_task(work, method, ctx, state=resume_from, on_checkpoint=on_checkpoint,
+                                 check=check if use_targets and forgetting and config.eval_every else None,
+                                 seed_offset=7919 * k)
+        else:
+            summary = {"steps": 0, "budget": 0, "train_seconds": 0.0, "checks": [], "stopped_early": False}
+        model, info = method.finish(work, ctx)
+        model.eval()
+        info = dict(info)
+        info.setdefault("trainable_params", trainable)
+        val = validate(model)
+        record = {"trial": k + 1, "lr": trial_cfg.lr, "lr_scale": scale, "steps": summary["steps"],
+                  "budget": summary["budget"], "stopped_early": summary["stopped_early"],
+                  "checks": len(summary["checks"]), "val": _brief(val), "targets_met": targets_met(val, targets)}
+        trials.append(record)
+        if best is None or _better(record, best[0]):
+            best = (record, {k2: v.detach().clone() for k2, v in model.state_dict().items()},
+                    copy.deepcopy(method.state_dict()), info, summary)
+        if all(record["targets_met"].values()) or not use_targets:
+            break
+    record, weights, method_state, info, summary = best
+    if len(trials) > 1:  # the chosen trial's weights, method state and adapter
+        model.load_state_dict(weights)
+        method.load_state_dict(copy.deepcopy(method_state), device)
+    if folder is not None and n_trials > 1:
+        _keep_adapter(folder, task.index, record["trial"] - 1, info)
+    trainable = info.pop("trainable_params")
     counts_after = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
+    test = task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre)
     row: TaskRow = {
         "task": task.index,
         "setting": f"{len(task.remain) + len(task.forget)}-{len(task.forget)}",
         "forget": [classes[c] for c in task.forget],
         "n_forget": len(task.forget), "n_remain": len(task.remain), "n_old": len(task.old),
-        **task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre),
+        **test,
         "val": task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task, vs_pre),
+        "targets": {"spec": config.target, "val": targets_met(_brief(record["val"]), targets),
+                    "test": targets_met(_brief(test), targets)},
+        "trials": trials,
+        "chosen_trial": record["trial"],
         "tunable_ratio": tunable_ratio(trainable, total_params),
         "trainable_params": trainable,
         "replay_images": len(remain_idx), "forget_images": len(forget_idx),
-        "steps": summary["steps"], "train_seconds": summary["train_seconds"],
+        "steps": record["steps"], "steps_all_trials": sum(t["steps"] for t in trials),
+        "train_seconds": summary["train_seconds"],
         "wall_seconds": time.perf_counter() - t0,
         "method_info": info,
     }
     return row, model, counts_after
+
+
+FORGETTING_TARGETS = ("acc_f", "acc_o")
+
+
+def _brief(metrics: dict) -> dict:
+    """The numbers a target looks at: acc_f, acc_r, acc_o, acc_r_drop (vs the pre-trained model), h_mean."""
+    if "acc_r_drop" in metrics:
+        return metrics
+    change = metrics.get("acc_r_change_vs_pretrained")
+    return {"acc_f": metrics["acc_f"], "acc_r": metrics["acc_r"], "acc_o": metrics["acc_o"],
+            "acc_r_drop": -change if change is not None else None, "h_mean": metrics["h_mean"]}
+
+
+def forgetting_met(metrics: dict, targets: dict) -> bool:
+    """Every forgetting target (acc_f, acc_o) holds; a metric without images (None) holds trivially."""
+    brief = _brief(metrics)
+    return all(brief[k] is None or brief[k] <= v for k, v in targets.items() if k in FORGETTING_TARGETS)
+
+
+def targets_met(metrics: dict, targets: dict) -> dict[str, bool]:
+    brief = _brief(metrics)
+    return {k: bool(brief[k] is None or brief[k] <= v) for k, v in targets.items()}
+
+
+def next_lr_scale(trials: list[dict]) -> float:
+    """The lr multiplier of the next trial: 1 first; then ×2 after a trial that missed a forgetting target, ×0.5
+    after one that met them but missed the retention target; a multiplier already tried is replaced by the geometric
+    midpoint towards the nearest tried one in that direction."""
+    if not trials:
+        return 1.0
+    last = trials[-1]
+    met = last["targets_met"]
+    up = not all(v for k, v in met.items() if k in FORGETTING_TARGETS)
+    want = last["lr_scale"] * (2.0 if up else 0.5)
+    tried = sorted(t["lr_scale"] for t in trials)
+    if any(abs(want - t) < 1e-9 * want for t in tried):
+        side = [t for t in tried if (t > last["lr_scale"] if up else t < last["lr_scale"])]
+        other = min(side) if up else max(side)
+        want = (last["lr_scale"] * other) ** 0.5
+    return want
+
+
+def _better(record: dict, other: dict) -> bool:
+    """Trial order: forgetting targets met, then the retention target met, then the higher validation H-Mean."""
+    def key(r):
+        met = r["targets_met"]
+        forgot = all(v for k, v in met.items() if k in FORGETTING_TARGETS)
+        kept = all(v for k, v in met.items() if k not in FORGETTING_TARGETS)
+        return (forgot, kept, r["val"]["h_mean"] or 0.0)
+    return key(record) > key(other)
+
+
+def _keep_adapter(folder: RunFolder, task_index: int, trial: int, info: dict) -> None:
+    """Rename the chosen trial's adapter folder to the task's and delete the other trials' adapters."""
+    final = folder.adapter_dir(task_index)
+    for path in sorted(final.parent.glob(f"{final.name}.trial*")):
+        if path.name == f"{final.name}.trial{trial}":
+            if final.exists():
+                shutil.rmtree(final)
+            path.rename(final)
+        else:
+            shutil.rmtree(path)
+    if "adapter" in info and final.exists():
+        info["adapter"] = folder.relative(final)

@@ -6,11 +6,13 @@ loads it onto the model the task started from.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .files import atomic_write_dir
@@ -66,9 +68,54 @@ def delta_norms(groups: LoraGroups) -> tuple[list[float], list[float]]:
     return absolute, relative
 
 
-def save_adapter(peft_model: PeftModel, folder: str | Path) -> Path:
-    """Write the adapter in PEFT's format (adapter_config.json + adapter_model.safetensors), atomically."""
-    return atomic_write_dir(folder, lambda tmp: peft_model.save_pretrained(str(tmp), safe_serialization=True))
+def prox_group_b(groups: LoraGroups, step: float) -> list[bool]:
+    """The proximal step of the group lasso on each block's B matrices (B_fc1, B_fc2): group soft-thresholding
+    B ← B · max(0, 1 − τ / ‖B‖) with τ = step · sqrt(number of B entries), i.e. ``step`` per entry (with Adam, whose
+    steps are about lr per entry, ``step = alpha · lr`` makes alpha the share of a full step a group must exceed).
+    A block whose ‖B‖ ≤ τ becomes exactly zero, and so does its update ΔW = s·B·A
+    (A, which starts at Kaiming scale, is left alone: it carries no update while B is zero).
+    Returns, per block, whether it is now exactly zero."""
+    off = []
+    with torch.no_grad():
+        for ps in groups.params:
+            bs = ps[1::2]
+            threshold = step * sum(b.numel() for b in bs) ** 0.5
+            norm = torch.sqrt(sum(b.float().pow(2).sum() for b in bs))
+            factor = torch.clamp(1 - threshold / norm.clamp(min=1e-30), min=0.0)
+            for b in bs:
+                b.mul_(factor.to(b.dtype))
+            off.append(bool(factor == 0) or bool(norm == 0))
+    return off
+
+
+def block_is_zero(groups: LoraGroups) -> list[bool]:
+    """Per block: its LoRA update is exactly zero (every B entry is 0)."""
+    with torch.no_grad():
+        return [all(not bool(b.any()) for b in ps[1::2]) for ps in groups.params]
+
+
+def save_adapter(peft_model: PeftModel, folder: str | Path, groups: LoraGroups | None = None,
+                 keep: list[int] | None = None) -> Path:
+    """Write the adapter in PEFT's format (adapter_config.json + adapter_model.safetensors), atomically.
+
+    ``keep`` (block indices, with ``groups``): store only those blocks' LoRA layers; the others are exactly zero and
+    are left out of the weights and of ``target_modules``, so PEFT attaches nothing there."""
+    def write(tmp: Path):
+        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        if keep is None or groups is None:
+            return
+        drop = [b for b in groups.blocks if b.index not in keep]
+        names = [n for b in drop for n in (b.fc1, b.fc2)]
+        weights = Path(tmp) / "adapter_model.safetensors"
+        tensors = load_file(str(weights))
+        tensors = {k: v for k, v in tensors.items() if not any(f".{n}.lora_" in k for n in names)}
+        save_file(tensors, str(weights))
+        cfg_path = Path(tmp) / "adapter_config.json"
+        cfg = json.loads(cfg_path.read_text())
+        cfg["target_modules"] = sorted(t for t in cfg["target_modules"] if t not in names)
+        cfg_path.write_text(json.dumps(cfg, indent=2))
+
+    return atomic_write_dir(folder, write)
 
 
 def merge_lora(peft_model: PeftModel) -> nn.Module:

@@ -44,24 +44,54 @@ def method_run_preset(name: str) -> dict:
     return run
 
 
+def protocol_of(config: RunConfig) -> str:
+    """``config.protocol``, with ``auto`` read from the tasks: one task (e.g. ``1x10``) is the single-step setting."""
+    if config.protocol != "auto":
+        return config.protocol
+    from .data.plan import parse_tasks
+
+    parsed = parse_tasks(config.tasks)
+    n = parsed[0] if isinstance(parsed, tuple) else len(parsed)
+    return "single_step" if n == 1 else "continual"
+
+
+def protocol_preset(method: str, protocol: str) -> dict:
+    """The method's settings for one protocol (``protocols: <protocol>: {args, run}`` in its preset file)."""
+    entry = (method_preset(method).get("protocols") or {}).get(protocol) or {}
+    bad = [k for k in entry.get("run") or {} if k not in PRESET_KEYS]
+    if bad:
+        raise GsloraError(f"the {protocol} preset of method {method!r} sets {bad[0]!r}, which a preset may not choose.")
+    return entry
+
+
 def demo_preset() -> dict:
     """``configs/demo.yaml``: the demo's model, pre-training and run settings."""
     return packaged_yaml("demo.yaml")
 
 
 def resolve(config: RunConfig) -> RunConfig:
-    """A copy of ``config`` with every unset training setting filled: method preset first, then global default.
+    """A copy of ``config`` with every unset training setting filled: the method's protocol preset (``protocol``:
+    auto → single_step for one task, else continual), then the method preset, then the global default. The protocol
+    preset's method args go under the user's ``method_args``, so they show in ``config.yaml``.
 
     Validated; idempotent (a resolved config resolves to itself).
     """
     config.validate()
-    preset = from_dict(RunConfig, method_run_preset(config.method), where=f"preset of method {config.method!r}")
+    protocol = protocol_of(config)
+    proto = protocol_preset(config.method, protocol)
+    where = f"preset of method {config.method!r}"
+    preset = from_dict(RunConfig, method_run_preset(config.method), where=where)
+    proto_run = from_dict(RunConfig, proto.get("run") or {}, where=f"{protocol} {where}")
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
-    filled = {}
+    filled = {"protocol": protocol, "method_args": {**(proto.get("args") or {}), **config.method_args}}
     for key in PRESET_KEYS:
         if getattr(config, key) is None:
-            value = getattr(preset, key)
-            filled[key] = value if value is not None else fields[key].metadata["default"]
+            for source in (proto_run, preset):
+                if getattr(source, key) is not None:
+                    filled[key] = getattr(source, key)
+                    break
+            else:
+                filled[key] = fields[key].metadata["default"]
     return dataclasses.replace(config, **filled).validate()
 
 

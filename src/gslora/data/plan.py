@@ -122,8 +122,10 @@ def make_plan(class_names: list[str], tasks_spec, seed: int = 1337, class_order:
     return TaskPlan(num_classes=num_classes, class_order=order, tasks=tasks)
 
 
-def select_per_class(targets: list[int], classes, seed: int, ratio: float = 0.1, shots: int = 0) -> list[int]:
-    """Indices of a per-class subset: ``shots`` images per class if > 0, else ``ratio`` of them (at least 1).
+def select_per_class(targets: list[int], classes, seed: int, ratio: float = 0.1, shots: int = 0,
+                     minimum: int = 1) -> list[int]:
+    """Indices of a per-class subset: ``shots`` images per class if > 0, else ``ratio`` of them but at least
+    ``minimum`` (as far as the class has images).
 
     Each class has one seeded permutation, so a class keeps the same images across tasks and runs.
     """
@@ -137,6 +139,7 @@ def select_per_class(targets: list[int], classes, seed: int, ratio: float = 0.1,
         if not idx:
             continue
         perm = np.random.default_rng([seed, 7, c]).permutation(len(idx))
-        n = min(shots, len(idx)) if shots > 0 else max(1, int(round(ratio * len(idx))))
+        n = shots if shots > 0 else max(1, minimum, int(round(ratio * len(idx))))
+        n = min(n, len(idx))
         out.extend(idx[j] for j in sorted(perm[:n].tolist()))
     return out

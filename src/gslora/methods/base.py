@@ -58,6 +58,7 @@ class StepState:
     total_steps: int
     epochs: int
     autocast: Callable[[], AbstractContextManager] = nullcontext  # wrap forward passes (mixed precision) in this
+    lr: float = 0.0  # the learning rate of this step (proximal updates scale their threshold by it)
 
 
 class Method:
@@ -67,6 +68,8 @@ class Method:
     Args: type | None = None
     trains: bool = True  # False for methods that edit weights without a training loop
     drop_against_pretrained: bool = False  # Drop (and H) vs the original model, not the task's start (Retrain)
+    uses_targets: bool = True  # stop at the validation forgetting target and retry on a missed retention target;
+    # False for methods that forget by construction (Retrain: a fresh model meets acc_f at step 0)
 
     def __init__(self, **overrides):
         defaults = method_preset(self.name).get("args", {}) if self.Args is not None else {}

@@ -10,7 +10,16 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import GsloraError
-from ..lora import LoraGroups, attach_lora, delta_norms, group_norms, merge_lora, save_adapter
+from ..lora import (
+    LoraGroups,
+    attach_lora,
+    block_is_zero,
+    delta_norms,
+    group_norms,
+    merge_lora,
+    prox_group_b,
+    save_adapter,
+)
 from ..losses import bounded_forget_loss, group_lasso, prototype_loss
 from .base import Method, StepState, TaskContext, per_task, register
 
@@ -23,6 +32,7 @@ class GSLoRAArgs:
     beta: float | list[float]
     bound: float
     alpha: float
+    sparsity: str
     alpha_warmup_epochs: int
     selection_threshold: float
     prototype_weight_forget: float
@@ -39,6 +49,8 @@ class GSLoRAArgs:
                      "selection_threshold"):
             if getattr(self, name) < 0:
                 raise GsloraError(f"method_args.{name} must be ≥ 0, got {getattr(self, name)}.")
+        if self.sparsity not in ("prox", "penalty"):
+            raise GsloraError(f"method_args.sparsity must be prox or penalty, got {self.sparsity!r}.")
         if not 0 <= self.lora_dropout < 1:
             raise GsloraError(f"method_args.lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
@@ -70,9 +82,10 @@ class GSLoRA(Method):
         logits = model.head(emb, torch.cat([y_r, y_f]))
         ce_r = F.cross_entropy(logits[:n_r], y_r)
         forget_term = self._forget_term(logits[n_r:], y_f)
-        alpha = a.alpha if state.epoch >= a.alpha_warmup_epochs else 0.0
         structure = group_lasso(self.groups.params)
-        total = ce_r + self.beta * forget_term + alpha * structure
+        total = ce_r + self.beta * forget_term
+        if a.sparsity == "penalty":  # the authors' form: the group lasso as a loss term inside AdamW
+            total = total + self._alpha(state) * structure
         logs = {"ce_r": float(ce_r.detach()), "forget": float(forget_term.detach()), "gl": float(structure.detach())}
         if self.prototypes is not None:
             protos = self.prototypes.to(emb.device, emb.dtype)
@@ -81,6 +94,18 @@ class GSLoRA(Method):
             total = total + pro
             logs["pro"] = float(pro.detach())
         return total, logs
+
+    def _alpha(self, state: StepState) -> float:
+        return self.args.alpha if state.epoch >= self.args.alpha_warmup_epochs else 0.0
+
+    def train_step(self, model, remain, forget, optimizer, state: StepState) -> dict:
+        logs = super().train_step(model, remain, forget, optimizer, state)
+        alpha = self._alpha(state)
+        if self.args.sparsity == "prox" and alpha > 0:
+            # threshold relative to the size of one Adam step of the group (≈ lr per entry): alpha is the share of a
+            # full step the group's update must exceed to move, whatever the model's widths
+            logs["blocks_off"] = float(sum(prox_group_b(self.groups, alpha * state.lr)))
+        return logs
 
     def _forget_term(self, logits_f: torch.Tensor, y_f: torch.Tensor) -> torch.Tensor:
         bound = self.args.bound
@@ -98,7 +123,10 @@ class GSLoRA(Method):
         groups: LoraGroups = self.groups
         norms = group_norms(groups)
         delta_abs, delta_rel = delta_norms(groups)
-        selected = [b.index for b, r in zip(groups.blocks, delta_rel) if r > self.args.selection_threshold]
+        if self.args.sparsity == "prox":  # a block is selected when its update is not exactly zero
+            selected = [b.index for b, zero in zip(groups.blocks, block_is_zero(groups)) if not zero]
+        else:
+            selected = [b.index for b, r in zip(groups.blocks, delta_rel) if r > self.args.selection_threshold]
         trainable = sum(p.numel() for ps in groups.params for p in ps)
         info = {
             "group_norms": norms,
@@ -108,9 +136,11 @@ class GSLoRA(Method):
             "trainable_params": trainable,
             "beta": self.beta,
         }
-        if ctx.adapter_dir is not None:
-            folder = save_adapter(model, ctx.adapter_dir)
+        if ctx.adapter_dir is not None and selected:  # blocks left exactly zero are not stored
+            folder = save_adapter(model, ctx.adapter_dir, groups, keep=selected)
             info["adapter"] = str(folder.relative_to(ctx.out_dir)) if ctx.out_dir is not None else str(folder)
+        elif ctx.adapter_dir is not None:
+            info["adapter"] = None  # no block changed: nothing to store
         merged = merge_lora(model)
         self.groups = None
         return merged, info

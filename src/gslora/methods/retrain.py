@@ -34,6 +34,7 @@ class Retrain(Method):
     name = "retrain"
     Args = RetrainArgs
     drop_against_pretrained = True
+    uses_targets = False  # a fresh model meets any forgetting target before its first step
 
     def prepare(self, model, ctx):
         with torch.random.fork_rng(devices=[]):

@@ -1,0 +1,167 @@
+"""Issue 8: forgetting to a validation target, back-off trials, proximal group sparsity, loaders and presets."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Subset, TensorDataset
+
+from gslora import RunConfig, run_forgetting
+from gslora.config import parse_target
+from gslora.data.plan import make_plan, select_per_class
+from gslora.engine import passes, repeated, train_task
+from gslora.errors import GsloraError
+from gslora.forget import next_lr_scale
+from gslora.lora import block_is_zero
+from gslora.methods import TaskContext, get_method
+from gslora.presets import resolve
+
+
+def _ctx(model, data, cfg, position=0):
+    cfg = resolve(cfg)
+    plan = make_plan(data.classes, cfg.tasks, seed=cfg.seed)
+    task = plan.tasks[position]
+    remain = select_per_class(data.train.targets, task.remain, cfg.seed, cfg.replay_ratio)
+    forget = select_per_class(data.train.targets, task.forget, cfg.seed, cfg.replay_ratio)
+    return TaskContext(task=task, position=position, num_tasks=len(plan.tasks), num_classes=len(data.classes),
+                       config=cfg, device=torch.device("cpu"), remain_data=Subset(data.train, remain),
+                       forget_data=Subset(data.train, forget),
+                       original_model=copy.deepcopy(model).eval().requires_grad_(False))
+
+
+def _cfg(**kw):
+    base = dict(tasks="2x4", batch_size=16, replay_ratio=0.2, device="cpu", save_adapters=False, max_steps=12,
+                eval_every=0, augment=False)
+    return RunConfig(**{**base, **kw})
+
+
+def test_target_strings_parse_and_bad_ones_name_the_metrics():
+    assert parse_target("acc_f<=2, acc_r_drop<=1.5") == {"acc_f": 2.0, "acc_r_drop": 1.5}
+    assert parse_target("") == {}
+    with pytest.raises(GsloraError, match="acc_f, acc_o, acc_r_drop"):
+        parse_target("acc_x<=2")
+    with pytest.raises(GsloraError, match="METRIC<=NUMBER"):
+        RunConfig(target="acc_f>=2").validate()
+
+
+def test_large_alpha_makes_blocks_exactly_zero_for_good(micro_model, micro_data):
+    cfg = _cfg(method_args={"alpha": 50.0})
+    method = get_method("gslora", alpha=50.0)
+    ctx = _ctx(micro_model, micro_data, cfg)
+    before = copy.deepcopy(micro_model.state_dict())
+    work = method.prepare(micro_model, ctx)
+    summary = train_task(work, method, ctx)
+    assert summary["steps"] == 12
+    assert all(block_is_zero(method.groups))  # B of every block exactly 0 after every step
+    assert all(float(b.detach().abs().max()) == 0.0 for ps in method.groups.params for b in ps[1::2])
+    merged, info = method.finish(work, ctx)
+    assert info["selected_blocks"] == [] and all(d == 0.0 for d in info["delta_norms"])
+    after = merged.state_dict()
+    assert after.keys() == before.keys() and all(torch.equal(after[k], before[k]) for k in before)  # nothing merged
+
+
+def test_moderate_alpha_keeps_some_blocks_and_zero_alpha_prox_equals_penalty(micro_model, micro_data):
+    def run(**args):
+        torch.manual_seed(0)
+        model = copy.deepcopy(micro_model)
+        method = get_method("gslora", **args)
+        ctx = _ctx(model, micro_data, _cfg())
+        work = method.prepare(model, ctx)
+        train_task(work, method, ctx)
+        selected = [not z for z in block_is_zero(method.groups)]
+        merged, _ = method.finish(work, ctx)
+        return merged.state_dict(), selected
+
+    prox, sel_prox = run(alpha=0.0, sparsity="prox")
+    pen, _ = run(alpha=0.0, sparsity="penalty")
+    assert all(torch.equal(prox[k], pen[k]) for k in prox)  # alpha 0: both variants give the same update
+    assert all(sel_prox)
+
+
+def test_forget_loader_reshuffles_on_every_pass():
+    ds = TensorDataset(torch.arange(32).float(), torch.arange(32))
+    loader = DataLoader(ds, batch_size=32, shuffle=True, generator=torch.Generator().manual_seed(0))
+    stream = passes(loader)
+    first, second = next(stream)[1], next(stream)[1]
+    assert sorted(first.tolist()) == sorted(second.tolist()) == list(range(32))
+    assert not torch.equal(first, second)
+
+
+def test_small_forget_subset_is_repeated_to_fill_a_batch():
+    ds = TensorDataset(torch.zeros(5, 1), torch.arange(5))
+    assert len(repeated(ds, 48)) == 20  # at most 4 copies
+    assert len(repeated(ds, 12)) == 15
+    assert repeated(ds, 4) is ds
+
+
+def test_early_stop_at_the_first_check_meeting_the_target_keeps_that_model(micro_model, micro_data):
+    method = get_method("gslora")
+    ctx = _ctx(micro_model, micro_data, _cfg(max_steps=100, eval_every=5, target_checks=2))
+    work = method.prepare(micro_model, ctx)
+    seen = []
+
+    def check(model):
+        seen.append({n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad})
+        return len(seen) >= 3, {"call": len(seen)}  # the target holds from the third check on
+
+    summary = train_task(work, method, ctx, check=check)
+    assert summary["steps"] == 20 and len(seen) == 4  # checks at 5, 10, 15 (met), 20 (met twice in a row): stop
+    assert summary["stopped_early"] and summary["target_met"]
+    now = {n: p for n, p in work.named_parameters() if p.requires_grad}
+    assert all(torch.equal(now[n], seen[-1][n]) for n in now)  # the returned model is the one checked last
+
+
+def test_missed_retention_target_is_retried_with_half_the_lr(micro_model, micro_data):
+    cfg = _cfg(tasks="1x4", target="acc_f<=100,acc_r_drop<=-1000", max_trials=2, eval_every=4, target_checks=1)
+    result = run_forgetting(micro_model, micro_data.classes, micro_data, cfg)
+    row = result.rows[0]
+    assert [t["lr_scale"] for t in row["trials"]] == [1.0, 0.5]
+    assert row["trials"][0]["targets_met"] == {"acc_f": True, "acc_r_drop": False}
+    assert row["trials"][0]["steps"] == 4  # acc_f<=100 holds at the first check
+    assert row["targets"]["val"]["acc_r_drop"] is False and row["chosen_trial"] in (1, 2)
+
+
+def test_next_lr_scale_goes_up_on_missed_forgetting_and_never_repeats():
+    def rec(scale, **met):
+        return {"lr_scale": scale, "targets_met": met}
+
+    assert next_lr_scale([]) == 1.0
+    assert next_lr_scale([rec(1.0, acc_f=False, acc_r_drop=True)]) == 2.0
+    assert next_lr_scale([rec(1.0, acc_f=True, acc_r_drop=False)]) == 0.5
+    trials = [rec(1.0, acc_f=True, acc_r_drop=False), rec(0.5, acc_f=False, acc_r_drop=True)]
+    assert next_lr_scale(trials) == pytest.approx(2**-0.5)  # between 0.5 and the tried 1.0
+
+
+def test_single_step_preset_is_applied_to_one_task_and_user_values_win():
+    single = resolve(RunConfig(tasks="1x10"))
+    assert single.protocol == "single_step"
+    assert single.method_args["bound"] == 110.0 and single.method_args["alpha_warmup_epochs"] == 20
+    continual = resolve(RunConfig(tasks="4x10"))
+    assert continual.protocol == "continual" and "bound" not in continual.method_args
+    mine = resolve(RunConfig(tasks="1x10", method_args={"bound": 70.0}))
+    assert mine.method_args["bound"] == 70.0
+    assert resolve(single) == single  # idempotent
+    forced = resolve(RunConfig(tasks="1x10", protocol="continual"))
+    assert "bound" not in forced.method_args
+
+
+def test_per_task_beta_and_fresh_zero_adapters_at_every_task(micro_model, micro_data):
+    method = get_method("gslora", beta=[0.1, 0.3, 0.5])
+    cfg = _cfg(tasks="4x2")
+    for position, beta in enumerate([0.1, 0.3, 0.5, 0.5]):
+        ctx = _ctx(micro_model, micro_data, cfg, position)
+        work = method.prepare(micro_model, ctx)
+        assert method.beta == beta
+        assert all(float(b.detach().abs().max()) == 0.0 for ps in method.groups.params for b in ps[1::2])
+        train_task(work, method, ctx)
+        micro_model, _ = method.finish(work, ctx)
+
+
+def test_results_report_targets_trials_and_selected_blocks(micro_model, micro_data):
+    cfg = _cfg(tasks="1x4", max_trials=1, eval_every=4, target_checks=1)
+    row = run_forgetting(micro_model, micro_data.classes, micro_data, cfg).rows[0]
+    assert set(row["targets"]) == {"spec", "val", "test"} and set(row["targets"]["test"]) == {"acc_f", "acc_r_drop"}
+    assert row["steps"] == row["trials"][0]["steps"] <= 12
+    assert set(row["method_info"]["selected_blocks"]) <= set(range(len(row["method_info"]["group_norms"])))
