@@ -184,7 +184,9 @@ def cmd_demo(args) -> int:
         save_checkpoint(model, ckpt, data.classes, extra={"pretrain": stats})
         print(f"pre-trained: test accuracy {stats['test_acc']:.1f}% in {stats['train_seconds']:.0f} s -> {ckpt}")
     model, meta = load_checkpoint(ckpt)
-    print(f"forgetting {cfg.tasks} with {cfg.method} ({cfg.epochs} epochs per task)...")
+    budget = f"up to {cfg.max_steps} steps" if cfg.max_steps else f"{cfg.epochs} epochs"
+    print(f"forgetting {cfg.tasks} with {cfg.method} ({budget} per task, stopping at the target {cfg.target!r} on "
+          "validation)...")
     result = run_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, overwrite=True,
                             progress=not args.no_progress, source_checkpoint=ckpt)
     _print_run(result.results, Path(args.out))
