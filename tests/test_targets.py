@@ -123,6 +123,17 @@ def test_missed_retention_target_is_retried_with_half_the_lr(micro_model, micro_
     assert row["targets"]["val"]["acc_r_drop"] is False and row["chosen_trial"] in (1, 2)
 
 
+def test_retention_target_counts_as_met_within_one_validation_image():
+    from gslora.forget import targets_met
+
+    one_image = {"acc_f": 0.0, "acc_r": 90.0, "acc_o": None, "acc_r_drop": 100 / 35, "h_mean": 90.0,
+                 "acc_r_resolution": 100 / 35}
+    assert targets_met(one_image, {"acc_f": 2.0, "acc_r_drop": 2.0}) == {"acc_f": True, "acc_r_drop": True}
+    two_images = {**one_image, "acc_r_drop": 5.8}
+    assert targets_met(two_images, {"acc_r_drop": 2.0}) == {"acc_r_drop": False}
+    assert targets_met({**one_image, "acc_r_resolution": 0.5}, {"acc_r_drop": 2.0}) == {"acc_r_drop": False}
+
+
 def test_next_lr_scale_goes_up_on_missed_forgetting_and_never_repeats():
     def rec(scale, **met):
         return {"lr_scale": scale, "targets_met": met}
@@ -143,6 +154,8 @@ def test_single_step_preset_is_applied_to_one_task_and_user_values_win():
     mine = resolve(RunConfig(tasks="1x10", method_args={"bound": 70.0}))
     assert mine.method_args["bound"] == 70.0
     assert resolve(single) == single  # idempotent
+    assert resolve(RunConfig(epochs=5)).max_steps == 0  # epochs set by the user: the budget is 5 epochs
+    assert resolve(RunConfig()).max_steps > 0
     forced = resolve(RunConfig(tasks="1x10", protocol="continual"))
     assert "bound" not in forced.method_args
 

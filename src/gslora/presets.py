@@ -84,8 +84,10 @@ def resolve(config: RunConfig) -> RunConfig:
     proto_run = from_dict(RunConfig, proto.get("run") or {}, where=f"{protocol} {where}")
     fields = {f.name: f for f in dataclasses.fields(RunConfig)}
     filled = {"protocol": protocol, "method_args": {**(proto.get("args") or {}), **config.method_args}}
+    if config.epochs is not None and config.max_steps is None:
+        filled["max_steps"] = 0  # the user asked for epochs: they set the budget, not the preset's step count
     for key in PRESET_KEYS:
-        if getattr(config, key) is None:
+        if getattr(config, key) is None and key not in filled:
             for source in (proto_run, preset):
                 if getattr(source, key) is not None:
                     filled[key] = getattr(source, key)
