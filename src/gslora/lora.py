@@ -68,18 +68,19 @@ def delta_norms(groups: LoraGroups) -> tuple[list[float], list[float]]:
     return absolute, relative
 
 
-def prox_group_b(groups: LoraGroups, step: float) -> list[bool]:
+def prox_group_b(groups: LoraGroups, step: float | list[float]) -> list[bool]:
     """The proximal step of the group lasso on each block's B matrices (B_fc1, B_fc2): group soft-thresholding
     B ← B · max(0, 1 − τ / ‖B‖) with τ = step · sqrt(number of B entries), i.e. ``step`` per entry (with Adam, whose
     steps are about lr per entry, ``step = alpha · lr`` makes alpha the share of a full step a group must exceed).
     A block whose ‖B‖ ≤ τ becomes exactly zero, and so does its update ΔW = s·B·A
     (A, which starts at Kaiming scale, is left alone: it carries no update while B is zero).
-    Returns, per block, whether it is now exactly zero."""
+    ``step`` may be a list (one per block). Returns, per block, whether it is now exactly zero."""
     off = []
+    steps = step if isinstance(step, list) else [step] * len(groups.params)
     with torch.no_grad():
-        for ps in groups.params:
+        for ps, st in zip(groups.params, steps):
             bs = ps[1::2]
-            threshold = step * sum(b.numel() for b in bs) ** 0.5
+            threshold = st * sum(b.numel() for b in bs) ** 0.5
             norm = torch.sqrt(sum(b.float().pow(2).sum() for b in bs))
             factor = torch.clamp(1 - threshold / norm.clamp(min=1e-30), min=0.0)
             for b in bs:

@@ -102,9 +102,8 @@ class GSLoRA(Method):
         logs = super().train_step(model, remain, forget, optimizer, state)
         alpha = self._alpha(state)
         if self.args.sparsity == "prox" and alpha > 0:
-            # threshold relative to the size of one Adam step of the group (≈ lr per entry): alpha is the share of a
-            # full step the group's update must exceed to move, whatever the model's widths
-            logs["blocks_off"] = float(sum(prox_group_b(self.groups, alpha * state.lr)))
+            steps = [alpha * state.lr * w for w in adam_metric_weights(self.groups, optimizer)]
+            logs["blocks_off"] = float(sum(prox_group_b(self.groups, steps)))
         return logs
 
     def _forget_term(self, logits_f: torch.Tensor, y_f: torch.Tensor) -> torch.Tensor:
@@ -144,6 +143,25 @@ class GSLoRA(Method):
         merged = merge_lora(model)
         self.groups = None
         return merged, info
+
+
+@torch.no_grad()
+def adam_metric_weights(groups: LoraGroups, optimizer) -> list[float]:
+    """Per block, mean(rms) / rms of the raw gradients of its B matrices (Adam's second moments).
+
+    The group lasso's proximal step in the geometry Adam steps in has a threshold ∝ lr / sqrt(v): a block whose data
+    gradients are small relative to the other blocks' gets a larger threshold, so blocks compete on how much the loss
+    needs them (Adam's normalised steps alone are about lr for every block, so a threshold of α·lr switches all
+    blocks on or all off). Normalised by the mean over blocks, α keeps its meaning (the share of a full Adam step an
+    average block must exceed to move) on any model; 1 for every block before the first step."""
+    rms = []
+    for ps in groups.params:
+        sq = [optimizer.state.get(b, {}).get("exp_avg_sq") for b in ps[1::2]]
+        if any(s is None for s in sq):
+            return [1.0] * len(groups.params)
+        rms.append(float(torch.sqrt(sum(s.float().sum() for s in sq) / sum(s.numel() for s in sq))))
+    mean = sum(rms) / len(rms)
+    return [mean / r if r > 0 else float("inf") for r in rms]
 
 
 @torch.no_grad()
