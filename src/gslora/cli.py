@@ -36,7 +36,8 @@ def _common_run_args(p: argparse.ArgumentParser) -> None:
 def _run_config(args, data: str | None = None) -> RunConfig:
     """--config, then --set, then the flags; resolved against the method's preset (the same path as the API)."""
     return resolve(build_config(RunConfig, args.config, args.overrides, tasks=args.tasks, method=args.method,
-                                epochs=args.epochs, seed=args.seed, device=args.device, data=data))
+                                epochs=args.epochs, seed=args.seed, device=args.device, data=data,
+                                missing_check_data=getattr(args, "missing_check_data", None)))
 
 
 def _model_input_args(p: argparse.ArgumentParser, classes_flags: tuple[str, ...] = ("--class-names",)) -> None:
@@ -49,6 +50,13 @@ def _model_input_args(p: argparse.ArgumentParser, classes_flags: tuple[str, ...]
                    help="the class name of each model output, in order (one per line, or a JSON list)")
     p.add_argument("--head-subset", action="store_true",
                    help="keep only the head rows of the data's classes (e.g. ImageNet-100 from a 1000-way head)")
+
+
+def _missing_check_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--missing-check-data", dest="missing_check_data", metavar="FOLDER",
+                   help="with --head-subset: a folder of class folders named like the original head's classes "
+                   "outside the subset; their accuracy under the original full head is reported before and after "
+                   "each task (the missing-class check)")
 
 
 def _load_model_input(args, preprocessing: dict | None = None):
@@ -68,18 +76,43 @@ def cmd_pretrain(args) -> int:
     from .pretrain import pretrain
 
     cfg = build_config(PretrainConfig, args.config, args.overrides, where="pretrain config", epochs=args.epochs,
-                       lr=args.lr, batch_size=args.batch_size, seed=args.seed, device=args.device)
+                       max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                       device=args.device)
     weights, _ = checkpoint_paths(args.out)
     if weights.exists() and not args.overwrite:
         raise GsloraError(f"{weights} already exists; choose another --out or pass --overwrite.")
     data = load_data(args.data, image_size=_image_size(args.model), seed=cfg.seed)
     model = create_model(args.model, data.num_classes, seed=cfg.seed)
-    print(f"pre-training {args.model} on {data.name}: {data.describe()}")
+    plan = cfg.schedule(len(data.train))
+    print(f"pre-training {args.model} on {data.name}: {data.describe()}\n"
+          f"budget {plan['max_steps']} steps ({plan['rule']}), validation every {plan['eval_every']} steps, "
+          f"early stop after {cfg.patience} checks without improvement")
     stats = pretrain(model, data, cfg, progress=not args.no_progress)
     path = save_checkpoint(model, weights, data.classes, extra={"pretrain": {**stats, "data": args.data}})
-    print(f"train {stats['train_acc']:.1f}%  val {stats.get('val_acc', 0):.1f}%  test {stats['test_acc']:.1f}%  "
-          f"({stats['train_seconds']:.0f} s)\ncheckpoint: {path}")
+    early = f", stopped early, best at step {stats['best_step']}" if stats["stopped_early"] else ""
+    val = f"{stats['val_acc']:.1f}%" if stats.get("val_acc") is not None else "-"
+    test = f"{stats['test_acc']:.1f}%" if stats.get("test_acc") is not None else "-"
+    print(f"train {stats['train_acc']:.1f}%  val {val}  test {test}  ({stats['steps']} of {stats['max_steps']} steps"
+          f"{early}, {stats['train_seconds']:.0f} s)\ncheckpoint: {path}")
+    if not stats["learned"]:
+        _not_learned_banner(stats["not_learned_reason"], f"checkpoint {path} is written, marked \"learned\": false")
+        return 3
     return 0
+
+
+def _not_learned_banner(reason: str, what: str) -> None:
+    line = "!" * 100
+    print(f"{line}\nWARNING: the pre-trained model did NOT learn its data: {reason}.\n{what}; forgetting classes it "
+          f"never knew measures nothing.\nTry a larger budget (--max-steps), another --lr, or a model suited to "
+          f"these images.\n{line}", file=sys.stderr)
+
+
+def _warn_if_not_learned(meta: dict, checkpoint) -> None:
+    """``gslora forget`` / ``benchmark`` on a checkpoint that pre-training marked as not learned: say so loudly."""
+    pre = meta.get("pretrain") or {}
+    if pre.get("learned") is False:
+        _not_learned_banner(pre.get("not_learned_reason", "marked at pre-training"),
+                            f"checkpoint {checkpoint} was marked \"learned\": false by gslora pretrain")
 
 
 def _image_size(model_name: str) -> int:
@@ -97,8 +130,9 @@ def cmd_forget(args) -> int:
     cfg = _run_config(args, data=args.data)
     method = get_method(cfg.method, **cfg.method_args)  # bad method settings fail before any data is read
     model, meta = _load_model_input(args, cfg.preprocessing)
+    _warn_if_not_learned(meta, args.checkpoint)
     data = load_data(cfg.data, image_size=model.image_size, seed=cfg.seed, split_ratio=cfg.split_ratio,
-                     val_ratio=cfg.val_ratio)
+                     val_ratio=cfg.val_ratio, preprocessing=model.config.get("preprocessing"))
     classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
     result = run_forgetting(model, classes, data, cfg, out_dir=args.out, history=meta.get("history"),
                             overwrite=args.overwrite, progress=not args.no_progress, method=method,
@@ -130,7 +164,8 @@ def cmd_evaluate(args) -> int:
     from .models.importers import classes_for_run
 
     model, meta = _load_model_input(args)
-    data = load_data(args.data, image_size=model.image_size, seed=args.seed, split_ratio=args.split_ratio)
+    data = load_data(args.data, image_size=model.image_size, seed=args.seed, split_ratio=args.split_ratio,
+                     preprocessing=model.config.get("preprocessing"))
     classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
     from .forget import check_data_matches
 
@@ -182,7 +217,10 @@ def cmd_demo(args) -> int:
         model = create_model(demo["model"], data.num_classes, seed=pcfg.seed)
         stats = pretrain(model, data, pcfg, progress=not args.no_progress)
         save_checkpoint(model, ckpt, data.classes, extra={"pretrain": stats})
-        print(f"pre-trained: test accuracy {stats['test_acc']:.1f}% in {stats['train_seconds']:.0f} s -> {ckpt}")
+        print(f"pre-trained: test accuracy {stats['test_acc']:.1f}% ({stats['steps']} steps) in "
+              f"{stats['train_seconds']:.0f} s -> {ckpt}")
+        if not stats["learned"]:
+            _not_learned_banner(stats["not_learned_reason"], "the demo goes on with it")
     model, meta = load_checkpoint(ckpt)
     budget = f"up to {cfg.max_steps} steps" if cfg.max_steps else f"{cfg.epochs} epochs"
     print(f"forgetting {cfg.tasks} with {cfg.method} ({budget} per task, stopping at the target {cfg.target!r} on "
@@ -220,7 +258,8 @@ def cmd_benchmark(args) -> int:
     from .models.importers import classes_for_run
     from .report.comparison import comparison_markdown_table
 
-    base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device)
+    base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device,
+                       missing_check_data=args.missing_check_data)
     shared = from_dict(RunConfig, base, where="comparison config").validate()  # bad shared keys fail first
     method_args: dict = {}
     for item in args.method_overrides or []:
@@ -230,8 +269,9 @@ def cmd_benchmark(args) -> int:
             raise GsloraError(f"--method-set {item!r} must look like METHOD.KEY=VALUE (e.g. ewc.lam=5).")
         method_args.setdefault(name.strip(), {}).update(config_data(None, [f"{arg.strip()}={value}"]))
     model, meta = _load_model_input(args, shared.preprocessing)
+    _warn_if_not_learned(meta, args.checkpoint)
     data = load_data(args.data, image_size=model.image_size, seed=shared.seed, split_ratio=shared.split_ratio,
-                     val_ratio=shared.val_ratio)
+                     val_ratio=shared.val_ratio, preprocessing=model.config.get("preprocessing"))
     classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
 
     def done(entry):
@@ -273,7 +313,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="vit_face_tiny", help="registry name (gslora list) or timm:<name>")
     p.add_argument("--out", required=True, help="checkpoint path (.safetensors; a .json sidecar is written beside)")
     p.add_argument("--config", help="YAML file with pre-training settings")
-    p.add_argument("--epochs", type=int)
+    p.add_argument("--max-steps", dest="max_steps", type=int,
+                   help="optimiser steps (default: sized by the training set, see README)")
+    p.add_argument("--epochs", type=int, help="size the budget in epochs instead (passes over the training set)")
     p.add_argument("--lr", type=float)
     p.add_argument("--batch-size", dest="batch_size", type=int)
     p.add_argument("--seed", type=int)
@@ -287,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a gslora checkpoint (.safetensors), a Hugging Face or timm "
                    "model folder, or a torchvision / timm state dict (with --model)")
     _model_input_args(p, ("--classes", "--class-names"))
+    _missing_check_arg(p)
     p.add_argument("--data", help="'faces' or an image folder (default: the config's data)")
     p.add_argument("--out", required=True, help="run folder")
     _common_run_args(p)
@@ -335,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="as for forget: a gslora checkpoint, an HF / timm folder or "
                    "a state dict (with --model)")
     _model_input_args(p)
+    _missing_check_arg(p)
     p.add_argument("--data", required=True, help="'faces' or an image folder (the data the model was trained on)")
     p.add_argument("--setting", required=True, choices=["continual", "single"],
                    help="continual: 4 tasks x 20%% of the classes; single: C-Y for Y = 5, 10, 50, 90%% of the classes")
