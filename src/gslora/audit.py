@@ -439,7 +439,7 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
                           "checkpoint the run started from with --original.")
     if data is None:
         data = load_data(rcfg.data, image_size=model.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
-                         val_ratio=rcfg.val_ratio)
+                         val_ratio=rcfg.val_ratio, preprocessing=model.config.get("preprocessing"))
     check_data_matches(classes, data)
     forget, remain = run_classes(results)
     retrained_model = None

@@ -1,6 +1,8 @@
 """Image folders: ``root/train/<class>/*`` + ``root/test/<class>/*`` (the CASIA-Face100 layout), or
-``root/<class>/*`` split per class by a seeded ratio. Grey images become 3 channels; all are resized to the model's
-input size. Unreadable files are reported by path."""
+``root/<class>/*`` split per class by a seeded ratio. Grey images become 3 channels; all are brought to the model's
+input size: resized straight to it (gslora's own models), or, when the model's preprocessing carries a resize /
+centre-crop policy (``preprocessing["resize_crop"]`` of an imported model, see :func:`resize_and_crop`), resized
+then centre-cropped as the model's own library does. Unreadable files are reported by path."""
 
 from __future__ import annotations
 
@@ -16,11 +18,51 @@ from .base import DataBundle, ImageDataset
 IMAGE_EXTENSIONS = {".png", ".jpg", ".jpeg", ".pgm", ".ppm", ".pbm", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
 
-def load_image(path: Path, image_size: int) -> torch.Tensor:
-    """One image as a float tensor (3, S, S) in [0, 1]; a file PIL cannot read is a GsloraError naming it."""
+RESAMPLE = {"nearest": Image.NEAREST, "bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC,
+            "lanczos": Image.LANCZOS, "box": Image.BOX, "hamming": Image.HAMMING}
+
+
+def resize_and_crop(im: Image.Image, image_size: int, policy: dict | None = None) -> Image.Image:
+    """``im`` brought to ``image_size`` × ``image_size`` as ``policy`` says (PIL operations, as the libraries do on
+    PIL images):
+
+    - ``None``: resized straight to the input size, bilinear (gslora's own models; the default);
+    - ``{"resize": N, "crop": S, "interpolation": "bicubic", "crop_offset": "round"}``: the shorter side resized to
+      N keeping the aspect ratio (the longer side ``int(N · long / short)``, as torchvision and HF compute it), or,
+      with ``"resize": [H, W]``, resized to exactly H × W; then the centre S × S cut out, its top-left corner at
+      ``round((H - S) / 2)`` (torchvision, timm) or ``(H - S) // 2`` (``"crop_offset": "floor"``: Hugging Face).
+      Without ``crop`` only the resize is done; a result that is not the input size is finally resized to it.
+    """
+    if not policy:
+        return im.resize((image_size, image_size), Image.BILINEAR)
+    resample = RESAMPLE[policy.get("interpolation") or "bilinear"]
+    resize = policy.get("resize")
+    if isinstance(resize, int):
+        w, h = im.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_long = int(resize * long / short)
+        im = im.resize((resize, new_long) if w <= h else (new_long, resize), resample)
+    elif resize:
+        im = im.resize((int(resize[1]), int(resize[0])), resample)
+    crop = policy.get("crop")
+    if crop:
+        w, h = im.size
+        if policy.get("crop_offset") == "floor":
+            top, left = (h - crop) // 2, (w - crop) // 2
+        else:
+            top, left = int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+        im = im.crop((left, top, left + crop, top + crop))  # PIL pads with black where the box leaves the image
+    if im.size != (image_size, image_size):
+        im = im.resize((image_size, image_size), resample)
+    return im
+
+
+def load_image(path: Path, image_size: int, resize_crop: dict | None = None) -> torch.Tensor:
+    """One image as a float tensor (3, S, S) in [0, 1] (see :func:`resize_and_crop` for ``resize_crop``); a file PIL
+    cannot read is a GsloraError naming it."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+            im = resize_and_crop(im.convert("RGB"), image_size, resize_crop)
             arr = np.asarray(im, dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise GsloraError(f"cannot read image {path}: {e}; remove or replace the file.") from None
@@ -30,19 +72,22 @@ def load_image(path: Path, image_size: int) -> torch.Tensor:
 class FolderImages(ImageDataset):
     """Lazily loaded image files with known labels."""
 
-    def __init__(self, paths: list[Path], targets: list[int], classes: list[str], image_size: int):
+    def __init__(self, paths: list[Path], targets: list[int], classes: list[str], image_size: int,
+                 resize_crop: dict | None = None):
         self.paths = list(paths)
         self.targets = list(targets)
         self.classes = list(classes)
         self.image_size = image_size
+        self.resize_crop = resize_crop
 
     def __getitem__(self, i):
-        return load_image(self.paths[i], self.image_size), self.targets[i]
+        return load_image(self.paths[i], self.image_size, self.resize_crop), self.targets[i]
 
     def subset(self, indices) -> FolderImages:
         indices = list(indices)
         return FolderImages(
-            [self.paths[i] for i in indices], [self.targets[i] for i in indices], self.classes, self.image_size
+            [self.paths[i] for i in indices], [self.targets[i] for i in indices], self.classes, self.image_size,
+            self.resize_crop,
         )
 
 
@@ -85,7 +130,9 @@ def _split(files_by_class, classes, fraction, seed, salt):
     return a, b
 
 
-def folder_data(root: Path, image_size: int, seed: int = 1337, split_ratio: float = 0.7, val_ratio: float = 0.1):
+def folder_data(root: Path, image_size: int, seed: int = 1337, split_ratio: float = 0.7, val_ratio: float = 0.1,
+                resize_crop: dict | None = None):
+    """``resize_crop``: the model's resize / centre-crop policy (:func:`resize_and_crop`; None: straight resize)."""
     root = Path(root)
     if (root / "train").is_dir() and (root / "test").is_dir():
         train_files = _scan(root / "train")
@@ -104,5 +151,5 @@ def folder_data(root: Path, image_size: int, seed: int = 1337, split_ratio: floa
         for f, t in zip(*train_files_split):
             train_files[classes[t]].append(f)
     val, train = _split(train_files, classes, val_ratio, seed, salt=2)
-    make = lambda part: FolderImages(part[0], part[1], classes, image_size)  # noqa: E731
+    make = lambda part: FolderImages(part[0], part[1], classes, image_size, resize_crop)  # noqa: E731
     return DataBundle(train=make(train), val=make(val), test=make(test), name=root.name)

@@ -128,18 +128,69 @@ def _wrap(library_model: nn.Module, library: str, classifier_path: str, image_si
     return Classifier(backbone, head, image_size=int(image_size), config=cfg).eval()
 
 
-def _preprocessing(image_size: int, mean, std, source: str, **extra) -> dict:
+def _preprocessing(image_size: int, mean, std, source: str, resize_crop: dict | None = None, **extra) -> dict:
+    """The model's input: size, mean / std, and ``resize_crop``, how an image file is brought to the input size
+    (:func:`gslora.data.folder.resize_and_crop`; None: resized straight to it)."""
     return {"image_size": int(image_size), "mean": [float(v) for v in mean], "std": [float(v) for v in std],
-            "from": source, **extra}
+            "from": source, "resize_crop": resize_crop, **extra}
+
+
+# PIL's resampling codes (what an HF preprocessor_config.json stores as ``resample``)
+PIL_RESAMPLE = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+INTERPOLATIONS = tuple(PIL_RESAMPLE.values())
+OVERRIDE_KEYS = ("mean", "std", "crop_pct", "interpolation")
+
+
+def _interpolation(value, default: str = "bilinear") -> str:
+    value = getattr(value, "value", value)  # torchvision's InterpolationMode
+    if isinstance(value, int) and value in PIL_RESAMPLE:
+        return PIL_RESAMPLE[value]
+    return value if value in INTERPOLATIONS else default
+
+
+def crop_pct_policy(image_size: int, crop_pct: float, interpolation: str = "bilinear",
+                    square: bool = False) -> dict:
+    """timm's eval transform: the shorter side resized to floor(input / crop_pct) (``square``: both sides, timm's
+    ``crop_mode="squash"``), then the centre input × input (torchvision's rounding of the offset)."""
+    scale = math.floor(image_size / crop_pct)
+    return {"resize": [scale, scale] if square else scale, "crop": int(image_size), "interpolation": interpolation,
+            "crop_offset": "round"}
+
+
+def _straight(image_size: int, interpolation: str) -> dict:
+    return {"resize": [int(image_size)] * 2, "crop": None, "interpolation": interpolation}
 
 
 def _apply_override(prep: dict, override: dict | None) -> dict:
+    """``preprocessing`` of the run config: ``mean`` / ``std``; ``crop_pct`` (in (0, 1]: shorter side to
+    input / crop_pct, then the centre crop; null: resized straight to the input size) and ``interpolation``."""
     if not override:
         return prep
-    unknown = sorted(set(override) - {"mean", "std"})
+    unknown = sorted(set(override) - set(OVERRIDE_KEYS))
     if unknown:
-        raise GsloraError(f"unknown preprocessing override {unknown[0]!r}; set mean and/or std.")
-    return {**prep, **{k: [float(v) for v in override[k]] for k in override}, "from": "override"}
+        raise GsloraError(f"unknown preprocessing override {unknown[0]!r}; set {', '.join(OVERRIDE_KEYS)}.")
+    prep = {**prep, **{k: [float(v) for v in override[k]] for k in ("mean", "std") if k in override},
+            "from": "override"}
+    if "crop_pct" not in override and "interpolation" not in override:
+        return prep
+    policy = dict(prep.get("resize_crop") or _straight(prep["image_size"], "bilinear"))
+    interpolation = override.get("interpolation", policy.get("interpolation") or "bilinear")
+    if interpolation not in INTERPOLATIONS:
+        raise GsloraError(f"preprocessing.interpolation must be one of {', '.join(INTERPOLATIONS)}, got "
+                          f"{interpolation!r}.")
+    if "crop_pct" in override:
+        pct = override["crop_pct"]
+        if pct is None:
+            policy = _straight(prep["image_size"], interpolation)
+        elif isinstance(pct, bool) or not isinstance(pct, (int, float)) or not 0 < pct <= 1:
+            raise GsloraError(f"preprocessing.crop_pct must be a number in (0, 1] (or null: resize straight to the "
+                              f"input size), got {pct!r}.")
+        else:
+            policy = crop_pct_policy(prep["image_size"], float(pct), interpolation)
+        prep["crop_pct"] = pct
+    policy["interpolation"] = interpolation
+    prep["resize_crop"] = policy
+    return prep
 
 
 # --- reading files --------------------------------------------------------------------------------------------------
@@ -213,7 +264,42 @@ def _hf_preprocessing(folder: Path | None, hf_config, saved: dict | None) -> tup
     if len(mean) == 1:
         mean, std = mean * 3, std * 3
     extra = {k: proc[k] for k in ("size", "crop_size", "do_center_crop", "do_resize") if k in proc}
-    return _preprocessing(size, mean, std, "preprocessor_config.json", **extra), proc
+    policy, note = _hf_resize_crop(proc, size)
+    if note:
+        extra["resize_crop_note"] = note
+    return _preprocessing(size, mean, std, "preprocessor_config.json", policy, **extra), proc
+
+
+def _hf_size(value):
+    """An HF ``size`` / ``crop_size`` → N (``shortest_edge``) or [H, W]; None when it is neither."""
+    if isinstance(value, int):
+        return [value, value]
+    if isinstance(value, dict):
+        if value.get("height") and value.get("width"):
+            return [int(value["height"]), int(value["width"])]
+        if set(value) == {"shortest_edge"}:
+            return int(value["shortest_edge"])
+    return None
+
+
+def _hf_resize_crop(proc: dict, image_size: int) -> tuple[dict, str | None]:
+    """What the HF image processor does to an image: resize (``size``: height × width, or ``shortest_edge``;
+    ``resample``), then with ``do_center_crop`` the centre ``crop_size`` (offset rounded down, as HF does).
+    Anything that does not end at the model's input size is replaced by a straight resize, with a note why."""
+    interpolation = _interpolation(proc.get("resample"))
+    resize = _hf_size(proc.get("size")) if proc.get("do_resize", True) else None
+    crop = _hf_size(proc.get("crop_size")) if proc.get("do_center_crop", False) else None
+    square = [image_size, image_size]
+    if proc.get("do_center_crop", False):
+        if crop == square and (resize is not None or not proc.get("do_resize", True)):
+            return {"resize": resize, "crop": image_size, "interpolation": interpolation, "crop_offset": "floor"}, None
+        why = f"size {proc.get('size')!r}, crop_size {proc.get('crop_size')!r}"
+    elif resize == square or (resize is None and not proc.get("do_resize", True)):
+        return _straight(image_size, interpolation), None
+    else:
+        why = f"size {proc.get('size')!r} without a centre crop"
+    return _straight(image_size, interpolation), (f"{why} does not end at the model's input size {image_size}; "
+                                                  "images are resized straight to it")
 
 
 def _hf_arch(hf_config) -> str:
@@ -331,7 +417,9 @@ def import_torchvision(path: str | Path, arch: str, model_args: dict | None = No
         for weights in get_model_weights(arch):
             t = weights.transforms()
             if list(t.crop_size) == [tv_model.image_size]:
-                prep = _preprocessing(tv_model.image_size, t.mean, t.std, f"torchvision {weights}",
+                policy = {"resize": int(t.resize_size[0]), "crop": int(t.crop_size[0]),
+                          "interpolation": _interpolation(t.interpolation), "crop_offset": "round"}
+                prep = _preprocessing(tv_model.image_size, t.mean, t.std, f"torchvision {weights}", policy,
                                       resize_size=list(t.resize_size), crop_size=list(t.crop_size))
                 if len(weights.meta.get("categories", [])) == num_classes:
                     names = list(weights.meta["categories"])
@@ -400,8 +488,17 @@ def import_timm(path: str | Path, name: str, model_args: dict | None = None, pre
     data_cfg = resolve_data_config({}, model=timm_model)
     size = getattr(getattr(timm_model, "patch_embed", None), "img_size", None) or data_cfg["input_size"][1:]
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    prep = _preprocessing(size, data_cfg["mean"], data_cfg["std"], "timm pretrained_cfg",
-                          crop_pct=data_cfg.get("crop_pct"), interpolation=data_cfg.get("interpolation"))
+    crop_pct = data_cfg.get("crop_pct") or 0.875  # timm's default when the config has none
+    crop_mode = data_cfg.get("crop_mode") or "center"
+    interpolation = _interpolation(data_cfg.get("interpolation"))
+    extra = {}
+    if crop_mode in ("center", "squash"):
+        policy = crop_pct_policy(size, crop_pct, interpolation, square=crop_mode == "squash")
+    else:
+        policy = _straight(size, interpolation)
+        extra["resize_crop_note"] = f"timm crop_mode {crop_mode!r} is not reproduced; images are resized straight"
+    prep = _preprocessing(size, data_cfg["mean"], data_cfg["std"], "timm pretrained_cfg", policy,
+                          crop_pct=crop_pct, crop_mode=crop_mode, interpolation=interpolation, **extra)
     prep = _apply_override(prep, preprocessing)
     names = label_names or (timm_model.pretrained_cfg or {}).get("label_names")
     model = _wrap(timm_model.eval(), "timm", classifier, size, prep, imported)
