@@ -81,7 +81,10 @@ class RunConfig:
     margin_at_test: bool = False  # the authors' protocol (CosFace margin at test time); for comparison only
     save_adapters: bool = True  # write each task's LoRA adapter in PEFT format
     checkpoint_every: int = 0  # epochs between in-task resume checkpoints (0: resume from the last finished task)
-    preprocessing: dict = field(default_factory=dict)  # mean / std override for an imported model's input
+    preprocessing: dict = field(default_factory=dict)  # override of an imported model's input: mean, std, crop_pct
+    # (shorter side to input / crop_pct, then the centre crop; null: resize straight), interpolation
+    missing_check_data: str = ""  # a folder of class folders named like the original head's classes: with a head
+    # cut by --head-subset, their accuracy under the original full head before and after each task (gslora.missing)
 
     def validate(self) -> RunConfig:
         """Check ranges; unset (None) preset fields are skipped (they are checked once resolved)."""

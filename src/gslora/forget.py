@@ -18,6 +18,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NotRequired
 
 import torch
 from torch.utils.data import Subset
@@ -32,6 +33,7 @@ from .engine import autocast_dtype, train_task
 from .errors import GsloraError
 from .evaluate import TaskMetrics, class_counts, task_metrics, tunable_ratio
 from .methods import Method, TaskContext, get_method
+from .missing import MissingCheck
 from .models.registry import Classifier, count_parameters
 from .presets import resolve
 from .rundir import RunFolder
@@ -60,6 +62,7 @@ class TaskRow(TaskMetrics):
     train_seconds: float
     wall_seconds: float
     method_info: dict  # what the method reports (GS-LoRA: group norms, ‖ΔW‖/‖W‖, blocks selected, adapter)
+    missing_check: NotRequired[dict]  # with --missing-check-data: acc, images, change vs before the first task
 
 
 @dataclass
@@ -112,6 +115,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     method = method or get_method(config.method, **config.method_args)
     check_data_matches(classes, data)
     plan = make_plan(classes, config.tasks, seed=config.seed)
+    missing = MissingCheck.setup(model, config.missing_check_data)  # its errors come before the run folder
     device = dist.resolve_device(config.device)
     dist.init_from_env(device)
     folder = RunFolder(out_dir) if out_dir is not None else None
@@ -124,6 +128,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
 
     model = model.to(device)
     original = copy.deepcopy(model).eval().requires_grad_(False)
+    missing_before = _missing_check(missing, model, config, device)  # the model as given (also when resuming)
     total_params = count_parameters(model)
     nc = len(classes)
     if state is None:
@@ -142,6 +147,8 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         row, model, counts_after = _run_task(model, method, task, position, plan, classes, data, config, device,
                                              original, counts_orig, counts_now, total_params,
                                              folder if writes else None, progress, epoch_state)
+        if missing.active:
+            row["missing_check"] = _missing_check(missing, model, config, device, missing_before)
         rows.append(row)
         counts_now = counts_after
         history.append({"task": task.index, "method": method.name, "forgotten": row["forget"]})
@@ -164,12 +171,23 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         "device": str(device),
         "source_checkpoint": str(Path(source_checkpoint).resolve()) if source_checkpoint else None,
         "plan": plan.to_dict(classes),
+        "missing_check": missing.summary(missing_before),
         "tasks": rows,
         "wall_seconds": spent + time.perf_counter() - run_start,
     }
     if writes:
         folder.finish(results, model, classes, history)
     return RunResult(results=results, model=model, plan=plan, out_dir=folder.path if folder is not None else None)
+
+
+def _missing_check(check: MissingCheck, model, config: RunConfig, device, before: dict | None = None) -> dict | None:
+    """The missing-class check's value for ``model`` (None when the check is skipped); ``change`` against ``before``."""
+    if not check.active:
+        return None
+    value = check.evaluate(model, device, config.eval_batch_size, config.num_workers, autocast_dtype(config.precision))
+    if before is not None:
+        value["change"] = value["acc"] - before["acc"]
+    return value
 
 
 def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, classes, data: DataBundle,

@@ -688,7 +688,9 @@ def align_classes(model: Classifier, model_classes: list[str] | None, data_class
     - names equal: nothing to do; same names in another order: the head rows are permuted (same function);
     - no names in the checkpoint and as many outputs as data classes: the data's (sorted folder) order is taken;
     - the data's classes a strict subset of the model's: with ``head_subset`` only their head rows are kept (the
-      ImageNet-100 protocol) and the original head is remembered in ``model.config["head_subset"]``; otherwise an error.
+      ImageNet-100 protocol); the original size, rows and class names are recorded in
+      ``model.config["head_subset"]`` and the whole original head is kept beside the model (:func:`full_head`, for
+      the missing-class check); otherwise an error.
     """
     data_classes = list(data_classes)
     n = model.config["num_classes"]
@@ -716,8 +718,21 @@ def align_classes(model: Classifier, model_classes: list[str] | None, data_class
         raise GsloraError(f"the data has {len(rows)} of the model's {n} classes; pass --head-subset to keep only "
                           "their head rows.")
     model.config["head_subset"] = {"of": n, "rows": rows, "original_classes": model_classes}
+    full = copy.deepcopy(model.head).requires_grad_(False)
     select_head_rows(model, rows)
+    # the whole original head, for the missing-class check (gslora.missing); a plain attribute, so it is neither a
+    # parameter nor in the state dict (a checkpoint of the cut model holds the cut head only)
+    object.__setattr__(model, FULL_HEAD, full)
     return data_classes, {"classes_from": f"checkpoint, head subset: {len(rows)} of {n} rows"}
+
+
+FULL_HEAD = "_gslora_full_head"
+
+
+def full_head(model: Classifier) -> nn.Module | None:
+    """The original head (all its rows, as loaded) of a model whose head :func:`align_classes` cut with
+    ``head_subset``; None when the head was not cut in this process (e.g. a checkpoint saved after the cut)."""
+    return model.__dict__.get(FULL_HEAD)
 
 
 # --- one entry point for every command ------------------------------------------------------------------------------

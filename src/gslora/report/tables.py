@@ -50,7 +50,8 @@ def markdown(rows: list[list[str]]) -> str:
 CSV_FIELDS = ["task", "setting", "n_forget", "n_remain", "n_old", "acc_f", "acc_r", "acc_o", "drop", "h_mean",
               "acc_f_before", "acc_r_pretrained", "acc_r_change_vs_pretrained", "val_acc_f", "val_acc_r", "val_acc_o",
               "val_h_mean", "tunable_ratio", "trainable_params", "selected_blocks", "group_norms",
-              "relative_delta_norms", "replay_images", "forget_images", "steps", "train_seconds", "wall_seconds"]
+              "relative_delta_norms", "replay_images", "forget_images", "steps", "train_seconds", "wall_seconds",
+              "missing_check_acc", "missing_check_change"]
 
 
 def results_csv(results: dict) -> str:
@@ -66,6 +67,9 @@ def results_csv(results: dict) -> str:
         for k in ("selected_blocks", "group_norms", "relative_delta_norms"):
             if k in r.get("method_info", {}):
                 flat[k] = " ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r["method_info"][k])
+        if r.get("missing_check"):
+            flat["missing_check_acc"] = r["missing_check"]["acc"]
+            flat["missing_check_change"] = r["missing_check"].get("change")
         w.writerow(flat)
     return buf.getvalue()
 
@@ -91,4 +95,25 @@ def results_markdown(results: dict) -> str:
              fmt(r["val"]["h_mean"])] for r in results["tasks"]]),
         "",
     ]
+    missing = missing_check_section(results)
+    if missing:
+        parts += [missing, ""]
     return "\n".join(parts)
+
+
+def missing_check_section(results: dict) -> str:
+    """The missing-class check (``--head-subset`` models): a table before the first task and after each task, or
+    the reason it was skipped; empty for models whose head was not cut (the check does not apply)."""
+    check = results.get("missing_check")
+    if not check or (check.get("skipped") and not results["model"].get("head_subset")):
+        return ""
+    if check.get("skipped"):
+        return f"Missing-class check: skipped ({check['skipped']})."
+    lines = [["Model", "Acc (missing classes, full head)", "Change"],
+             ["before task 1", fmt(check["before"]["acc"]), "-"]]
+    lines += [[f"after task {r['task']}", fmt(r["missing_check"]["acc"]), fmt(r["missing_check"].get("change"))]
+              for r in results["tasks"] if r.get("missing_check")]
+    return "\n".join([
+        f"Missing-class check: {check['images']} images of {check['classes']} classes outside the head subset "
+        f"(from `{check['folder']}`), scored with the original {check['head_classes']}-way head on the current "
+        "backbone; top-1 accuracy in % among all the original classes.", "", markdown(lines)])
