@@ -121,6 +121,8 @@ def test_torchvision_named_arch_takes_imagenet_preprocessing_and_categories(tmp_
     model, classes = import_model(tmp_path / "b32-224.pth")  # a named architecture is recognised by its shapes
     assert model.config["arch"] == "torchvision:vit_b_32"
     assert model.config["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert model.config["preprocessing"]["resize_crop"] == {"resize": 256, "crop": 224, "interpolation": "bilinear",
+                                                            "crop_offset": "round"}  # the weights' transforms
     assert len(classes) == 1000 and classes[0] == "tench"
 
 
