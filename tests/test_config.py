@@ -16,7 +16,7 @@ def test_unset_settings_come_from_the_method_preset_then_the_global_default():
     assert (ewc.lr, ewc.min_lr, ewc.weight_decay) == (1e-4, 1e-5, 0.05)  # configs/methods/ewc.yaml
     assert (ewc.epochs, ewc.batch_size, ewc.warmup_epochs) == (100, 48, 0)  # global defaults
     assert resolve(RunConfig(method="ewc", lr=3e-3)).lr == 3e-3  # what the user set wins
-    assert (resolve(RunConfig()).lr, resolve(RunConfig()).max_steps) == (2e-3, 200)  # gslora's preset
+    assert (resolve(RunConfig()).lr, resolve(RunConfig()).max_steps) == (5e-3, 200)  # gslora's preset
     assert resolve(ewc) == ewc  # idempotent
     assert RunConfig().lr is None and not RunConfig().is_resolved() and ewc.is_resolved()
 
