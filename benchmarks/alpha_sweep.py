@@ -47,8 +47,10 @@ def main(argv=None) -> int:
             rows = summarise(json.loads((folder / "results.json").read_text()))
             saved["runs"].setdefault(name, {})[f"{alpha:g}"] = {"seconds": seconds, "tasks": rows}
             sel = " ".join(f"{len(r['selected_blocks'])}/{r['num_blocks']}" for r in rows)
-            print(f"{name} alpha {alpha:g}: blocks {sel} | Acc_f {' '.join(f'{r['acc_f']:.0f}' for r in rows)} | "
-                  f"dAcc_r {' '.join(f'{-r['acc_r_drop']:+.1f}' for r in rows)} | {seconds:.0f} s", flush=True)
+            acc_f = " ".join(f"{r['acc_f']:.0f}" for r in rows)
+            d_acc_r = " ".join(f"{-r['acc_r_drop']:+.1f}" for r in rows)
+            print(f"{name} alpha {alpha:g}: blocks {sel} | Acc_f {acc_f} | dAcc_r {d_acc_r} | {seconds:.0f} s",
+                  flush=True)
             results_path.parent.mkdir(parents=True, exist_ok=True)
             results_path.write_text(json.dumps(saved, indent=1))
     plot(saved, results_path.with_suffix(".png"))
