@@ -65,7 +65,10 @@ def plot(saved: dict, path: Path) -> None:
     for name, by_alpha in saved["runs"].items():
         alphas = sorted(by_alpha, key=float)
         xs = [float(a) for a in alphas]
-        mean = lambda key, a: sum(key(r) for r in by_alpha[a]["tasks"]) / len(by_alpha[a]["tasks"])  # noqa: E731
+
+        def mean(key, a, by_alpha=by_alpha):
+            return sum(key(r) for r in by_alpha[a]["tasks"]) / len(by_alpha[a]["tasks"])
+
         axes[0].plot(xs, [mean(lambda r: len(r["selected_blocks"]), a) for a in alphas], "o-", label=name)
         axes[1].plot(xs, [mean(lambda r: r["acc_f"], a) for a in alphas], "o-", label=name)
         axes[2].plot(xs, [mean(lambda r: -r["acc_r_drop"], a) for a in alphas], "o-", label=name)
