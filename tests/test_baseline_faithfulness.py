@@ -270,6 +270,102 @@ def test_scrub_steps_at_packaged_defaults(name, micro_model, micro_data):
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# SSD: importances from the whole training set
+
+
+class _Diag(nn.Module):
+    """logits_k = w_k · x_k over 3 classes: SSD's Fisher importances can be computed by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([0.5, -1.0, 2.0]))
+
+    def forward(self, x, labels=None):
+        return self.w * x
+
+
+class _Listed(torch.utils.data.Dataset):
+    def __init__(self, items):
+        self.items = [(torch.tensor(x), y) for x, y in items]
+        self.targets = [y for _, y in items]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+# classes 0 (remaining), 1 (forgotten now), 2 (forgotten in an earlier task: no longer the model's data)
+_TRAIN = [([1.0, 2.0, 0.5], 0), ([2.0, -1.0, 1.0], 0), ([0.5, 1.0, -2.0], 1), ([-1.0, 3.0, 1.0], 1),
+          ([1.0, 1.0, 1.0], 2)]
+
+
+def _hand_fisher(samples, w=(0.5, -1.0, 2.0)):
+    """Mean over samples of (∂CE/∂w_k)² = ((p_k − [y = k])·x_k)² (SSD with importance batch size 1)."""
+    import math
+
+    total = [0.0, 0.0, 0.0]
+    for x, y in samples:
+        z = [wk * xk for wk, xk in zip(w, x)]
+        e = [math.exp(v - max(z)) for v in z]
+        p = [v / sum(e) for v in e]
+        for k in range(3):
+            total[k] += ((p[k] - (1.0 if y == k else 0.0)) * x[k]) ** 2
+    return [t / len(samples) for t in total]
+
+
+def _ssd_context(train, remain_idx, forget_idx, given=True):
+    from gslora.data.plan import Task
+
+    cfg = RunConfig(tasks="1x1", device="cpu", method="ssd", save_adapters=False)
+    task = Task(index=2, forget=(1,), remain=(0,), old=(2,))
+    return TaskContext(task=task, position=1, num_tasks=2, num_classes=3, config=cfg, device=torch.device("cpu"),
+                       remain_data=Subset(train, remain_idx), forget_data=Subset(train, forget_idx),
+                       train_data=train if given else None)
+
+
+def test_ssd_global_importance_is_over_the_whole_training_set():
+    train = _Listed(_TRAIN)
+    ctx = _ssd_context(train, [0], [2])  # the replay subset is one image of class 0, the forget subset one of class 1
+    method = get_method("ssd", importance_batch_size=1)
+    model = method.prepare(_Diag(), ctx)
+    imp_d, imp_f, info = method.importances(model, ctx)
+    expected_d = _hand_fisher([(x, y) for x, y in _TRAIN if y in (0, 1)])  # every image of classes 0 and 1
+    expected_f = _hand_fisher([_TRAIN[2]])
+    assert imp_d["w"].tolist() == pytest.approx(expected_d, rel=1e-5)
+    assert imp_f["w"].tolist() == pytest.approx(expected_f, rel=1e-5)
+    assert imp_d["w"].tolist() != pytest.approx(_hand_fisher([_TRAIN[0]]), rel=1e-3)  # not the replay subset
+    assert info["importance_images"] == 4 and "whole training split" in info["importance_data"]
+    # and the dampening uses it: θ_k ← min(λ·[]_D / []_F, 1)·θ_k where []_F > α·[]_D
+    alpha = 0.2  # selects w_1 only with []_D over the training set (w_0 and w_1 with the replay subset's)
+    method = get_method("ssd", importance_batch_size=1, selection_weighting=alpha)
+    model, info = method.finish(method.prepare(_Diag(), ctx), ctx)
+    for k, w in enumerate((0.5, -1.0, 2.0)):
+        d, f = expected_d[k], expected_f[k]
+        want = w * min(d / f, 1.0) if f > alpha * d else w
+        assert float(model.w[k]) == pytest.approx(want, rel=1e-5), k
+    assert info["ssd_selected"] == sum(expected_f[k] > alpha * expected_d[k] for k in range(3)) > 0
+
+
+def test_ssd_derives_the_training_split_from_the_subsets_and_says_when_it_has_none():
+    train = _Listed(_TRAIN)
+    expected_d = _hand_fisher([(x, y) for x, y in _TRAIN if y in (0, 1)])
+    derived = _ssd_context(train, [0], [2], given=False)  # no train_data: the subsets' common dataset is the split
+    method = get_method("ssd", importance_batch_size=1)
+    imp_d, _, info = method.importances(method.prepare(_Diag(), derived), derived)
+    assert imp_d["w"].tolist() == pytest.approx(expected_d, rel=1e-5)
+    assert "parent of the replay / forget subsets" in info["importance_data"]
+    # plain datasets (no common parent): the replay subset stands in, and method_info says so
+    bare = _ssd_context(train, [0], [2], given=False)
+    bare.remain_data, bare.forget_data = _Listed([_TRAIN[0]]), _Listed([_TRAIN[2]])
+    imp_d, _, info = method.importances(method.prepare(_Diag(), bare), bare)
+    assert imp_d["w"].tolist() == pytest.approx(_hand_fisher([_TRAIN[0]]), rel=1e-5)
+    assert "replay subset" in info["importance_data"] and "no training split" in info["importance_data"]
+    assert info["importance_images"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Run settings and names
 
 

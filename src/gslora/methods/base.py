@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
 from ..config import RunConfig, from_dict
 from ..data.plan import Task
@@ -49,6 +49,20 @@ class TaskContext:
     out_dir: Path | None = None  # the run folder (None: the run writes nothing)
     progress: bool = False
     adapter_dir: Path | None = None  # where this task's adapter goes (None: write no adapter)
+    train_data: Dataset | None = None  # the whole training split, every class (SSD's D, retrain-full's data);
+    #                                    None: see full_training_data
+    val_data: Dataset | None = None  # the whole validation split (retrain-full's early stopping); None: none
+
+    def full_training_data(self) -> tuple[Dataset | None, str]:
+        """The whole training split and where it came from: ``train_data`` when the runner passes it ("train_data"),
+        else the one dataset both ``remain_data`` and ``forget_data`` are ``Subset``s of (the runner draws both from
+        the training split: "parent of the replay / forget subsets"), else (None, "unavailable")."""
+        if self.train_data is not None:
+            return self.train_data, "train_data"
+        parents = {id(getattr(d, "dataset", None)) for d in (self.remain_data, self.forget_data)}
+        if isinstance(self.remain_data, Subset) and isinstance(self.forget_data, Subset) and len(parents) == 1:
+            return self.remain_data.dataset, "parent of the replay / forget subsets"
+        return None, "unavailable"
 
 
 @dataclass
@@ -65,6 +79,7 @@ class Method:
     """Base class. Subclasses set ``name`` and ``Args`` (a dataclass) and override what they need."""
 
     name: str = "base"
+    label: str | None = None  # how tables name the method (None: its name), e.g. "retrain (paper)"
     Args: type | None = None
     trains: bool = True  # False for methods that edit weights without a training loop
     drop_against_pretrained: bool = False  # Drop (and H) vs the original model, not the task's start (Retrain)
@@ -157,6 +172,12 @@ def _plain(value) -> bool:
 
 
 method_defaults = method_preset  # the earlier name
+
+
+def method_label(name: str) -> str:
+    """The name tables show for method ``name``: its class's ``label``, else the name itself."""
+    cls = METHODS.get(name)
+    return (cls.label if cls is not None and cls.label else None) or name
 
 
 def per_task(value, position: int):

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from .base import Method, TaskContext
 
@@ -152,6 +152,24 @@ def parameter_importance(model: nn.Module, batches: Iterable, kind: str, names: 
             p.requires_grad_(f)
         model.train(was_training)
     return {n: s / max(count, 1) for n, s in zip(names, scores)}
+
+
+def dataset_targets(dataset: Dataset) -> list[int]:
+    """The label of every item: ``dataset.targets`` when present (no pixels loaded), through ``Subset``s, else by
+    reading the items."""
+    targets = getattr(dataset, "targets", None)
+    if targets is not None:
+        return [int(t) for t in targets]
+    if isinstance(dataset, Subset):
+        parent = dataset_targets(dataset.dataset)
+        return [parent[i] for i in dataset.indices]
+    return [int(dataset[i][1]) for i in range(len(dataset))]
+
+
+def indices_of_classes(dataset: Dataset, classes) -> list[int]:
+    """Indices of every item of ``dataset`` whose label is in ``classes``, in dataset order."""
+    wanted = {int(c) for c in classes}
+    return [i for i, t in enumerate(dataset_targets(dataset)) if t in wanted]
 
 
 def batches_of(dataset: Dataset, batch_size: int) -> DataLoader:
