@@ -23,7 +23,8 @@ BASELINES = sorted(m for m in METHODS if m != "gslora")
 # Tiny-task settings: a few epochs are enough when the learning rate is raised for the fine-tuning baselines.
 FAST_RUN = {"lr": 1e-3, "min_lr": 1e-5}
 FAST_ARGS = {"ssd": {"selection_weighting": 2.0},  # α = 10 selects almost nothing on the 32-wide micro model
-             "fdr": {"lam": 1.0}}  # λ = 50 (on s = 64 CosFace logits) keeps the model too close to forget in 4 epochs
+             "fdr": {"lam": 1.0},  # λ = 50 (on s = 64 CosFace logits) keeps the model too close to forget in 4 epochs
+             "retrain-full": {"pretrain": {"max_steps": 120, "batch_size": 32, "lr": 3e-3}}}  # a short recipe
 FAST_RUN_FOR = {"head": {"lr": 1e-2}}  # a linear head alone needs a larger step to move in 32 steps
 
 
@@ -51,7 +52,7 @@ def _batch(dataset, n=16):
 
 def test_every_method_is_registered_with_a_defaults_file():
     expected = {"gslora", "l2", "ewc", "mas", "lwf", "der", "derpp", "fdr", "scrub", "scrub-s", "uniform-kd", "retrain",
-                "head", "ssd"}
+                "retrain-full", "head", "ssd"}
     assert expected <= set(METHODS)
     for name in expected:
         assert "args" in method_defaults(name), name
@@ -67,7 +68,7 @@ def test_method_forgets_on_a_tiny_task(name, micro_model, micro_data):
     (row,) = res.rows
     assert row["acc_f"] < row["before"]["acc_f"] - 5.0, row
     assert 0 < row["tunable_ratio"] <= 100.0
-    if name == "retrain":
+    if name in ("retrain", "retrain-full"):
         assert row["tunable_ratio"] == 100.0 and row["before"]["acc_f"] == row["pretrained"]["acc_f"]
     else:
         assert row["tunable_ratio"] < 100.0  # the head (at least) stays frozen
@@ -202,7 +203,10 @@ def test_ssd_changes_only_the_parameters_its_criterion_selects(micro_model, micr
     method = get_method("ssd", selection_weighting=2.0)
     before = {n: p.detach().clone() for n, p in micro_model.named_parameters()}
     names = [n for n in before if not n.startswith("head.")]
-    imp_r = parameter_importance(micro_model, batches_of(ctx.remain_data, 32), "fisher", names)
+    task = ctx.task  # []_D: every training image of the task's classes (Foster et al.), not the replay subset
+    classes = set(task.remain + task.forget)
+    whole = Subset(micro_data.train, [i for i, t in enumerate(micro_data.train.targets) if t in classes])
+    imp_r = parameter_importance(micro_model, batches_of(whole, 32), "fisher", names)
     imp_f = parameter_importance(micro_model, batches_of(ctx.forget_data, 32), "fisher", names)
     model, info = method.finish(method.prepare(micro_model, ctx), ctx)
     after = dict(model.named_parameters())
@@ -227,6 +231,96 @@ def test_retrain_starts_from_a_fresh_model(micro_model, micro_data):
     assert fresh is not micro_model
     assert not torch.equal(fresh.head.weight, micro_model.head.weight)
     assert all(p.requires_grad for p in fresh.parameters())
+
+
+RF_ARGS = {"pretrain": {"max_steps": 40, "batch_size": 32, "lr": 3e-3}}
+
+
+def _spy_pretrain(monkeypatch):
+    """Record the data bundle every call of gslora.pretrain.pretrain trains on."""
+    import gslora.pretrain
+
+    seen, real = [], gslora.pretrain.pretrain
+
+    def spy(model, data, cfg, progress=False):
+        seen.append(data)
+        return real(model, data, cfg, progress=progress)
+
+    monkeypatch.setattr(gslora.pretrain, "pretrain", spy)
+    return seen
+
+
+def test_retrain_full_trains_on_every_remaining_image_and_no_forgotten_one(micro_model, micro_data, monkeypatch):
+    bundles = _spy_pretrain(monkeypatch)
+    cfg = _config("retrain-full", tasks="2x3")
+    method = get_method("retrain-full", **RF_ARGS)
+    res = run_forgetting(micro_model, micro_data.classes, micro_data, cfg, method=method)
+    targets = micro_data.train.targets
+    last = res.plan.tasks[-1]
+    gone = set(last.forget) | set(last.old)
+    every_remaining = [i for i, t in enumerate(targets) if t in last.remain]
+    assert method.train_indices == every_remaining  # all of them, not the replay subset
+    assert len(every_remaining) > 3 * res.rows[-1]["replay_images"]
+    assert not gone & {targets[i] for i in method.train_indices}
+    assert len(bundles) == 2  # one retrain per task
+    for task, bundle in zip(res.plan.tasks, bundles):
+        assert set(bundle.train.targets) == set(task.remain)  # every remaining class, no forgotten one
+        assert torch.equal(bundle.train.images,
+                           micro_data.train.images[[i for i, t in enumerate(targets) if t in task.remain]])
+        assert not set(task.forget + task.old) & set(bundle.val.targets)
+        assert len(bundle.test) == 0
+    for task, row in zip(res.plan.tasks, res.rows):
+        assert row["acc_f"] <= 5.0 and row["tunable_ratio"] == 100.0  # never taught the forgotten classes
+        info = row["method_info"]
+        assert info["retrain_seconds"] > 0 and info["train_images"] == sum(t in task.remain for t in targets)
+    assert res.model.head.weight.shape[0] == micro_data.num_classes  # the full-size head
+
+
+def test_retrain_full_reads_only_remaining_images_of_the_split_it_is_given(micro_model, micro_data):
+    class Recording(torch.utils.data.Dataset):
+        """A training split without ``subset``: records every item read."""
+
+        def __init__(self, ds):
+            self.ds, self.targets, self.classes, self.read = ds, ds.targets, ds.classes, set()
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            self.read.add(i)
+            return self.ds[i]
+
+    cfg = _config("retrain-full")
+    ctx = _context(micro_model, micro_data, cfg)
+    train = Recording(micro_data.train)
+    ctx.train_data, ctx.val_data = train, micro_data.val
+    method = get_method("retrain-full", **RF_ARGS)
+    model, info = method.finish(method.prepare(micro_model, ctx), ctx)
+    remaining = {i for i, t in enumerate(micro_data.train.targets) if t in ctx.task.remain}
+    assert train.read == remaining == set(method.train_indices)
+    assert info["train_data"] == "train_data" and info["val_images"] == sum(
+        t in ctx.task.remain for t in micro_data.val.targets) > 0
+    assert "validation images of the remaining classes" in info["validation"]
+    assert model is not micro_model and not model.training
+
+
+def test_retrain_full_without_a_training_split_is_a_clear_error(micro_model, micro_data):
+    from gslora.errors import GsloraError
+
+    cfg = _config("retrain-full")
+    ctx = _context(micro_model, micro_data, cfg)
+    ctx.remain_data = Subset(copy.copy(micro_data.train), list(ctx.remain_data.indices))  # no common parent
+    method = get_method("retrain-full", **RF_ARGS)
+    with pytest.raises(GsloraError, match="whole training split"):
+        method.finish(method.prepare(micro_model, ctx), ctx)
+
+
+def test_the_paper_retrain_is_labelled_as_such():
+    from gslora.methods import method_label
+
+    assert method_label("retrain") == "retrain (paper)"
+    assert method_label("retrain-full") == "retrain (full)"
+    assert method_label("ewc") == "ewc"
 
 
 def test_head_mask_mode_trains_nothing_and_zeroes_forgotten_rows(micro_model, micro_data):

@@ -8,7 +8,7 @@ import importlib
 import pkgutil
 
 from ..errors import GsloraError
-from .base import METHODS, Method, StepState, TaskContext, method_defaults, register
+from .base import METHODS, Method, StepState, TaskContext, method_defaults, method_label, register
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -25,4 +25,4 @@ def get_method(name: str, **args) -> Method:
 
 
 __all__ = ["METHODS", "Method", "StepState", "TaskContext", "get_method", "list_methods", "method_defaults",
-           "register"]
+           "method_label", "register"]

@@ -28,6 +28,13 @@ def _columns(comparison: dict) -> list[dict]:
     return cols
 
 
+def _label(method: str) -> str:
+    """The method's table name (``retrain`` is "retrain (paper)", ``retrain-full`` "retrain (full)")."""
+    from ..methods import method_label
+
+    return method_label(method)
+
+
 def _cell_rows(entry: dict, col: dict) -> dict | None:
     if entry["status"] != "ok":
         return None
@@ -56,7 +63,7 @@ def comparison_markdown_table(comparison: dict) -> str:
     lines = [header, sub, pre]
     for e in comparison["methods"]:
         ratio = tunable_ratio_of(e)
-        line = [e["method"], "-" if ratio is None else f"{ratio:.2f}%"]
+        line = [_label(e["method"]), "-" if ratio is None else f"{ratio:.2f}%"]
         for c in cols:
             r = _cell_rows(e, c)
             n = 4 if c["old"] else 3
@@ -79,7 +86,9 @@ def comparison_markdown(comparison: dict) -> str:
         f"Model `{m['arch']}` ({m['num_classes']} classes), {comparison['epochs']} epochs per task, seed "
         f"{comparison['seed']}, gslora {comparison['gslora_version']}. Runs: {plans}. Every method starts from the "
         "same checkpoint with the same task plan and replay / forget subsets. Accuracies in %, test split; H-Mean uses "
-        "the drop from the start of each task (Retrain: from the pre-trained model). Tunable ratio: mean over tasks of "
+        "the drop from the start of each task (both retrains: from the pre-trained model; retrain (paper) trains on "
+        "the replay subset, retrain (full) on every training image of the remaining classes with the pre-training "
+        "recipe). Tunable ratio: mean over tasks of "
         "trainable / all parameters (SSD: parameters it dampened). Time: wall seconds for all runs of the method.",
         "",
         comparison_markdown_table(comparison),
@@ -123,7 +132,7 @@ def h_mean_figure(comparison: dict) -> Figure:
         pts = [(i, _cell_rows(e, c)["h_mean"]) for i, c in zip(x, cols) if _cell_rows(e, c)["h_mean"] is not None]
         if pts:
             style = "o-" if e["method"] == "gslora" else ".--"
-            ax.plot(*zip(*pts), style, label=e["method"], linewidth=2.5 if e["method"] == "gslora" else 1.2)
+            ax.plot(*zip(*pts), style, label=_label(e["method"]), linewidth=2.5 if e["method"] == "gslora" else 1.2)
     ax.set_xticks(x, [c["label"] for c in cols])
     ax.set_xlabel("setting" if comparison["setting"] == "single" else "task")
     ax.set_ylabel("H-Mean (%)")
