@@ -106,6 +106,7 @@ def test_audit_writes_json_markdown_and_plots(report, run_dir):
     assert len(rel["acc_f"]) <= 4 and rel["max_epochs"] == 3
     md = (out / "audit.md").read_text()
     assert "Recovery test" in md and "Gap to the retrained model" in md and "| head" in md
+    assert saved["audit_images"]["classes_without_unseen"] == 0 and "Every class had unseen training images" in md
     assert audit_markdown(saved) == md
 
 
@@ -136,3 +137,109 @@ def test_audit_config_is_validated():
         AuditConfig(threshold=1.5).validate()
     with pytest.raises(GsloraError, match="mia_folds"):
         AuditConfig(mia_folds=1).validate()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Audit images the forgetting never saw; retrain-full as the reference
+
+
+def test_recovery_and_relearn_images_are_outside_the_runs_subsets(tmp_path, micro_model, micro_data, monkeypatch):
+    import gslora.audit
+    import gslora.forget
+    import gslora.pretrain
+    from gslora.audit import run_subset_indices, run_tasks
+
+    used, real_ctx = set(), gslora.forget.TaskContext
+
+    def recording_ctx(**kw):  # every image the run's subsets hold, as the runner built them
+        used.update(kw["remain_data"].indices)
+        used.update(kw["forget_data"].indices)
+        return real_ctx(**kw)
+
+    monkeypatch.setattr(gslora.forget, "TaskContext", recording_ctx)
+    ckpt = save_checkpoint(micro_model, tmp_path / "original.safetensors", micro_data.classes)
+    cfg = RunConfig(tasks="2x2", method="head", method_args={"mode": "mask"}, replay_ratio=0.3, old_forget_shots=3,
+                    device="cpu", save_adapters=False)
+    res = run_forgetting(copy.deepcopy(micro_model), micro_data.classes, micro_data, cfg, out_dir=tmp_path / "run",
+                         source_checkpoint=ckpt)
+    assert used  # the spy saw the run
+    rcfg = res.results["config"]
+    assert run_subset_indices(micro_data.train.targets, run_tasks(res.results), rcfg["seed"], rcfg["replay_ratio"],
+                              rcfg["shots"], rcfg["min_replay"], rcfg["old_forget_shots"]) == used
+
+    drawn, pretrained_on = {}, []
+    real_rec, real_rel, real_pre = gslora.audit.recovery_test, gslora.audit.relearn_time, gslora.pretrain.pretrain
+
+    def rec(model, tr_e, tr_y, te_e, te_y, subset_idx, *a, **k):
+        drawn.setdefault("recovery", set()).update(subset_idx)
+        return real_rec(model, tr_e, tr_y, te_e, te_y, subset_idx, *a, **k)
+
+    def rel(model, data, forget_idx, *a, **k):
+        drawn.setdefault("relearn", set()).update(forget_idx)
+        return real_rel(model, data, forget_idx, *a, **k)
+
+    def pre(model, data, cfg, progress=False):
+        pretrained_on.append(data)
+        return real_pre(model, data, cfg, progress=progress)
+
+    monkeypatch.setattr(gslora.audit, "recovery_test", rec)
+    monkeypatch.setattr(gslora.audit, "relearn_time", rel)
+    monkeypatch.setattr(gslora.pretrain, "pretrain", pre)
+    report = audit_run(tmp_path / "run", data=micro_data, write=False,
+                       config=AuditConfig(epochs=1, relearn_epochs=1, device="cpu"),
+                       retrain_full={"max_steps": 30, "batch_size": 32, "lr": 3e-3})
+    forget, remain = run_classes(res.results)
+    targets = micro_data.train.targets
+    assert drawn["recovery"] and not drawn["recovery"] & used  # none of the images the run trained on
+    assert drawn["relearn"] and not drawn["relearn"] & used
+    assert {targets[i] for i in drawn["relearn"]} == set(forget)
+    assert {targets[i] for i in drawn["recovery"]} == set(forget) | set(remain)
+    images = report["audit_images"]
+    assert images["classes_without_unseen"] == 0 and images["run_images"] == len(used)
+    assert "outside the forgetting run's replay / forget subsets" in images["source"]
+    assert "unseen by the forgetting run" in report["models"]["forgotten"]["recovery"]["split"]
+    # the retrain gap's reference: retrain-full, trained here on every remaining-class image and no forgotten one
+    (bundle,) = pretrained_on
+    assert set(bundle.train.targets) == set(remain) and len(bundle.train) == sum(t in remain for t in targets)
+    assert report["retrained_by"]["method"] == "retrain-full" and report["retrained_by"]["retrain_seconds"] > 0
+    assert report["retrain_gap"]["average"] is not None and "retrained" in report["models"]
+    assert "made by retrain-full" in audit_markdown(report)
+
+
+def test_a_class_without_unseen_images_is_reported(_micro_pretrained, micro_data):
+    from gslora.audit import audit, audit_images
+
+    model = _micro_pretrained[0]
+    targets = micro_data.train.targets
+    forget, remain = [0, 1, 2], [3, 4, 5, 6]
+    all_of = lambda c: {i for i, t in enumerate(targets) if t == c}  # noqa: E731
+    seen = all_of(1) | all_of(4) | set(list(all_of(5))[:28])  # classes 1 and 4 fully used, class 5 all but 2
+    recovery, relearn, info = audit_images(targets, forget, remain, seed=1337, ratio=0.1, seen=seen)
+    assert info["classes_without_unseen"] == 2 and info["forget_classes_without_unseen"] == [1]
+    assert info["remain_classes_without_unseen"] == 1 and info["classes_short"] == 1  # class 5: 2 left, 3 wanted
+    assert "images the run used" in info["fallback"]
+    by_class = {c: [i for i in recovery if targets[i] == c] for c in forget + remain}
+    assert all(len(v) == 3 for c, v in by_class.items() if c != 5) and len(by_class[5]) == 2
+    assert set(by_class[1]) <= all_of(1) and not (set(recovery) - all_of(1) - all_of(4)) & seen
+    assert set(relearn) == {i for i in recovery if targets[i] in forget}
+    report = audit(model, model, micro_data, forget, remain, seen=seen,
+                   config=AuditConfig(epochs=1, relearn_epochs=0, device="cpu"))
+    assert report["audit_images"]["classes_without_unseen"] == 2
+    assert report["audit_images"]["forget_classes_without_unseen"] == [micro_data.classes[1]]
+    md = audit_markdown(report)
+    assert "2 classes had no unseen training image" in md and micro_data.classes[1] in md
+    unknown = audit(model, model, micro_data, forget, remain, config=AuditConfig(epochs=1, relearn_epochs=0,
+                                                                                 device="cpu"))
+    assert "unknown" in unknown["audit_images"]["source"] and unknown["audit_images"]["run_images"] is None
+
+
+def test_a_retrained_reference_not_made_by_retrain_full_is_flagged(tmp_path):
+    from gslora.audit import _reference_method
+
+    (tmp_path / "paper").mkdir()
+    (tmp_path / "paper" / "results.json").write_text(json.dumps({"method": {"method": "retrain"}}))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "results.json").write_text(json.dumps({"method": {"method": "retrain-full"}}))
+    assert "not retrain-full" in _reference_method(tmp_path / "paper")["note"]
+    assert "note" not in _reference_method(tmp_path / "full")
+    assert _reference_method(tmp_path / "model.safetensors") is None

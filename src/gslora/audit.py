@@ -12,8 +12,15 @@ and other forgotten models such as head forgetting):
 3. **Membership inference**: a loss-based attack (per-sample CE, logistic regression, stratified k-fold, balanced)
    telling forgotten-class training images from forgotten-class test images; 0.5 is ideal.
 4. **Retrain gap**: absolute gaps of Acc_f, Acc_r, MIA accuracy and probe Acc_f to a retrained model, and their mean.
-5. **Relearn time**: a copy of the whole model fine-tuned on the forget subset; epochs until forget test accuracy is
-   back to ``relearn_fraction`` of the original model's.
+   The reference is ``retrain-full`` (a fresh model trained from scratch on every training image of the remaining
+   classes with the pre-training recipe): given as a checkpoint / run folder, or trained by the audit itself.
+5. **Relearn time**: a copy of the whole model fine-tuned on ``ratio`` of each forgotten class's training images;
+   epochs until forget test accuracy is back to ``relearn_fraction`` of the original model's.
+
+The recovery and relearn images are training images the forgetting run never used (an attacker who wants a person
+back has new photos): outside every task's replay and forget subsets, which are reproduced from the run's plan and
+settings (:func:`run_subset_indices`). A class with no such image left falls back to its images the run used, and the
+report counts those classes (``audit_images``).
 
 Library code: returns dicts, never prints; every number carries the split it was computed on.
 """
@@ -21,6 +28,7 @@ Library code: returns dicts, never prints; every number carries the split it was
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -34,7 +42,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .data.base import DataBundle
-from .data.plan import select_per_class
+from .data.plan import Task, select_per_class
 from .errors import GsloraError
 from .files import atomic_write_json, atomic_write_text
 from .report import save_figure
@@ -135,9 +143,10 @@ def _first_at_or_above(values: list, target: float) -> int | None:
 
 
 def recovery_test(model, train_emb, train_y, test_emb, test_y, subset_idx, forget, remain, original_acc_f,
-                  cfg: AuditConfig, device) -> dict:
+                  cfg: AuditConfig, device, images: str = "") -> dict:
     """Retrain a copy of the head (backbone frozen, so embeddings are computed once) with CE (training margin) on the
-    training images ``subset_idx``; forget / remain test accuracy before training (epoch 0) and after every epoch."""
+    training images ``subset_idx`` (``images`` says which they are); forget / remain test accuracy before training
+    (epoch 0) and after every epoch."""
     head = copy.deepcopy(model.head).to(device).float().requires_grad_(True)
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.recovery_lr, weight_decay=0.0)
     x_all, y_all = train_emb[subset_idx], train_y[subset_idx]
@@ -159,7 +168,7 @@ def recovery_test(model, train_emb, train_y, test_emb, test_y, subset_idx, forge
     reached = _first_at_or_above(acc_f, target) if target is not None else None
     return {
         "split": (f"head retrained on train split subset ({len(subset_idx)} images: {cfg.ratio:g} of each forgotten "
-                  "and remaining class); accuracies on test split"),
+                  f"and remaining class{images}); accuracies on test split"),
         "epochs": list(range(cfg.epochs + 1)),
         "acc_f": acc_f,
         "acc_r": [c["acc_r"] for c in curve],
@@ -237,7 +246,7 @@ def membership_inference(member_losses, nonmember_losses, folds: int = 5, seed: 
 
 
 def relearn_time(model, data: DataBundle, forget_idx: list[int], forget, remain, original_acc_f,
-                 cfg: AuditConfig, device) -> dict:
+                 cfg: AuditConfig, device, images: str = "") -> dict:
     """Fine-tune a copy of the whole model with CE on the forget subset; stop once forget test accuracy reaches
     ``relearn_fraction`` × the original's or after ``relearn_epochs``."""
     from .evaluate import class_counts, set_accuracies
@@ -269,8 +278,8 @@ def relearn_time(model, data: DataBundle, forget_idx: list[int], forget, remain,
         if target is not None and curve[-1]["acc_f"] is not None and curve[-1]["acc_f"] >= target:
             reached = epoch
     return {
-        "split": (f"whole model fine-tuned on train split forget subset ({len(forget_idx)} images); accuracies on "
-                  "test split"),
+        "split": (f"whole model fine-tuned on train split forget subset ({len(forget_idx)} images{images}); "
+                  "accuracies on test split"),
         "fraction": cfg.relearn_fraction,
         "target_acc_f": target,
         "max_epochs": cfg.relearn_epochs,
@@ -285,7 +294,7 @@ def relearn_time(model, data: DataBundle, forget_idx: list[int], forget, remain,
 
 
 def _audit_one(model, data, forget, remain, cfg, device, original_acc_f=None, recovery_idx=None, forget_idx=None,
-               deep=False) -> dict:
+               deep=False, images: str = "") -> dict:
     """Accuracies, probe and MIA for one model; with ``deep`` also the recovery test and relearn time."""
     model = model.to(device).eval()
     train_emb, train_y = embed_dataset(model, data.train, device, cfg.batch_size)
@@ -303,10 +312,86 @@ def _audit_one(model, data, forget, remain, cfg, device, original_acc_f=None, re
                   **mia}
     if deep:
         out["recovery"] = recovery_test(model, train_emb, train_y, test_emb, test_y, recovery_idx, forget, remain,
-                                        original_acc_f, cfg, device)
-        out["relearn"] = (relearn_time(model, data, forget_idx, forget, remain, original_acc_f, cfg, device)
+                                        original_acc_f, cfg, device, images)
+        out["relearn"] = (relearn_time(model, data, forget_idx, forget, remain, original_acc_f, cfg, device, images)
                           if cfg.relearn_epochs > 0 else None)
     return out
+
+
+def run_subset_indices(targets: list[int], tasks: list[Task], seed: int, replay_ratio: float, shots: int = 0,
+                       min_replay: int = 1, old_forget_shots: int = 0) -> set[int]:
+    """Training indices a forgetting run used: every task's replay subset of R_t and forget subset of F_t (plus
+    ``old_forget_shots`` images of each earlier-forgotten class), drawn as the runner draws them
+    (:func:`gslora.data.plan.select_per_class` with the run's seed, replay_ratio, shots and min_replay)."""
+    seen: set[int] = set()
+    for task in tasks:
+        for classes in (task.remain, task.forget):
+            seen.update(select_per_class(targets, classes, seed, replay_ratio, shots, minimum=min_replay))
+        if old_forget_shots and task.old:
+            seen.update(select_per_class(targets, task.old, seed, shots=old_forget_shots))
+    return seen
+
+
+def run_tasks(results: dict) -> list[Task]:
+    """The task plan of a run's ``results.json`` as :class:`Task` objects."""
+    return [Task(index=int(t["index"]), forget=tuple(int(c) for c in t["forget"]),
+                 remain=tuple(int(c) for c in t["remain"]), old=tuple(int(c) for c in t.get("old", ())))
+            for t in results["plan"]["tasks"]]
+
+
+def unseen_per_class(targets: list[int], classes, seen: set[int], seed: int, ratio: float) -> tuple[list[int], dict]:
+    """Per class, ``ratio`` of its training images (at least one) drawn (seeded) from those outside ``seen``.
+
+    A class with fewer unseen images than that gets all it has (counted in ``short``); a class with none gets its
+    ``select_per_class`` draw over all of its images, which may include ones the run used (``without_unseen``)."""
+    by_class: dict[int, list[int]] = {int(c): [] for c in classes}
+    for i, t in enumerate(targets):
+        if t in by_class:
+            by_class[t].append(i)
+    out, without, short = [], [], []
+    for c, idx in sorted(by_class.items()):
+        if not idx:
+            continue
+        want = max(1, int(round(ratio * len(idx))))
+        pool = [i for i in idx if i not in seen]
+        if not pool:
+            without.append(c)
+            out.extend(select_per_class(targets, [c], seed, ratio))
+            continue
+        if len(pool) < want:
+            short.append(c)
+        perm = np.random.default_rng([seed, 11, c]).permutation(len(pool))
+        out.extend(pool[j] for j in sorted(perm[:want].tolist()))
+    return out, {"without_unseen": without, "short": short}
+
+
+def audit_images(targets: list[int], forget, remain, seed: int, ratio: float,
+                 seen: set[int] | None) -> tuple[list[int], list[int], dict]:
+    """(recovery images, relearn images, what they are): ``ratio`` of each forgotten and remaining class's training
+    images for the recovery test, the forgotten classes' part of them for relearning. With ``seen`` (the run's
+    subsets) they are drawn outside it; without, from all training images (the run's subsets unknown)."""
+    if seen is None:
+        forget_idx = select_per_class(targets, forget, seed, ratio)
+        recovery = forget_idx + select_per_class(targets, remain, seed, ratio)
+        return recovery, forget_idx, {
+            "source": "all training images (the forgetting run's replay / forget subsets are unknown, so some of "
+                      "these images may be ones the run used)",
+            "run_images": None, "recovery_images": len(recovery), "relearn_images": len(forget_idx),
+            "classes_without_unseen": None, "forget_classes_without_unseen": None,
+            "remain_classes_without_unseen": None, "classes_short": None}
+    forget_idx, f_info = unseen_per_class(targets, forget, seen, seed, ratio)
+    remain_idx, r_info = unseen_per_class(targets, remain, seen, seed, ratio)
+    without = len(f_info["without_unseen"]) + len(r_info["without_unseen"])
+    return forget_idx + remain_idx, forget_idx, {
+        "source": "training images outside the forgetting run's replay / forget subsets (unseen by the run)",
+        "run_images": len(seen), "recovery_images": len(forget_idx) + len(remain_idx),
+        "relearn_images": len(forget_idx),
+        "classes_without_unseen": without,
+        "forget_classes_without_unseen": f_info["without_unseen"],
+        "remain_classes_without_unseen": len(r_info["without_unseen"]),
+        "classes_short": len(f_info["short"]) + len(r_info["short"]),
+        "fallback": ("a class without an unseen training image is drawn from all of its training images, i.e. "
+                     "images the run used" if without else None)}
 
 
 def retrain_gap(forgotten: dict, retrained: dict) -> dict:
@@ -324,11 +409,14 @@ def retrain_gap(forgotten: dict, retrained: dict) -> dict:
 
 
 def audit(model, original, data: DataBundle, forget, remain, retrained=None, compare: dict | None = None,
-          config: AuditConfig | None = None, progress: bool = False, extra: dict | None = None) -> dict:
+          config: AuditConfig | None = None, progress: bool = False, extra: dict | None = None,
+          seen: set[int] | None = None) -> dict:
     """Audit ``model`` (forgotten) against ``original``; class ids ``forget`` / ``remain`` index ``data``'s classes.
 
     ``compare`` maps labels to other forgotten models (e.g. head forgetting) that get the same recovery test.
-    ``retrained`` (a model never taught the forgotten classes) adds the retrain gap. Models are not modified.
+    ``retrained`` (a model never taught the forgotten classes) adds the retrain gap. ``seen``: the training indices
+    the forgetting run used (:func:`run_subset_indices`); the recovery and relearn images are drawn outside them
+    (None: from all training images, and the report says the run's subsets were unknown). Models are not modified.
     """
     from .distributed import resolve_device
 
@@ -340,9 +428,11 @@ def audit(model, original, data: DataBundle, forget, remain, retrained=None, com
         raise GsloraError("forgotten and remaining classes overlap; check the run's plan.")
     device = resolve_device(cfg.device)
     compare = dict(compare or {})
-    recovery_idx = (select_per_class(data.train.targets, forget, cfg.seed, cfg.ratio)
-                    + select_per_class(data.train.targets, remain, cfg.seed, cfg.ratio))
-    forget_idx = select_per_class(data.train.targets, forget, cfg.seed, cfg.ratio)
+    recovery_idx, forget_idx, images = audit_images(data.train.targets, forget, remain, cfg.seed, cfg.ratio, seen)
+    if images["classes_without_unseen"]:
+        log.warning("%d classes have no training image outside the forgetting run's subsets; their recovery / "
+                    "relearn images are ones the run used", images["classes_without_unseen"])
+    unseen_note = "; unseen by the forgetting run" if seen is not None else "; the run's subsets unknown"
     jobs = [("original", original, False), ("forgotten", model, True)]
     jobs += [(label, m, True) for label, m in compare.items()]
     if retrained is not None:
@@ -357,7 +447,7 @@ def audit(model, original, data: DataBundle, forget, remain, retrained=None, com
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             models[label] = _audit_one(copy.deepcopy(m), data, forget, remain, cfg, device, original_acc_f,
-                                       recovery_idx, forget_idx, deep)
+                                       recovery_idx, forget_idx, deep, unseen_note)
         models[label]["seconds"] = time.perf_counter() - t0
         if label == "original":
             original_acc_f = models[label]["accuracy"]["acc_f"]
@@ -368,6 +458,9 @@ def audit(model, original, data: DataBundle, forget, remain, retrained=None, com
         "data": data.describe(),
         "config": asdict(cfg),
         "device": str(device),
+        "audit_images": {**images, "forget_classes_without_unseen": (
+            None if images["forget_classes_without_unseen"] is None
+            else [data.classes[c] for c in images["forget_classes_without_unseen"]])},
         "models": models,
         "compare": list(compare),
         "retrain_gap": retrain_gap(models["forgotten"], models["retrained"]) if retrained is not None else None,
@@ -407,12 +500,17 @@ def run_classes(results: dict) -> tuple[list[int], list[int]]:
 
 def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original: str | Path | None = None,
               compare: dict | None = None, config: AuditConfig | None = None, data: DataBundle | None = None,
-              out_dir: str | Path | None = None, write: bool = True, progress: bool = False) -> dict:
+              out_dir: str | Path | None = None, write: bool = True, progress: bool = False,
+              retrain_full: bool | dict = False) -> dict:
     """Audit the final model of a finished run folder; write ``audit.json``, ``audit.md`` and plots to ``out_dir``
     (default ``RUN/audit``) when ``write``.
 
     ``original`` defaults to the run's recorded source checkpoint; ``data`` defaults to reloading the run's data spec
     and seed; ``compare`` maps labels to run folders, checkpoints or models (e.g. a head-forgetting run).
+    The retrain gap's reference: ``retrained`` (a checkpoint, or the folder of a ``retrain-full`` run), or with
+    ``retrain_full`` (True, or a dict of :class:`~gslora.config.PretrainConfig` overrides) a ``retrain-full`` model
+    trained here: from scratch on every training image of the run's remaining classes with the pre-training recipe.
+    The recovery / relearn images are drawn outside the run's replay / forget subsets.
     """
     from .data import load_data
     from .forget import check_data_matches
@@ -442,12 +540,21 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
                          val_ratio=rcfg.val_ratio, preprocessing=model.config.get("preprocessing"))
     check_data_matches(classes, data)
     forget, remain = run_classes(results)
-    retrained_model = None
+    if retrained is not None and retrain_full:
+        raise GsloraError("pass either a retrained model or retrain_full (train the reference here), not both.")
+    retrained_model, retrained_by = None, None
     if retrained is not None:
         retrained_model, rmeta = _load_model(Path(retrained), "retrained model")
         if rmeta["classes"] != classes:
             raise GsloraError(f"the retrained model {retrained} has other classes than the run's model; it must keep "
                               "the same class list (and simply never have been trained on the forgotten ones).")
+        retrained_by = _reference_method(Path(retrained))
+    elif retrain_full:
+        retrained_model, retrained_by = retrain_full_reference(
+            model, data, remain, rcfg.seed, retrain_full if isinstance(retrain_full, dict) else {},
+            (config or AuditConfig()).device, progress)
+    seen = run_subset_indices(data.train.targets, run_tasks(results), rcfg.seed, rcfg.replay_ratio, rcfg.shots,
+                              rcfg.min_replay, rcfg.old_forget_shots)
     others = {}
     for label, m in (compare or {}).items():
         if isinstance(m, nn.Module):
@@ -458,12 +565,44 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
                 raise GsloraError(f"comparison model {m} has other classes than the run's model.")
     method = (results.get("method") or {}).get("method", "forgotten")
     extra = {"run": str(run.resolve()), "method": method, "original_checkpoint": str(src),
-             "retrained_checkpoint": str(retrained) if retrained is not None else None}
+             "retrained_checkpoint": str(retrained) if retrained is not None else None, "retrained_by": retrained_by}
     report = audit(model, orig, data, forget, remain, retrained=retrained_model, compare=others, config=config,
-                   progress=progress, extra=extra)
+                   progress=progress, extra=extra, seen=seen)
     if write:
         write_audit(Path(out_dir) if out_dir is not None else run / "audit", report)
     return report
+
+
+def retrain_full_reference(template, data: DataBundle, remain, seed: int, overrides: dict | None = None,
+                           device: str = "auto", progress: bool = False) -> tuple[nn.Module, dict]:
+    """The ``retrain-full`` reference of a run: a fresh model of ``template``'s architecture (full-size head) trained
+    from scratch on every training image of ``remain`` (validation: their validation images) with the pre-training
+    recipe (PretrainConfig defaults, then ``seed`` and ``device``, then ``overrides``). Returns (model, what it is)."""
+    from .distributed import resolve_device
+    from .methods.retrain_full import recipe, retrain_from_scratch
+
+    dev = resolve_device(device)
+    cfg = recipe(dict(overrides or {}), seed, dev)
+    model, stats, _ = retrain_from_scratch(template, data.train, data.val, remain, cfg, init_seed=seed, device=dev,
+                                           progress=progress)
+    keep = ("retrain_seconds", "train_images", "val_images", "max_steps", "steps", "best_step", "stopped_early",
+            "train_acc", "val_acc", "learned")
+    return model.eval(), {"method": "retrain-full", "trained_by": "the audit", **{k: stats.get(k) for k in keep}}
+
+
+def _reference_method(path: Path) -> dict | None:
+    """What made a retrained reference given as a run folder (its results.json); None for a checkpoint. A ``retrain``
+    (paper) run trained on the replay subset only: the gap to it is not the literature's retrain gap (a warning)."""
+    results = path / "results.json" if path.is_dir() else None
+    if results is None or not results.is_file():
+        return None
+    method = (json.loads(results.read_text()).get("method") or {}).get("method")
+    out = {"method": method, "trained_by": f"run {path}"}
+    if method != "retrain-full":
+        out["note"] = (f"the reference was made by {method!r}, not retrain-full (every training image of the "
+                       "remaining classes, the pre-training recipe); the gap to it is not the usual retrain gap")
+        log.warning("retrained reference %s: %s", path, out["note"])
+    return out
 
 
 def write_audit(out_dir: Path, report: dict) -> Path:

@@ -244,7 +244,7 @@ def cmd_audit(args) -> int:
         compare[label if sep else Path(spec).name] = Path(path if sep else spec)
     out = Path(args.out) if args.out else Path(args.run) / "audit"
     report = audit_run(args.run, retrained=args.retrained, original=args.original, compare=compare, config=cfg,
-                       out_dir=out, progress=not args.no_progress)
+                       out_dir=out, progress=not args.no_progress, retrain_full=args.retrain_full)
     for table in audit_tables(report).values():
         print(table)
         print()
@@ -361,7 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("audit", help="evidence that forgetting holds: recovery test, linear probe, membership "
                        "inference, retrain gap")
     p.add_argument("run", help="a finished run folder (results.json + final.safetensors)")
-    p.add_argument("--retrained", help="checkpoint of a model retrained without the forgotten classes (adds the gap)")
+    ref = p.add_mutually_exclusive_group()
+    ref.add_argument("--retrained", help="checkpoint or retrain-full run folder of a model retrained without the "
+                     "forgotten classes (adds the gap)")
+    ref.add_argument("--retrain-full", dest="retrain_full", action="store_true",
+                     help="train the gap's reference here: a fresh model on every training image of the remaining "
+                     "classes with the pre-training recipe (as method retrain-full; slow: a whole pre-training)")
     p.add_argument("--original", help="the pre-trained checkpoint (default: the run's recorded source checkpoint)")
     p.add_argument("--compare", action="append", metavar="[LABEL=]PATH",
                    help="another forgotten model (run folder or checkpoint) to recovery-test alongside; repeatable")

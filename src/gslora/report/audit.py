@@ -25,6 +25,27 @@ def relearn_summary(rel: dict | None) -> str:
     return f"{rel['relearned_at_epoch']} (max Acc_f {fmt(best)})"
 
 
+def images_sentence(images: dict | None) -> str:
+    """Which training images the recovery and relearn tests used, and the classes that had none unseen."""
+    if not images:
+        return ""
+    if images.get("run_images") is None:
+        return f"Images: {images['source']}."
+    text = (f"Images: {images['source']} ({images['run_images']} images used by the run; {images['recovery_images']} "
+            f"for the recovery test, {images['relearn_images']} for relearning).")
+    n = images.get("classes_without_unseen") or 0
+    if n:
+        names = images.get("forget_classes_without_unseen") or []
+        text += (f" **{n} classes had no unseen training image** ({len(names)} forgotten"
+                 + (f": {', '.join(map(str, names[:10]))}" + (", ..." if len(names) > 10 else "") if names else "")
+                 + f"; {images['remain_classes_without_unseen']} remaining); {images['fallback']}.")
+    else:
+        text += " Every class had unseen training images."
+    if images.get("classes_short"):
+        text += f" {images['classes_short']} classes had fewer unseen images than the ratio asks; all were used."
+    return text
+
+
 def _label(report: dict, key: str) -> str:
     return f"{report.get('method', 'forgotten')} (audited)" if key == "forgotten" else key
 
@@ -85,14 +106,20 @@ def audit_markdown(report: dict) -> str:
         f"Backbone frozen, head retrained for {cfg['epochs']} epochs (AdamW lr {cfg['recovery_lr']:g}, CE with the "
         f"training margin) on {cfg['ratio']:g} of each forgotten and remaining class's train split images; accuracies "
         f"on the test split. Relearn: the whole model fine-tuned (AdamW lr {cfg['relearn_lr']:g}) on {cfg['ratio']:g} "
-        f"of the forgotten classes' train split images, at most {cfg['relearn_epochs']} epochs.",
+        f"of the forgotten classes' train split images, at most {cfg['relearn_epochs']} epochs. "
+        + images_sentence(report.get("audit_images")),
         "",
         t["recovery"],
         "",
     ]
     if "gap" in t:
+        ref = report.get("retrained_by") or {}
+        what = (f" (made by {ref['method']}, {ref['trained_by']}"
+                + (f", {ref['retrain_seconds']:.0f} s" if ref.get("retrain_seconds") is not None else "") + ")"
+                if ref.get("method") else "")
         parts += ["## Gap to the retrained model", "",
-                  "Absolute differences to the retrained model in percentage points (lower is better).", "",
+                  f"Absolute differences to the retrained model{what} in percentage points (lower is better)."
+                  + (f" Note: {ref['note']}." if ref.get("note") else ""), "",
                   t["gap"], ""]
     return "\n".join(parts)
 
