@@ -59,9 +59,11 @@ def restrict(dataset: Dataset, indices: list[int], num_classes: int) -> ImageDat
 
 
 def retrain_from_scratch(template, train: Dataset, val: Dataset | None, classes, cfg: PretrainConfig,
-                         init_seed: int, device=None, progress: bool = False) -> tuple[torch.nn.Module, dict, list]:
-    """A fresh model of ``template``'s architecture (``template.config``, full head) pre-trained with ``cfg`` on the
-    items of ``train`` (and ``val``, for early stopping) whose label is in ``classes``.
+                         init_seed: int, device=None, progress: bool = False,
+                         fresh: torch.nn.Module | None = None) -> tuple[torch.nn.Module, dict, list]:
+    """A fresh model of ``template``'s architecture (``template.config``, full head; or ``fresh``, a freshly
+    initialised one, trained in place) pre-trained with ``cfg`` on the items of ``train`` (and ``val``, for early
+    stopping) whose label is in ``classes``.
 
     Returns (model, pretrain stats + ``retrain_seconds`` / ``train_images`` / ``val_images``, the train indices
     used). The global random state is left as it was."""
@@ -79,7 +81,8 @@ def retrain_from_scratch(template, train: Dataset, val: Dataset | None, classes,
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
-        fresh = create_from_config(template.config)
+        if fresh is None:
+            fresh = create_from_config(template.config)
         if device is not None:
             fresh = fresh.to(device)
         stats = pretrain(fresh, bundle, cfg, progress=progress)
@@ -123,7 +126,7 @@ class RetrainFull(Method):
         trained, stats, idx = retrain_from_scratch(
             model, train, ctx.val_data, ctx.task.remain, cfg,
             init_seed=ctx.config.seed + self.args.init_seed_offset + ctx.task.index, device=ctx.device,
-            progress=ctx.progress)
+            progress=ctx.progress, fresh=model)  # the model prepare initialised
         self.train_indices = idx  # positions in the training split (tests check them; kept with the method state)
         trained.requires_grad_(False)
         info = {"retrain_seconds": stats["retrain_seconds"], "train_images": stats["train_images"],
