@@ -39,7 +39,8 @@ BAR = {"acc_f": 5.0, "acc_o": 5.0, "acc_r_drop": 3.0}
 def run(cmd: list[str]) -> float:
     t0 = time.perf_counter()
     print("$", " ".join(cmd[2:] if cmd[:2] == GSLORA[:2] else cmd), flush=True)
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}  # tiny models: 1 thread each
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, env=env)
     return time.perf_counter() - t0
 
 

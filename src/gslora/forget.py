@@ -247,6 +247,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         ctx = TaskContext(
             task=task, position=position, num_tasks=len(plan.tasks), num_classes=nc, config=trial_cfg, device=device,
             remain_data=Subset(data.train, remain_idx), forget_data=Subset(data.train, forget_idx),
+            train_data=data.train, val_data=data.val,
             original_model=original, out_dir=folder.path if folder is not None else None, progress=progress,
             adapter_dir=adapter_dir,
         )
