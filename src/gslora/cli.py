@@ -4,6 +4,7 @@ prints."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import logging
@@ -204,7 +205,7 @@ def cmd_demo(args) -> int:
     demo = demo_preset()
     t0 = time.perf_counter()
     pcfg = from_dict(PretrainConfig, demo["pretrain"], where="demo pretrain").validate()
-    key = hashlib.sha256(json.dumps([__version__, demo["model"], demo["pretrain"]], sort_keys=True).encode())
+    key = hashlib.sha256(json.dumps([__version__, demo["model"], dataclasses.asdict(pcfg)], sort_keys=True).encode())
     ckpt = _cache_dir() / f"demo-{demo['model']}-{key.hexdigest()[:12]}.safetensors"
     cfg = resolve(build_config(RunConfig, None, args.overrides, base=demo["run"], where="demo config",
                                epochs=args.epochs or None, device=args.device))

@@ -230,8 +230,8 @@ def pretrain(model: Classifier, data: DataBundle, cfg: PretrainConfig, progress:
         fold_standardisation(model, mean, std)
     seconds = time.perf_counter() - start
     model.eval()
-    out = {"max_steps": steps, "steps": step, "warmup_steps": warmup, "eval_every": eval_every,
-           "budget_rule": plan["rule"], "stopped_early": stopped_early,
+    out = {"train_images": len(data.train), "max_steps": steps, "steps": step, "warmup_steps": warmup,
+           "eval_every": eval_every, "budget_rule": plan["rule"], "stopped_early": stopped_early,
            "best_step": best["step"] if best["state"] is not None else step,
            "epochs": cfg.epochs, "augment": cfg.augment, "train_seconds": seconds,
            "standardization": {"mean": mean.tolist(), "std": std.tolist()} if standardize else None,
