@@ -82,7 +82,18 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/forget-defaults")
     p.add_argument("--old-forget-shots", action="store_true", help="also run with old_forget_shots=2")
     p.add_argument("--results", default=str(HERE.parent / "docs" / "results" / "forget_defaults.json"))
+    p.add_argument("--print", dest="print_only", action="store_true", help="print the saved tables and exit")
     args = p.parse_args(argv)
+    if args.print_only:
+        saved = json.loads(Path(args.results).read_text())
+        for name, record in saved["runs"].items():
+            pre = record.get("pretrain", {})
+            print(f"{name}: pre-trained test accuracy {pre.get('test_acc', float('nan')):.1f}%, "
+                  f"{pre.get('steps', '?')} steps\n")
+            for label in ("defaults", "old_forget_shots=2"):
+                if label in record:
+                    print(table(f"{name}, {label} ({record[label]['seconds']:.0f} s)", record[label]["tasks"]) + "\n")
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_path = Path(args.results)
