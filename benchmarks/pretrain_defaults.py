@@ -1,7 +1,7 @@
 """`gslora pretrain` with no settings: train / val / test accuracy, steps and time on every small folder.
 
     .venv/bin/python benchmarks/pretrain_defaults.py                 # all four, checkpoints in /tmp/ck
-    .venv/bin/python benchmarks/pretrain_defaults.py --only orl,faces
+    .venv/bin/python benchmarks/pretrain_defaults.py --only orl,faces --threads 1   # on a shared CPU
     .venv/bin/python benchmarks/pretrain_defaults.py --table         # print the table of the saved JSON only
 
 Each run is exactly what a new user types, `gslora pretrain --data DATA --model vit_face_tiny --out CK` (plus
@@ -29,13 +29,14 @@ DATASETS = {"orl": str(SHARED / "orl-faces"), "gt": str(SHARED / "gt-faces"), "f
 RESULTS = ROOT / "docs" / "results" / "pretrain_defaults.json"
 
 
-def run_one(name: str, data: str, ck_dir: Path, model: str) -> dict:
+def run_one(name: str, data: str, ck_dir: Path, model: str, threads: int) -> dict:
     out = ck_dir / f"{name}.safetensors"
     cmd = [sys.executable, "-m", "gslora.cli", "pretrain", "--data", data, "--model", model, "--out", str(out),
            "--overwrite", "--no-progress"]
     load_before = os.getloadavg()
     start = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
     if proc.returncode not in (0, 3):
         raise SystemExit(f"{name}: gslora pretrain failed ({proc.returncode}):\n{proc.stderr}")
@@ -66,6 +67,9 @@ def main() -> int:
     p.add_argument("--ck-dir", default="/tmp/ck", help="where the checkpoints go")
     p.add_argument("--model", default="vit_face_tiny")
     p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch threads of each run (OMP_NUM_THREADS; 0: torch's default). On a CPU shared with other "
+                        "jobs 1 is much faster: threads waiting for a busy core spin")
     p.add_argument("--table", action="store_true", help="only print the table of the saved results")
     args = p.parse_args()
     path = Path(args.results)
@@ -77,12 +81,13 @@ def main() -> int:
         ck_dir = Path(args.ck_dir)
         ck_dir.mkdir(parents=True, exist_ok=True)
         saved["machine"] = {"cpu_cores": os.cpu_count(), "processor": platform.processor() or platform.machine(),
-                            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+                            "torch": torch.__version__,
+                            "torch_threads": args.threads or torch.get_num_threads(),
                             "cuda": torch.cuda.is_available()}
         saved["command"] = f"gslora pretrain --data DATA --model {args.model} --out CK"
         for name in names:
             print(f"{name}...", flush=True)
-            saved["runs"][name] = run_one(name, DATASETS[name], ck_dir, args.model)
+            saved["runs"][name] = run_one(name, DATASETS[name], ck_dir, args.model, args.threads)
             saved["runs"] = {k: saved["runs"][k] for k in DATASETS if k in saved["runs"]}
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(saved, indent=1) + "\n")
