@@ -5,7 +5,8 @@
   ``id2label`` holds the head's classes and ``config.gslora`` the forgotten classes and the forgetting history.
 - torchvision: ``model.safetensors``, the ``VisionTransformer`` state dict (``model.load_state_dict(load_file(...))``).
 - timm: ``model.safetensors`` (the timm state dict) + ``config.json`` in timm's own format, so
-  ``timm.create_model("local-dir:FOLDER", pretrained=True)`` also loads it.
+  ``timm.create_model("local-dir:FOLDER", ...)`` with timm's pretrained flag also loads it (from the local folder;
+  nothing is downloaded).
 
 Each comes with ``gslora.json``: the architecture, classes, forgotten classes and history.
 The model must be merged (no LoRA layers), as every finished task leaves it.
