@@ -275,7 +275,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
                   "checks": len(summary["checks"]), "val": _brief(val), "targets_met": targets_met(val, targets)}
         trials.append(record)
         if best is None or _better(record, best[0]):
-            best = (record, {k2: v.detach().clone() for k2, v in model.state_dict().items()},
+            best = (record, {k2: v.detach().to("cpu", copy=True) for k2, v in model.state_dict().items()},
                     copy.deepcopy(method.state_dict()), info, summary)
         if all(record["targets_met"].values()) or not use_targets:
             break
