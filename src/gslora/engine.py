@@ -53,12 +53,12 @@ def repeated(dataset, batch_size: int, most: int = 4):
     return dataset if times == 1 else ConcatDataset([dataset] * times)
 
 
-def passes(loader: DataLoader, first_pass: int = 0) -> Iterator:
+def passes(loader: DataLoader) -> Iterator:
     """The batches of ``loader``, pass after pass, reshuffled each pass (``set_epoch`` under torchrun).
 
     Unlike ``itertools.cycle`` (which replays its first pass forever and keeps it in memory), every pass draws a new
     order from the loader's generator (or the distributed sampler's epoch)."""
-    n = first_pass
+    n = 0
     while True:
         if isinstance(loader.sampler, DistributedSampler):
             loader.sampler.set_epoch(n)
@@ -91,8 +91,9 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
 
     Budget: ``ctx.config.max_steps`` steps, or ``epochs`` passes over the remain subset when it is 0; the forget
     loader reshuffles on each of its passes. ``check`` (the runner's validation check: model → (target met,
-    metrics)) runs every ``ctx.config.eval_every`` steps and at the end; training stops at the first check whose
-    target holds, so the model returned is the one that check evaluated. The summary lists every check.
+    metrics)) runs every ``ctx.config.eval_every`` steps and at the end; training stops at the first check that makes
+    ``target_checks`` consecutive checks whose target held, so the model returned is the one that check evaluated.
+    The summary lists every check.
 
     Resumable: with ``ctx.config.checkpoint_every = k > 0`` the engine hands ``on_checkpoint`` its state (trainable
     weights, optimizer, schedule, step, RNG and data-order state, the method's state) after every k-th pass over the
