@@ -1,4 +1,4 @@
-"""Command line: ``gslora pretrain | forget | evaluate | demo | audit | benchmark | list``. The only module that
+"""Command line: ``gslora pretrain | forget | evaluate | demo | audit | benchmark | tune | list``. The only module that
 prints."""
 
 from __future__ import annotations
@@ -262,13 +262,7 @@ def cmd_benchmark(args) -> int:
     base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device,
                        missing_check_data=args.missing_check_data)
     shared = from_dict(RunConfig, base, where="comparison config").validate()  # bad shared keys fail first
-    method_args: dict = {}
-    for item in args.method_overrides or []:
-        key, sep, value = item.partition("=")
-        name, dot, arg = key.partition(".")
-        if not (sep and dot and name and arg):
-            raise GsloraError(f"--method-set {item!r} must look like METHOD.KEY=VALUE (e.g. ewc.lam=5).")
-        method_args.setdefault(name.strip(), {}).update(config_data(None, [f"{arg.strip()}={value}"]))
+    method_args = _method_overrides(args.method_overrides)
     model, meta = _load_model_input(args, shared.preprocessing)
     _warn_if_not_learned(meta, args.checkpoint)
     data = load_data(args.data, image_size=model.image_size, seed=shared.seed, split_ratio=shared.split_ratio,
@@ -280,14 +274,74 @@ def cmd_benchmark(args) -> int:
         print(f"  {entry['method']:<8} {state}  {entry['wall_seconds']:.1f} s", flush=True)
 
     print(f"benchmark ({args.setting}) on {data.name}: {args.methods}")
+    tuned = None
+    if args.tuned:  # a bad tuned file fails before the model and data are read
+        from .tune import load_tuned
+
+        tuned = load_tuned(args.tuned)
     comparison = run_comparison(model, classes, data, args.setting, args.methods, base_config=base,
                                 method_args=method_args, out_dir=args.out, overwrite=args.overwrite,
                                 progress=not args.no_progress, on_method_done=done,
-                                source_checkpoint=args.checkpoint, resume=args.resume)
+                                source_checkpoint=args.checkpoint, resume=args.resume, tuned=tuned)
     print()
     print(comparison_markdown_table(comparison))
+    from .report.tuning import comparison_tuning_text
+
+    print()
+    print(comparison_tuning_text(comparison))
     print(f"\nbenchmark folder: {args.out}  (comparison.md, comparison.csv, comparison.json, plots/h_mean.png)")
     return 0 if any(e["status"] == "ok" for e in comparison["methods"]) else 1
+
+
+def _method_overrides(items: list[str] | None) -> dict:
+    """``--method-set METHOD.KEY=VALUE`` items as ``{method: {key: value}}``."""
+    method_args: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        name, dot, arg = key.partition(".")
+        if not (sep and dot and name and arg):
+            raise GsloraError(f"--method-set {item!r} must look like METHOD.KEY=VALUE (e.g. ewc.lam=5).")
+        method_args.setdefault(name.strip(), {}).update(config_data(None, [f"{arg.strip()}={value}"]))
+    return method_args
+
+
+def cmd_tune(args) -> int:
+    from .data import load_data
+    from .models.importers import classes_for_run
+    from .report.tuning import values_text
+    from .tune import TUNED_FILE, run_tuning
+
+    base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device)
+    shared = from_dict(RunConfig, base, where="tuning config").validate()  # bad shared keys fail first
+    method_args = _method_overrides(args.method_overrides)
+    model, meta = _load_model_input(args, shared.preprocessing)
+    _warn_if_not_learned(meta, args.checkpoint)
+    data = load_data(args.data, image_size=model.image_size, seed=shared.seed, split_ratio=shared.split_ratio,
+                     val_ratio=shared.val_ratio, preprocessing=model.config.get("preprocessing"))
+    classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
+
+    def trial_done(method, trial):
+        score = "-" if trial["score"] is None else f"{trial['score']:.1f}"
+        state = "" if trial["status"] == "ok" else f"  FAILED ({trial['error']})"
+        print(f"  {method:<12} trial {trial['trial']}/{args.budget}  val H {score:>5}  {values_text(trial['values'])}"
+              f"  {trial['wall_seconds']:.1f} s{state}", flush=True)
+
+    print(f"tuning ({args.setting}, {args.budget} trials per method, {args.sampler} sampling) on {data.name}: "
+          f"{args.methods}")
+    tuned = run_tuning(model, classes, data, args.setting, args.methods, budget=args.budget, sampler=args.sampler,
+                       base_config=base, method_args=method_args, tasks=args.tasks, out_dir=args.out,
+                       overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                       on_trial_done=trial_done, source_checkpoint=args.checkpoint)
+    print()
+    for name, e in tuned["methods"].items():
+        c = e["chosen"]
+        chosen = f"trial {c['trial']}: {values_text(c['values'])}  (val H {c['score']:.1f})" if c else "nothing " \
+            "(every trial failed)"
+        print(f"  {name:<12} {chosen}")
+    out = Path(args.out)
+    print(f"\ntuning folder: {out}  ({TUNED_FILE}, tuning.md); use it with: gslora benchmark ... --setting "
+          f"{args.setting} --tuned {out / TUNED_FILE}")
+    return 0 if any(e["status"] == "ok" for e in tuned["methods"].values()) else 1
 
 
 def cmd_list(args) -> int:
@@ -398,10 +452,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a shared run setting, e.g. --set replay_ratio=0.2")
     p.add_argument("--method-set", dest="method_overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help="override one method's argument, e.g. --method-set ewc.lam=5")
+    p.add_argument("--tuned", metavar="FILE", help="the tuned.yaml of `gslora tune` (same data and setting): run "
+                   "each method with its chosen values; the table states the budget and the values")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished comparison in --out")
     p.add_argument("--resume", action="store_true", help="continue the unfinished comparison in --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("tune", help="give every method the same number of trials over its search space, chosen by "
+                       "validation H-Mean; writes tuned.yaml for benchmark --tuned")
+    p.add_argument("--checkpoint", required=True, help="as for benchmark")
+    _model_input_args(p)
+    p.add_argument("--data", required=True, help="'faces' or an image folder (the data the model was trained on)")
+    p.add_argument("--setting", default="continual", choices=["continual", "single"],
+                   help="the comparison setting the values are for (default continual: its first task)")
+    p.add_argument("--methods", default="all", help="'all' or a comma-separated list (e.g. gslora,ewc,lwf)")
+    p.add_argument("--budget", type=int, default=6, help="trials per method, the same for all (default 6; trial 1 "
+                   "runs the packaged values)")
+    p.add_argument("--sampler", default="random", choices=["random", "grid"],
+                   help="seeded random draws (default) or a seeded grid over each method's search space")
+    p.add_argument("--tasks", type=int, default=1, help="continual: tune on the first N tasks of the plan (default 1)")
+    p.add_argument("--out", required=True, help="tuning folder (tuned.yaml, tuning.md)")
+    p.add_argument("--config", help="YAML file with shared run settings (as for benchmark; use the same)")
+    p.add_argument("--epochs", type=int, help="epochs per task, for every method")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a shared run setting, e.g. --set replay_ratio=0.2")
+    p.add_argument("--method-set", dest="method_overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help="fix one method's argument in every trial (it leaves the search space)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished tuning in --out")
+    p.add_argument("--resume", action="store_true", help="continue the unfinished tuning in --out")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("list", help="models, methods and config keys")
     p.set_defaults(func=cmd_list)

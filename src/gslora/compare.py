@@ -86,12 +86,16 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
                   base_config: dict | None = None, method_args: dict[str, dict] | None = None,
                   out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = False,
                   on_method_done=None, source_checkpoint: str | Path | None = None,
-                  method_run: dict[str, dict] | None = None, resume: bool = False) -> dict:
+                  method_run: dict[str, dict] | None = None, resume: bool = False,
+                  tuned: dict | str | Path | None = None) -> dict:
     """Run every method of ``methods`` on a fresh copy of ``model`` for each run of ``setting``; return (and write
     to ``out_dir``) the comparison. ``method_args``: per-method overrides of the packaged defaults;
     ``method_run``: per-method run settings (e.g. ``{"gslora": {"lr": 3e-3}}``) over the shared ``base_config``.
     ``on_method_done(entry)`` is called after each method (the CLI prints progress with it). ``resume``: continue a
-    killed comparison in ``out_dir`` (every method run has its own run folder under ``runs/``)."""
+    killed comparison in ``out_dir`` (every method run has its own run folder under ``runs/``). ``tuned``: a tuned
+    file of ``gslora tune`` (path or the loaded document, :mod:`gslora.tune`) for the same data and setting: each
+    method runs with its chosen values (``method_args`` / ``method_run`` still override them); the table states the
+    budget and the values."""
     names = parse_methods(methods)
     plans = setting_plans(setting, len(classes))
     base = dict(base_config or {})
@@ -106,6 +110,9 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
     if unknown:
         raise GsloraError(f"method arguments given for {unknown[0]!r}, which is not compared; compared: "
                           f"{', '.join(names)}.")
+    tuning = None
+    if tuned is not None:
+        tuning, method_args, method_run = _apply_tuned(tuned, names, setting, data, classes, method_args, method_run)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         if (out / "comparison.json").exists() and not overwrite:
@@ -125,8 +132,9 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
         t0 = time.perf_counter()
         try:
             for label, tasks in plans:
-                cfg = method_config(name, base, tasks, method_run.get(name))
-                method = get_method(name, **method_args.get(name, {}))
+                own = {**method_run.get(name, {}), "method_args": method_args.get(name, {})}
+                cfg = method_config(name, base, tasks, own)
+                method = get_method(name, **cfg.method_args)  # the user's args over the protocol preset's
                 run_dir = out / "runs" / name / label if out is not None else None
                 if resume and run_dir is not None and RunFolder(run_dir).is_finished():
                     results = RunFolder.load(run_dir).results
@@ -156,10 +164,45 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
         "model": dict(model.config),
         "source_checkpoint": str(Path(source_checkpoint).resolve()) if source_checkpoint else None,
         "methods": entries,
+        "tuning": tuning,
     }
     if out is not None:
         write_comparison(out, comparison)
     return comparison
+
+
+def _apply_tuned(tuned, names: list[str], setting: str, data: DataBundle, classes: list[str], method_args: dict,
+                 method_run: dict) -> tuple[dict, dict, dict]:
+    """The tuned file's chosen values under the explicit per-method settings; and what the table says of them."""
+    from .tune import check_tuned, load_tuned, tuned_settings
+
+    source = None
+    if isinstance(tuned, (str, Path)):
+        source, tuned = str(tuned), load_tuned(tuned)
+    else:
+        tuned = check_tuned(tuned)
+    where = f"tuned file {source}" if source else "the tuned values"
+    if tuned["setting"] != setting:
+        raise GsloraError(f"{where} were chosen for the {tuned['setting']} setting, not {setting}; tune with "
+                          f"--setting {setting} (values differ between the protocols).")
+    have, want = tuned["data"], data.describe()
+    if have.get("name") != want["name"] or have.get("classes") != len(classes):
+        raise GsloraError(f"{where} were chosen on {have.get('name')!r} ({have.get('classes')} classes), but this "
+                          f"comparison runs on {want['name']!r} ({len(classes)} classes); tune on this data first.")
+    args, run, chosen = dict(method_args), dict(method_run), {}
+    for name in names:
+        settings = tuned_settings(tuned, name)
+        args[name] = {**settings["args"], **method_args.get(name, {})}
+        run[name] = {**settings["run"], **method_run.get(name, {})}
+        entry = tuned["methods"][name]
+        c = entry["chosen"]
+        chosen[name] = {"trial": c["trial"], "trials": len(entry["trials"]), "val_score": c["score"],
+                        "values": c["values"], "overridden": sorted({*method_args.get(name, {}),
+                                                                     *method_run.get(name, {})})}
+    tuning = {"file": source, "version": tuned["version"], "budget": tuned["budget"],
+              "sampler": tuned.get("sampler"), "plan": tuned.get("plan"), "seed": tuned.get("seed"),
+              "selection": tuned.get("selection"), "base_config": tuned.get("base_config"), "methods": chosen}
+    return tuning, args, run
 
 
 def write_comparison(out_dir: Path, comparison: dict) -> None:

@@ -9,6 +9,7 @@ the one written to ``config.yaml``; resolving it again changes nothing.
 from __future__ import annotations
 
 import dataclasses
+import math
 from importlib import resources
 from pathlib import Path
 
@@ -27,7 +28,8 @@ def packaged_yaml(*parts: str) -> dict:
 
 
 def method_preset(name: str) -> dict:
-    """The versioned defaults file ``configs/methods/<name>.yaml`` (keys ``args`` and ``run``); {} when absent."""
+    """The versioned defaults file ``configs/methods/<name>.yaml`` (keys ``args``, ``run``, ``protocols`` and
+    ``tune``, the search space of ``gslora tune``: :func:`method_tune_space`); {} when absent."""
     try:
         return packaged_yaml("methods", f"{name}.yaml")
     except GsloraError:  # a method without a defaults file simply has none
@@ -42,6 +44,84 @@ def method_run_preset(name: str) -> dict:
         raise GsloraError(f"the preset of method {name!r} sets {bad[0]!r}, which a method preset may not choose; "
                           f"allowed: {', '.join(PRESET_KEYS)}.")
     return run
+
+
+# Run settings a search space (``tune:`` in a method preset) may vary: the learning rate and its schedule's ends, never
+# the training budget (epochs, max_steps, batch_size), which every method shares.
+TUNABLE_RUN_KEYS = ("lr", "min_lr", "weight_decay")
+TUNE_KINDS = ("log", "uniform", "choice")
+
+
+def method_tune_space(name: str) -> dict:
+    """The search space of ``gslora tune`` for method ``name``: its preset's ``tune`` mapping, checked and returned as
+    ``{"run": {key: {kind: values}}, "args": {key: {kind: values}}}``.
+
+    ``run`` keys are among ``TUNABLE_RUN_KEYS``; ``args`` keys name an argument of the preset's ``args`` (a dotted key
+    such as ``pretrain.lr`` reaches into a mapping argument). Each knob is ``{log: [low, high]}`` (log-uniform,
+    0 < low < high), ``{uniform: [low, high]}`` (low < high) or ``{choice: [value, ...]}`` (at least one value).
+    {} when the preset has no ``tune`` key (``gslora tune`` then refuses the method)."""
+    preset = method_preset(name)
+    tune = preset.get("tune")
+    if tune is None:
+        return {}
+    where = f"the tune: search space of method {name!r} (configs/methods/{name}.yaml)"
+    if not isinstance(tune, dict):
+        raise GsloraError(f"{where} must be a mapping with keys run and args, got {tune!r}.")
+    bad = [k for k in tune if k not in ("run", "args")]
+    if bad:
+        raise GsloraError(f"{where} has the key {bad[0]!r}; only run (run settings) and args (method arguments) are "
+                          "allowed.")
+    out: dict[str, dict] = {"run": {}, "args": {}}
+    args = preset.get("args") or {}
+    for section in ("run", "args"):
+        knobs = tune.get(section) or {}
+        if not isinstance(knobs, dict):
+            raise GsloraError(f"{where}: {section} must be a mapping of knob names to ranges, got {knobs!r}.")
+        for key, spec in knobs.items():
+            if section == "run" and key not in TUNABLE_RUN_KEYS:
+                raise GsloraError(f"{where} varies the run setting {key!r}; a search space may vary only "
+                                  f"{', '.join(TUNABLE_RUN_KEYS)} (the training budget is the same for every method).")
+            if section == "args":
+                head, dot, _ = str(key).partition(".")
+                if head not in args:
+                    raise GsloraError(f"{where} varies {key!r}, which is not an argument of the method; its arguments: "
+                                      f"{', '.join(args) or 'none'}.")
+                if dot and not isinstance(args[head], dict):
+                    raise GsloraError(f"{where} varies {key!r}, but the argument {head!r} is not a mapping.")
+            out[section][str(key)] = _check_knob(spec, f"{where}, knob {section}.{key}")
+    if not out["run"] and not out["args"]:
+        raise GsloraError(f"{where} is empty; give at least one knob under run or args.")
+    return out
+
+
+def _is_number(v) -> bool:
+    if isinstance(v, bool):
+        return False
+    if isinstance(v, (int, float)):
+        return True
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return isinstance(v, str)
+
+
+def _check_knob(spec, where: str) -> dict:
+    if not isinstance(spec, dict) or len(spec) != 1 or next(iter(spec)) not in TUNE_KINDS:
+        raise GsloraError(f"{where} must be one of {{log: [low, high]}}, {{uniform: [low, high]}} or "
+                          f"{{choice: [values]}}, got {spec!r}.")
+    kind, values = next(iter(spec.items()))
+    if kind == "choice":
+        if not isinstance(values, list) or not values:
+            raise GsloraError(f"{where}: choice needs a non-empty list of values, got {values!r}.")
+        return {kind: list(values)}
+    if not (isinstance(values, list) and len(values) == 2 and all(_is_number(v) for v in values)):
+        raise GsloraError(f"{where}: {kind} needs [low, high] (two numbers), got {values!r}.")
+    low, high = float(values[0]), float(values[1])  # YAML 1.1 reads 1e-3 (no dot) as a string
+    if not (math.isfinite(low) and math.isfinite(high) and low < high) or (kind == "log" and low <= 0):
+        need = "0 < low < high" if kind == "log" else "low < high"
+        raise GsloraError(f"{where}: {kind} needs {need}, got [{values[0]}, {values[1]}].")
+    return {kind: [low, high]}
 
 
 def protocol_of(config: RunConfig) -> str:

@@ -8,6 +8,7 @@ import io
 from matplotlib.figure import Figure
 
 from .tables import fmt, markdown
+from .tuning import comparison_tuning_text
 
 
 def _columns(comparison: dict) -> list[dict]:
@@ -92,6 +93,8 @@ def comparison_markdown(comparison: dict) -> str:
         "trainable / all parameters (SSD: parameters it dampened). Time: wall seconds for all runs of the method.",
         "",
         comparison_markdown_table(comparison),
+        "",
+        comparison_tuning_text(comparison),
         "",
     ])
 
