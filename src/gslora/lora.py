@@ -29,12 +29,14 @@ class LoraGroups:
 
 
 def attach_lora(model: nn.Module, rank: int = 8, alpha: float = 8.0,
-                dropout: float = 0.0) -> tuple[PeftModel, LoraGroups]:
+                dropout: float = 0.0, blocks: list[FFNBlock] | None = None) -> tuple[PeftModel, LoraGroups]:
     """Wrap ``model`` with LoRA (B = 0 at start) on both FFN linears of every block; everything else is frozen.
 
-    The LoRA scaling is ``alpha / rank`` (the authors used 1/8, i.e. alpha = 1 at rank 8).
+    The LoRA scaling is ``alpha / rank`` (the authors used 1/8, i.e. alpha = 1 at rank 8). ``blocks``: the groups
+    to use (default: :func:`gslora.models.ffn.locate_ffn`; detection models pass their own locator's).
     """
-    _, blocks = locate_ffn(model)
+    if blocks is None:
+        _, blocks = locate_ffn(model)
     targets = [name for b in blocks for name in (b.fc1, b.fc2)]
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, bias="none")
     peft_model = get_peft_model(model, config)

@@ -1,0 +1,159 @@
+"""Detection (issue 12): locator, data restriction, the bounded forgetting term, AP against pycocotools, COCO errors."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from gslora.detection.data import DetectionSet, DetImage, coco_folder, digits_images, targets_from_tensor, write_coco
+from gslora.detection.evaluate import coco_eval, set_ap, sets_from_classes
+from gslora.detection.losses import bounded_detection_forget, forget_loss, set_criterion
+from gslora.detection.models import attach_detr_lora, build_detector, group_names, locate_detr_ffn
+from gslora.errors import GsloraError
+
+CLASSES = ["a", "b", "c"]
+
+
+def _six_six(arch: str = "deformable_detr_micro"):
+    return build_detector(arch, CLASSES, encoder_layers=6, decoder_layers=6)
+
+
+@pytest.mark.parametrize("arch", ["deformable_detr_micro", "detr_tiny"])
+def test_locator_finds_one_group_per_layer(arch):
+    model = _six_six(arch)
+    blocks = locate_detr_ffn(model)
+    assert len(blocks) == 12
+    assert group_names(model) == [f"enc{i}" for i in range(6)] + [f"dec{i}" for i in range(6)]
+    assert all(".encoder." in b.fc1 for b in blocks[:6]) and all(".decoder." in b.fc2 for b in blocks[6:])
+    peft_model, groups = attach_detr_lora(model, rank=8)
+    assert [b.fc1 for b in groups.blocks] == [b.fc1 for b in blocks]
+    assert len(groups.params) == 12 and all(len(ps) == 4 for ps in groups.params)
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)  # heads, attention, backbone frozen
+    assert len(trainable) == 12 * 4
+
+
+def _image(i, labels, size=40):
+    boxes = np.asarray([[2 + 10 * k, 3, 8, 9] for k in range(len(labels))], dtype=np.float64).reshape(-1, 4)
+    return DetImage(image_id=i, width=size, height=size, boxes=boxes, labels=np.asarray(labels, dtype=np.int64),
+                    array=np.zeros((size, size, 3), np.uint8))
+
+
+def test_restrict_keeps_only_the_sets_boxes():
+    ds = DetectionSet([_image(1, [0, 2]), _image(2, [2]), _image(3, [0, 1]), _image(4, [1, 1, 0])], CLASSES, 32)
+    remain, forget = ds.restrict([0, 1]), ds.restrict([2])
+    assert [im.image_id for im in remain.images] == [1, 3, 4]
+    assert [im.image_id for im in forget.images] == [1, 2]
+    assert all(set(im.labels.tolist()) <= {0, 1} for im in remain.images)
+    assert all(set(im.labels.tolist()) == {2} for im in forget.images)
+    _, y = remain[0]  # image 1 lost its class-2 box: one real row, the rest padding
+    labels = y[:, 0]
+    assert labels[0] == 0 and (labels[1:] == -1).all()
+    t = targets_from_tensor(y[None])[0]
+    assert t["class_labels"].tolist() == [0]
+    assert torch.allclose(t["boxes"][0], torch.tensor([(2 + 4) / 40, (3 + 4.5) / 40, 8 / 40, 9 / 40]))
+    assert len(ds.images[0].labels) == 2  # the source is untouched
+
+
+def test_bounded_forgetting_term():
+    assert float(bounded_detection_forget(torch.tensor(8.0), 15.0)) == 0.0  # 2·8 = 16 ≥ 15
+    assert float(bounded_detection_forget(torch.tensor(7.5), 15.0)) == 0.0
+    assert float(bounded_detection_forget(torch.tensor(3.0), 15.0)) == pytest.approx(9.0)
+    # on model outputs: one target box, matched to query 0 (exact box); L_cls = α(1−p)²·(−log p) of its class logit
+    model = build_detector("deformable_detr_micro", CLASSES)
+    crit = set_criterion(model)
+    box = torch.tensor([0.5, 0.5, 0.2, 0.2])
+    logits = torch.full((1, 3, 3), -4.0)
+    logits[0, 0, 1] = 0.3
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.05, 0.05], [0.9, 0.9, 0.05, 0.05]]])
+    out = {"logits": logits, "pred_boxes": boxes}
+    targets = [{"class_labels": torch.tensor([1]), "boxes": box[None]}]
+    p = torch.sigmoid(torch.tensor(0.3))
+    l_cls = 0.25 * (1 - p) ** 2 * -torch.log(p)
+    total, logs = forget_loss(crit, [out, out], targets, bound=15.0, focal=True)  # two decoder layers
+    assert logs["forget_cls"] == pytest.approx(float(2 * l_cls), rel=1e-5)
+    assert logs["forget_hinge"] == pytest.approx(float(15.0 - 2 * 2 * l_cls), rel=1e-5)
+    assert logs["forget_box"] == pytest.approx(0.0, abs=1e-5)  # the matched box is exact
+    assert float(total) == pytest.approx(logs["forget_hinge"], rel=1e-5)
+    _, high = forget_loss(crit, [out], targets, bound=float(l_cls), focal=True)  # 2·L_cls > bound
+    assert high["forget_hinge"] == 0.0
+
+
+def test_set_ap_equals_pycocotools_on_two_images():
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    gt = {"images": [{"id": 1, "width": 100, "height": 80}, {"id": 2, "width": 100, "height": 80}],
+          "categories": [{"id": 3, "name": "a"}, {"id": 7, "name": "b"}, {"id": 9, "name": "c"}],
+          "annotations": [
+              {"id": 1, "image_id": 1, "category_id": 3, "bbox": [10, 10, 30, 20], "area": 600, "iscrowd": 0},
+              {"id": 2, "image_id": 1, "category_id": 7, "bbox": [50, 40, 20, 30], "area": 600, "iscrowd": 0},
+              {"id": 3, "image_id": 2, "category_id": 3, "bbox": [5, 5, 40, 40], "area": 1600, "iscrowd": 0},
+              {"id": 4, "image_id": 2, "category_id": 9, "bbox": [60, 10, 30, 50], "area": 1500, "iscrowd": 0}]}
+    dets = [{"image_id": 1, "category_id": 3, "bbox": [12, 11, 28, 20], "score": 0.9},
+            {"image_id": 1, "category_id": 3, "bbox": [60, 50, 10, 10], "score": 0.95},
+            {"image_id": 1, "category_id": 7, "bbox": [52, 45, 20, 25], "score": 0.6},
+            {"image_id": 2, "category_id": 3, "bbox": [8, 2, 40, 42], "score": 0.3},
+            {"image_id": 2, "category_id": 9, "bbox": [0, 0, 20, 20], "score": 0.8},
+            {"image_id": 2, "category_id": 7, "bbox": [60, 10, 30, 50], "score": 0.7}]
+    ev = coco_eval(gt, dets)
+    for cats in ([3], [3, 7], [7, 9], [3, 7, 9]):
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco_gt = COCO()
+            coco_gt.dataset = json.loads(json.dumps(gt))
+            coco_gt.createIndex()
+            ref = COCOeval(coco_gt, coco_gt.loadRes(json.loads(json.dumps(dets))), "bbox")
+            ref.params.catIds = cats
+            ref.evaluate()
+            ref.accumulate()
+            ref.summarize()
+        ours = set_ap(ev, cats)
+        assert ours["ap"] == pytest.approx(100 * ref.stats[0], abs=1e-9)
+        assert ours["ap50"] == pytest.approx(100 * ref.stats[1], abs=1e-9)
+        per_class = [set_ap(ev, [c]) for c in (3, 7, 9)]
+        via_classes = sets_from_classes(per_class, {"s": [(3, 7, 9).index(c) for c in cats]})["s"]
+        assert via_classes["ap"] == pytest.approx(100 * ref.stats[0], abs=1e-9)
+    assert 0 < set_ap(ev, [3])["ap"] < 100  # the example is not trivial
+
+
+def _coco(tmp_path, n=6):
+    rng = np.random.default_rng(0)
+    digits = rng.integers(0, 17, size=(20, 8, 8)).astype(np.float64)
+    images = digits_images(n, digits, np.arange(20) % 3, [np.full((64, 64, 3), 120, np.uint8)], 48, rng)
+    write_coco(images, CLASSES, tmp_path / "train.json", tmp_path / "train")
+    return tmp_path
+
+
+def test_coco_folder_loads(tmp_path):
+    data = coco_folder(_coco(tmp_path, 10), image_size=32)
+    assert data.classes == CLASSES
+    assert len(data.train) + len(data.val) + len(data.test) == 10
+    x, y = data.train[0]
+    assert x.shape == (3, 32, 32) and y.shape[1] == 5
+
+
+@pytest.mark.parametrize("damage, words", [
+    ("missing_image", "missing"),
+    ("box_outside", "outside its image"),
+    ("unknown_category", "category_id 99"),
+])
+def test_coco_errors_are_clear(tmp_path, damage, words):
+    folder = _coco(tmp_path)
+    doc = json.loads((folder / "train.json").read_text())
+    if damage == "missing_image":
+        (folder / "train" / doc["images"][2]["file_name"]).unlink()
+    elif damage == "box_outside":
+        doc["annotations"][1]["bbox"] = [40.0, 40.0, 30.0, 30.0]
+    else:
+        doc["annotations"][0]["category_id"] = 99
+    (folder / "train.json").write_text(json.dumps(doc))
+    with pytest.raises(GsloraError, match=words):
+        coco_folder(folder, image_size=32)
+    from gslora.cli import main
+
+    assert main(["evaluate", "--detection", "--checkpoint", str(tmp_path / "nowhere"), "--data", str(folder)]) == 2
