@@ -1,10 +1,13 @@
-"""How the demo's GS-LoRA settings were chosen: a grid over lr, LoRA scaling, BND and replay size on the first
-task (100-20) of the bundled-faces demo, scored on the VALIDATION split only (test shown for reference).
+"""`gslora tune` on the bundled faces: a small demonstration of the equal tuning budget (docs/baselines.md, "One
+tuning budget for all"), optionally followed by the comparison with the chosen values.
 
-    .venv/bin/python benchmarks/tune_demo.py            # uses (or creates) the demo's cached pre-trained model
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tune_demo.py --methods gslora,ewc --budget 6 --threads 1
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/tune_demo.py --methods gslora,ewc --benchmark   # then compare
 
-Each row: one forgetting task of 20 classes, 30 epochs, seed 1337. Acc_r is compared with the pre-trained model's
-Acc_r on the same classes; the target is Acc_f <= 5 with Acc_r at most 3 points lower.
+Pre-trains vit_face_tiny on the bundled faces with the library's defaults (cached as OUT/face.safetensors; or pass
+--checkpoint), runs `gslora tune --setting continual` (trials on the first task of 4x20, scored on validation only)
+and prints the wall time of each step. (This script replaced an earlier hand-made grid over GS-LoRA's settings that
+printed test numbers beside the validation ones.)
 """
 
 from __future__ import annotations
@@ -12,69 +15,50 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-
-# (label, run settings, method_args); everything else is the RunConfig / gslora.yaml default
-GRID = [
-    ("paper: lr 1e-2, scaling 1/8, BND 105, 2 replay/class", {"lr": 1e-2}, {}),
-    ("lr 1e-2, scaling 1, BND 105, 2 replay/class", {"lr": 1e-2}, {"lora_alpha": 8.0}),
-    ("lr 1e-3, scaling 1, BND 105, 2 replay/class", {"lr": 1e-3}, {"lora_alpha": 8.0}),
-    ("lr 1e-3, scaling 1, BND 105, 5 replay/class", {"lr": 1e-3, "replay_ratio": 0.25}, {"lora_alpha": 8.0}),
-    ("lr 3e-3, scaling 1, BND 105, 5 replay/class", {"lr": 3e-3, "replay_ratio": 0.25}, {"lora_alpha": 8.0}),
-    ("lr 3e-3, scaling 1, BND 60, 5 replay/class", {"lr": 3e-3, "replay_ratio": 0.25},
-     {"lora_alpha": 8.0, "bound": 60.0}),
-    ("lr 3e-3, scaling 1, BND 45, 5 replay/class", {"lr": 3e-3, "replay_ratio": 0.25},
-     {"lora_alpha": 8.0, "bound": 45.0}),
-    ("lr 3e-3, scaling 1, BND 30, 5 replay/class", {"lr": 3e-3, "replay_ratio": 0.25},
-     {"lora_alpha": 8.0, "bound": 30.0}),
-    ("lr 3e-3, rank 2, BND 60, 5 replay/class", {"lr": 3e-3, "replay_ratio": 0.25},
-     {"lora_rank": 2, "lora_alpha": 2.0, "bound": 60.0}),
-    ("lr 3e-3, scaling 1, BND 60, α 1e-2, 5 replay/class", {"lr": 3e-3, "replay_ratio": 0.25},
-     {"lora_alpha": 8.0, "bound": 60.0, "alpha": 1e-2}),
-    ("lr 3e-3, scaling 1, BND 60, 10 replay/class (demo)", {"lr": 3e-3, "replay_ratio": 0.5},
-     {"lora_alpha": 8.0, "bound": 60.0}),
-]
+from pathlib import Path
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--rows", help="comma-separated row numbers to run (default: all)")
+    p.add_argument("--methods", default="gslora,ewc")
+    p.add_argument("--budget", type=int, default=6)
+    p.add_argument("--sampler", default="random", choices=["random", "grid"])
+    p.add_argument("--out", default="runs/tune-demo")
+    p.add_argument("--checkpoint", help="a pre-trained faces checkpoint (default: pre-train one into --out)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="shared run setting for tuning and benchmark alike")
+    p.add_argument("--benchmark", action="store_true", help="then run the continual comparison with --tuned")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = p.parse_args(argv)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
+    from gslora.cli import main as gslora
 
-    from gslora import RunConfig, load_checkpoint, load_data, run_forgetting
-    from gslora.cli import _cache_dir
-    from gslora.cli import main as cli_main
-
-    cached = sorted(_cache_dir().glob("demo-vit_face_tiny-*.safetensors"))
-    if not cached:  # pre-train (and cache) the demo model by running the demo once
-        cli_main(["demo", "--out", "runs/tune-demo-init", "--no-progress", "--epochs", "1"])
-        cached = sorted(_cache_dir().glob("demo-vit_face_tiny-*.safetensors"))
-    ckpt = cached[-1]
-    _, meta = load_checkpoint(ckpt)
-    data = load_data("faces", image_size=24)
-    rows = [int(r) for r in args.rows.split(",")] if args.rows else range(len(GRID))
-    print(f"checkpoint {ckpt}\n")
-    print("| # | setting | val Acc_f | val Acc_r (pre) | val ΔAcc_r | test Acc_f | test ΔAcc_r | blocks selected | "
-          "max ‖ΔW‖/‖W‖ | time (s) |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for i in rows:
-        label, run, margs = GRID[i]
-        model, _ = load_checkpoint(ckpt)
-        cfg = RunConfig(**{"tasks": "1x20", "epochs": args.epochs, "device": "cpu", "save_adapters": False, **run,
-                           "method_args": margs})
-        t0 = time.perf_counter()
-        r = run_forgetting(model, meta["classes"], data, cfg).rows[0]
-        v, info = r["val"], r["method_info"]
-        print(f"| {i} | {label} | {v['acc_f']:.1f} | {v['acc_r']:.1f} ({v['pretrained']['acc_r']:.1f}) | "
-              f"{v['acc_r_change_vs_pretrained']:+.1f} | {r['acc_f']:.1f} | {r['acc_r_change_vs_pretrained']:+.1f} | "
-              f"{len(info['selected_blocks'])}/{len(info['group_norms'])} | {max(info['relative_delta_norms']):.2f} | "
-              f"{time.perf_counter() - t0:.0f} |", flush=True)
-    return 0
+    out = Path(args.out)
+    ckpt = Path(args.checkpoint) if args.checkpoint else out / "face.safetensors"
+    common = ["--no-progress", "--device", "cpu"]
+    t0 = time.perf_counter()
+    if not ckpt.exists():
+        rc = gslora(["pretrain", "--data", "faces", "--model", "vit_face_tiny", "--out", str(ckpt), *common])
+        if rc not in (0, 3):
+            return rc
+        print(f"pre-training: {time.perf_counter() - t0:.0f} s\n", flush=True)
+    sets = [x for kv in args.overrides for x in ("--set", kv)]
+    t1 = time.perf_counter()
+    rc = gslora(["tune", "--checkpoint", str(ckpt), "--data", "faces", "--setting", "continual", "--methods",
+                 args.methods, "--budget", str(args.budget), "--sampler", args.sampler, "--out", str(out / "tune"),
+                 "--overwrite", *sets, *common])
+    print(f"\ntuning: {time.perf_counter() - t1:.0f} s", flush=True)
+    if rc != 0 or not args.benchmark:
+        return rc
+    t2 = time.perf_counter()
+    rc = gslora(["benchmark", "--checkpoint", str(ckpt), "--data", "faces", "--setting", "continual", "--methods",
+                 args.methods, "--tuned", str(out / "tune" / "tuned.yaml"), "--out", str(out / "bench"),
+                 "--overwrite", *sets, *common])
+    print(f"\ncomparison: {time.perf_counter() - t2:.0f} s", flush=True)
+    return rc
 
 
 if __name__ == "__main__":
