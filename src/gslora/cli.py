@@ -357,7 +357,18 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _detection(args):
+    """``--detection``: the command's detection counterpart (gslora.detection.cli)."""
+    from .detection import cli as det
+
+    if args.command == "demo":
+        return det.cmd_demo(args, _cache_dir())
+    return getattr(det, f"cmd_{args.command}")(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .detection.cli import add_detection_flags
+
     parser = argparse.ArgumentParser(prog="gslora", description="Continual forgetting for vision transformers.")
     parser.add_argument("--version", action="version", version=f"gslora {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -378,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    add_detection_flags(p, "pretrain")
     p.set_defaults(func=cmd_pretrain)
 
     p = sub.add_parser("forget", help="erase classes from a checkpoint, task after task")
@@ -388,6 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="'faces' or an image folder (default: the config's data)")
     p.add_argument("--out", required=True, help="run folder")
     _common_run_args(p)
+    add_detection_flags(p, "forget")
     p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("evaluate", help="accuracy of a checkpoint on class sets")
@@ -402,6 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--device")
     p.add_argument("--json", action="store_true", help="print JSON")
+    add_detection_flags(p, "evaluate")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="pre-train a tiny face ViT on bundled faces, then forget 4 x 20 classes")
@@ -411,6 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="ignore the cached pre-trained model")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
+    add_detection_flags(p, "demo")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("audit", help="evidence that forgetting holds: recovery test, linear probe, membership "
@@ -496,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
-        return args.func(args)
+        return _detection(args) if getattr(args, "detection", False) else args.func(args)
     except GsloraError as e:
         print(f"gslora: error: {e}", file=sys.stderr)
         return 2

@@ -384,7 +384,7 @@ def digits_images(n: int, digits: np.ndarray, digit_labels: np.ndarray, backgrou
 
 
 def digits_data(image_size: int = 64, n_train: int = 2000, n_val: int = 200, n_test: int = 300,
-                seed: int = 1337) -> DetectionData:
+                seed: int = 1337, max_objects: int = 3, scale: tuple[float, float] = (0.25, 0.45)) -> DetectionData:
     """The bundled detection demo: scikit-learn's 1,797 handwritten digits (8x8 scans, 10 categories) pasted onto
     crops of scikit-image's photos and textures; built at run time, seeded, exact boxes. Train, validation and test
     images use disjoint digit scans (60 / 15 / 25%), so test digits are handwriting the model never saw."""
@@ -400,7 +400,7 @@ def digits_data(image_size: int = 64, n_train: int = 2000, n_val: int = 200, n_t
     for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
         idx = parts[split]
         images = digits_images(n, d.images[idx], d.target[idx], bgs, image_size, np.random.default_rng([seed, first]),
-                               first_id=first)
+                               first_id=first, max_objects=max_objects, scale=tuple(scale))
         sets[split] = DetectionSet(images, DIGIT_NAMES, image_size)
         first += n
     return DetectionData(train=sets["train"], val=sets["val"], test=sets["test"], name="digits")
@@ -413,6 +413,7 @@ def load_detection_data(spec: str, image_size: int, seed: int = 1337, **kwargs) 
     """``"digits"`` (the bundled demo set) or a COCO-format folder."""
     if spec in BUNDLED_DETECTION:
         return digits_data(image_size=image_size, seed=seed, **{k: v for k, v in kwargs.items()
-                                                                 if k in ("n_train", "n_val", "n_test")})
+                                                                 if k in ("n_train", "n_val", "n_test", "max_objects",
+                                                                          "scale")})
     return coco_folder(spec, image_size=image_size, seed=seed,
                        **{k: v for k, v in kwargs.items() if k in ("val_ratio", "test_ratio")})

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..distributed import resolve_device
 from ..engine import warmup_cosine
 from ..errors import GsloraError
 from .data import DetectionData, targets_from_tensor
@@ -29,7 +30,7 @@ class DetPretrainConfig:
     warmup_steps: int = 100
     grad_clip: float = 0.1  # DETR's max gradient norm
     seed: int = 1337
-    device: str = "cpu"
+    device: str = "auto"
 
     def validate(self) -> DetPretrainConfig:
         for name in ("max_steps", "batch_size"):
@@ -45,7 +46,7 @@ def pretrain_detector(model: torch.nn.Module, data: DetectionData, cfg: DetPretr
     """Train every parameter of ``model`` on ``data.train`` with the DETR set loss; returns stats with the test AP
     (all classes) and each class's AP. The model is modified in place."""
     cfg.validate()
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     model.to(device).train()
     criterion = set_criterion(model)
     backbone = [p for n, p in model.named_parameters() if ".backbone." in f".{n}"]
@@ -67,7 +68,7 @@ def pretrain_detector(model: torch.nn.Module, data: DetectionData, cfg: DetPretr
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             loss, logs = set_loss(criterion, layer_outputs(model, x), targets_from_tensor(y))
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(float(loss.detach())):
                 raise GsloraError(f"detection pre-training diverged at step {step} (loss {float(loss)}); lower lr.")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -86,6 +87,6 @@ def pretrain_detector(model: torch.nn.Module, data: DetectionData, cfg: DetPretr
     nc = data.num_classes
     aps = class_set_aps(model, data.test, {"all": range(nc), **{str(c): [c] for c in range(nc)}}, device)
     model.train()
-    return {"steps": step, "train_seconds": seconds, "last_loss": float(loss), "last_terms": logs,
+    return {"steps": step, "train_seconds": seconds, "last_loss": float(loss.detach()), "last_terms": logs,
             "test_ap": aps["all"]["ap"], "test_ap50": aps["all"]["ap50"],
             "class_ap": {data.classes[c]: aps[str(c)]["ap"] for c in range(nc)}, "config": asdict(cfg)}

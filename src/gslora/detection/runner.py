@@ -188,7 +188,8 @@ def run_detection_forgetting(model: torch.nn.Module, classes: list[str], data: D
         from .report import boxes_figure, results_markdown
 
         history = [{"task": r["task"], "method": method.name, "forgotten": r["forget"]} for r in rows]
-        save_detector(model, folder / "final", classes, extra={"history": history})
+        save_detector(model, folder / "final", classes,
+                      extra={"history": history, "image_size": data.train.image_size})
         (folder / "plots").mkdir(exist_ok=True)
         boxes_figure(shown, pictures, classes, folder / "plots" / "boxes.png")
         atomic_write_text(folder / "results.md", results_markdown(results))

@@ -1,0 +1,183 @@
+"""The ``--detection`` side of ``gslora pretrain | forget | evaluate | demo`` (the CLI prints; the library does not).
+
+``gslora.cli`` adds the flags with :func:`add_detection_flags` and hands a command over when ``--detection`` is set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import time
+from pathlib import Path
+
+from ..config import build_config, from_dict
+from ..errors import GsloraError
+from ..presets import packaged_yaml
+
+
+def add_detection_flags(p: argparse.ArgumentParser, command: str) -> None:
+    p.add_argument("--detection", action="store_true",
+                   help="object detection (DETR / Deformable DETR, COCO-format folders or 'digits'); see README")
+    if command in ("pretrain", "forget", "evaluate"):
+        p.add_argument("--image-size", dest="image_size", type=int,
+                       help="with --detection: side images are resized to (default 64 for tiny models; keep the size "
+                       "the detector was trained at)")
+
+
+def _model(spec: str, classes: list[str], seed: int):
+    """A named tiny config (random init) or a local folder."""
+    from .models import TINY_CONFIGS, build_detector, load_detector
+
+    if spec in TINY_CONFIGS:
+        return build_detector(spec, classes, seed=seed), {"classes": classes}
+    return load_detector(spec)
+
+
+def cmd_pretrain(args) -> int:
+    from .data import load_detection_data
+    from .models import TINY_CONFIGS, save_detector
+    from .pretrain import DetPretrainConfig, pretrain_detector
+
+    model_name = args.model if args.model != "vit_face_tiny" else "deformable_detr_tiny"
+    cfg = build_config(DetPretrainConfig, args.config, args.overrides, where="detection pretrain config",
+                       max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                       device=args.device)
+    out = Path(args.out)
+    if (out / "config.json").exists() and not args.overwrite:
+        raise GsloraError(f"{out} already holds a detector; choose another --out or pass --overwrite.")
+    data = load_detection_data(args.data, image_size=args.image_size or 64, seed=cfg.seed)
+    model, meta = _model(model_name, data.classes, cfg.seed)
+    if model_name not in TINY_CONFIGS and list(meta["classes"]) != data.classes:
+        raise GsloraError(f"the detector in {model_name} has categories {meta['classes'][:5]}... but the data has "
+                          f"{data.classes[:5]}...; fine-tune a detector with the data's categories.")
+    print(f"pre-training {model_name} on {data.name}: {data.describe()}; {cfg.max_steps} steps")
+    stats = pretrain_detector(model, data, cfg, progress=not args.no_progress)
+    save_detector(model, out, data.classes, extra={"pretrain": stats, "data": args.data,
+                                                   "image_size": data.train.image_size})
+    print(f"test AP {stats['test_ap']:.1f} (AP50 {stats['test_ap50']:.1f}) after {stats['steps']} steps, "
+          f"{stats['train_seconds']:.0f} s\ndetector folder: {out}")
+    return 0
+
+
+def _load(args):
+    """(model, meta, data) for forget / evaluate: the data first, so a bad COCO file is reported before anything."""
+    from .data import load_detection_data
+    from .models import load_detector
+
+    if args.data in (None, "faces"):
+        raise GsloraError("--detection needs --data: 'digits' (the bundled set) or a COCO-format folder.")
+    image_size = args.image_size
+    data = load_detection_data(args.data, image_size=image_size or 64, seed=args.seed or 1337)
+    model, meta = load_detector(args.checkpoint)
+    if image_size is None and meta.get("image_size") and meta["image_size"] != data.train.image_size:
+        data = load_detection_data(args.data, image_size=meta["image_size"], seed=args.seed or 1337)
+    if list(meta["classes"]) != data.classes:
+        raise GsloraError(f"the detector's categories ({', '.join(meta['classes'][:5])}, ...) differ from the data's "
+                          f"({', '.join(data.classes[:5])}, ...); use the data the detector was trained on.")
+    return model, meta, data
+
+
+def _run_config(args, base: dict | None = None):
+    from .runner import DetRunConfig
+
+    flags = dict(tasks=args.tasks, method=args.method, seed=args.seed, device=args.device)
+    if getattr(args, "epochs", None):
+        flags.update(epochs=args.epochs, max_steps=0)
+    return build_config(DetRunConfig, args.config, args.overrides, base=base, where="detection run config",
+                        **flags)
+
+
+def print_results(results: dict, out: Path | None) -> None:
+    from .report import results_markdown
+
+    print(results_markdown(results))
+    if out is not None:
+        print(f"run folder: {out}  (results.md, results.json, plots/boxes.png, final/, adapters/)")
+
+
+def cmd_forget(args) -> int:
+    from .runner import run_detection_forgetting
+
+    model, meta, data = _load(args)
+    cfg = _run_config(args)
+    cfg = dataclasses.replace(cfg, data=args.data, image_size=data.train.image_size)
+    result = run_detection_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, overwrite=args.overwrite,
+                                      progress=not args.no_progress, source_checkpoint=args.checkpoint)
+    print_results(result.results, Path(args.out))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ..data.plan import class_id
+    from ..distributed import resolve_device
+    from .evaluate import per_class_ap, sets_from_classes
+
+    model, meta, data = _load(args)
+    classes = data.classes
+    sets = {"all": list(range(len(classes)))}
+    forgotten = [class_id(c, classes) for h in meta.get("history", []) for c in h["forgotten"]]
+    if forgotten:
+        sets["forgotten (history)"] = forgotten
+        sets["remaining (history)"] = [c for c in range(len(classes)) if c not in set(forgotten)]
+    for i, spec in enumerate(args.classes or []):
+        sets[f"set {i + 1}"] = [class_id(c.strip(), classes) for c in spec.split(",") if c.strip()]
+    device = resolve_device(args.device or "auto")
+    per_class = per_class_ap(model.to(device), getattr(data, args.split), device)
+    report = {name: {"classes": len(c), **r} for name, (c, r) in
+              zip(sets, ((sets[n], v) for n, v in sets_from_classes(per_class, sets).items()))}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        for name, r in report.items():
+            ap = "-" if r["ap"] is None else f"{r['ap']:.1f}"
+            ap50 = "-" if r["ap50"] is None else f"{r['ap50']:.1f}"
+            print(f"{name:<22} {r['classes']:>4} categories  {args.split} AP {ap}  AP50 {ap50}")
+    return 0
+
+
+def demo_settings() -> dict:
+    """``configs/detection_demo.yaml``: the demo's model, data, pre-training and run settings."""
+    return packaged_yaml("detection_demo.yaml")
+
+
+def cmd_demo(args, cache_dir: Path) -> int:
+    from .._version import __version__
+    from .data import digits_data
+    from .models import TINY_CONFIGS, build_detector, load_detector, save_detector
+    from .pretrain import DetPretrainConfig, pretrain_detector
+    from .runner import DetRunConfig, run_detection_forgetting
+
+    demo = demo_settings()
+    t0 = time.perf_counter()
+    pcfg = from_dict(DetPretrainConfig, {**demo["pretrain"], **({"device": args.device} if args.device else {})},
+                     where="detection demo pretrain").validate()
+    base = {**demo["run"], **({"epochs": args.epochs, "max_steps": 0} if args.epochs else {})}
+    cfg = build_config(DetRunConfig, None, args.overrides, base=base, where="detection demo config",
+                       device=args.device)
+    key_src = [__version__, demo["model"], TINY_CONFIGS[demo["model"]], demo["data"],
+               {k: v for k, v in dataclasses.asdict(pcfg).items() if k != "device"}]
+    key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:12]
+    ckpt = cache_dir / f"demo-detection-{demo['model']}-{key}"
+    data = digits_data(seed=cfg.seed, **demo["data"])
+    print(f"bundled detection set: {data.describe()}")
+    if (ckpt / "config.json").exists() and not args.retrain:
+        print(f"using cached pre-trained detector {ckpt}")
+    else:
+        print(f"pre-training {demo['model']} ({pcfg.max_steps} steps; cached afterwards)...")
+        model = build_detector(demo["model"], data.classes, seed=pcfg.seed)
+        stats = pretrain_detector(model, data, pcfg, progress=not args.no_progress)
+        save_detector(model, ckpt, data.classes, extra={"pretrain": stats, "image_size": data.train.image_size})
+        print(f"pre-trained: test AP {stats['test_ap']:.1f} (AP50 {stats['test_ap50']:.1f}) in "
+              f"{stats['train_seconds']:.0f} s -> {ckpt}")
+    model, meta = load_detector(ckpt)
+    budget = f"up to {cfg.max_steps} steps" if cfg.max_steps else f"{cfg.epochs} epochs"
+    print(f"forgetting {cfg.tasks} with {cfg.method} ({budget} per task, stopping once validation AP_f <= "
+          f"{cfg.forget_target:g} x its value before the task)...")
+    out = Path(args.out if args.out != "runs/demo" else "runs/demo-detection")
+    result = run_detection_forgetting(model, meta["classes"], data, cfg, out_dir=out, overwrite=True,
+                                      progress=not args.no_progress, source_checkpoint=ckpt)
+    print_results(result.results, out)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s")
+    return 0
