@@ -59,3 +59,31 @@ def test_forgetting_runs_and_gslora_lowers_ap_f(pretrained, tmp_path, method, ar
         assert row["tunable_ratio"] < 5.0
     assert main(["evaluate", "--detection", "--checkpoint", str(out / "final"), "--data", str(root),
                  "--device", "cpu", "--json"]) == 0  # the image size comes from the run's final model
+
+
+def test_demo_detection_pretrains_once_then_uses_the_cache(tmp_path, monkeypatch, capsys):
+    from gslora.detection import cli as det_cli
+
+    tiny = {"model": "deformable_detr_micro",
+            "data": {"image_size": 32, "n_train": 60, "n_val": 20, "n_test": 20, "max_objects": 1, "scale": [0.5, 0.7]},
+            "pretrain": {"max_steps": 4, "batch_size": 8, "warmup_steps": 1},
+            "run": {"tasks": "2x1", "max_steps": 2, "batch_size": 4, "replay_ratio": 1.0, "eval_every": 0,
+                    "image_size": 32}}
+    monkeypatch.setattr(det_cli, "demo_settings", lambda: tiny)
+    monkeypatch.setenv("GSLORA_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    argv = ["demo", "--detection", "--out", str(out), "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "pre-training deformable_detr_micro" in first
+    assert len(list((tmp_path / "cache").glob("demo-detection-*"))) == 1
+    assert main(argv) == 0
+    assert "using cached pre-trained detector" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    assert [len(r["forget"]) for r in results["tasks"]] == [1, 1]
+    first_task, second = results["tasks"]
+    assert first_task["ap_o"] is None
+    old = first_task["forget"][0]  # task 2's AP_o is the AP of task 1's category (None only without test boxes)
+    assert (second["ap_o"] is None) == (second["class_ap"][old] is None)
+    if second["ap_o"] is not None:
+        assert second["ap_o"] == pytest.approx(second["class_ap"][old])

@@ -79,7 +79,7 @@ def pretrain_detector(model: torch.nn.Module, data: DetectionData, cfg: DetPretr
             step += 1
             bar.update(1)
             if step % 20 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3g}", refresh=False)
+                bar.set_postfix(loss=f"{float(loss.detach()):.3g}", refresh=False)
             if step >= cfg.max_steps:
                 break
     bar.close()
