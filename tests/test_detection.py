@@ -82,6 +82,15 @@ def test_bounded_forgetting_term():
     assert float(total) == pytest.approx(logs["forget_hinge"], rel=1e-5)
     _, high = forget_loss(crit, [out], targets, bound=float(l_cls), focal=True)  # 2·L_cls > bound
     assert high["forget_hinge"] == 0.0
+    # "overlapping": every query whose box overlaps the forget box (IoU ≥ 0.5) adds its term; here query 2 as well
+    boxes2 = boxes.clone()
+    boxes2[0, 2] = torch.tensor([0.51, 0.5, 0.2, 0.2])
+    logits2 = logits.clone()
+    logits2[0, 2, 1] = -1.0
+    _, both = forget_loss(crit, [{"logits": logits2, "pred_boxes": boxes2}], targets, bound=15.0, focal=True,
+                          queries="overlapping")
+    p2 = torch.sigmoid(torch.tensor(-1.0))
+    assert both["forget_cls"] == pytest.approx(float(l_cls + 0.25 * (1 - p2) ** 2 * -torch.log(p2)), rel=1e-5)
 
 
 def test_set_ap_equals_pycocotools_on_two_images():
@@ -157,3 +166,23 @@ def test_coco_errors_are_clear(tmp_path, damage, words):
     from gslora.cli import main
 
     assert main(["evaluate", "--detection", "--checkpoint", str(tmp_path / "nowhere"), "--data", str(folder)]) == 2
+
+
+def test_detr_runs_through_the_same_runner():
+    """DetrForObjectDetection (softmax classes + no-object) takes the same path: losses, AP, LoRA groups, merge."""
+    from gslora.detection.data import digits_data
+    from gslora.detection.runner import DetRunConfig, run_detection_forgetting
+
+    data = digits_data(image_size=32, n_train=40, n_val=10, n_test=10, max_objects=1, scale=(0.5, 0.7))
+    model = build_detector("detr_tiny", data.classes, encoder_layers=1, decoder_layers=2, d_model=32,
+                           encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, backbone_width=8)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = DetRunConfig(tasks=[[data.classes[int(data.train.images[0].labels[0])]]], max_steps=3, batch_size=4,
+                       replay_ratio=1.0, eval_every=0, image_size=32, device="cpu",
+                       method_args={"beta": 1.0, "alpha": 0.0})
+    result = run_detection_forgetting(model, data.classes, data, cfg)
+    row = result.rows[0]
+    assert row["method_info"]["groups"] == ["enc0", "dec0", "dec1"]
+    assert row["steps"] == 3 and row["ap_f_before"] is not None
+    changed = {n for n, p in result.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and all(".fc1." in n or ".fc2." in n for n in changed)  # LoRA merged into the FFNs only

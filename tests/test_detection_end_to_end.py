@@ -31,7 +31,8 @@ def pretrained(tmp_path_factory):
     return root, ckpt
 
 
-@pytest.mark.parametrize("method, args", [("gslora", ["method_args.beta=1.0", "method_args.alpha=0.0"]),
+@pytest.mark.parametrize("method, args", [("gslora", ["method_args.beta=1.0", "method_args.alpha=0.0",
+                                                     "method_args.forget_queries=overlapping"]),
                                           ("finetune", [])])
 def test_forgetting_runs_and_gslora_lowers_ap_f(pretrained, tmp_path, method, args):
     root, ckpt = pretrained

@@ -118,15 +118,37 @@ def bounded_detection_forget(l_cls: torch.Tensor, bound: float, cls_weight: floa
     return F.relu(bound - cls_weight * l_cls)
 
 
+def overlapping_indices(out: dict, targets: list[dict], iou: float = 0.5):
+    """Per image, every (query, target box) pair whose predicted box overlaps the target with IoU ≥ ``iou``."""
+    from transformers.image_transforms import center_to_corners_format
+    from transformers.loss.loss_for_object_detection import box_iou
+
+    pairs = []
+    for b, t in enumerate(targets):
+        if len(t["boxes"]) == 0:
+            empty = torch.zeros(0, dtype=torch.int64)
+            pairs.append((empty, empty))
+            continue
+        with torch.no_grad():
+            ious, _ = box_iou(center_to_corners_format(out["pred_boxes"][b]), center_to_corners_format(t["boxes"]))
+        q, j = torch.nonzero(ious >= iou, as_tuple=True)
+        pairs.append((q.cpu(), j.cpu()))
+    return pairs
+
+
 def forget_loss(criterion: nn.Module, layers: list[dict], targets: list[dict], bound: float,
-                focal: bool) -> tuple[torch.Tensor, dict]:
+                focal: bool, queries: str = "matched") -> tuple[torch.Tensor, dict]:
     """SPEC §9's forgetting loss on a forget batch (targets: forget-class boxes only): Hungarian matching as in the
-    set loss, L_cls = Σ_layers matched-query classification loss, then max(0, BND − 2·L_cls) + 5·L1 + 2·GIoU."""
+    set loss, L_cls = Σ_layers matched-query classification loss, then max(0, BND − 2·L_cls) + 5·L1 + 2·GIoU.
+
+    ``queries="overlapping"``: L_cls also covers every other query whose box overlaps a forget box (IoU ≥ 0.5), so
+    the queries that would take over the object once the matched one lets go are pushed down together."""
     n = _num_boxes(targets)
     cls = l1 = giou = 0.0
     for out in layers:
         idx = criterion.matcher(out, targets)
-        cls = cls + matched_cls_loss(criterion, out, targets, idx, n, focal)
+        cls_idx = idx if queries == "matched" else overlapping_indices(out, targets)
+        cls = cls + matched_cls_loss(criterion, out, targets, cls_idx, n, focal)
         boxes = criterion.loss_boxes(out, targets, idx, n)
         l1, giou = l1 + boxes["loss_bbox"], giou + boxes["loss_giou"]
     hinge = bounded_detection_forget(cls, bound)

@@ -81,6 +81,7 @@ class DetGSLoRAArgs:
     bound: float = 15.0  # BND of max(0, BND − 2·L_cls) (SPEC §9; L_cls summed over the 6 decoder layers)
     sparsity: str = "prox"  # prox: proximal group soft-thresholding of each layer's B; penalty: α·group lasso term
     alpha: float = 0.3  # prox: share of a full Adam step a group's update must exceed to move; penalty: loss weight
+    forget_queries: str = "matched"  # L_cls over the Hungarian-matched queries (SPEC §9) or every "overlapping" one
 
     def validate(self):
         if self.lora_rank < 1:
@@ -92,6 +93,9 @@ class DetGSLoRAArgs:
             raise GsloraError("method_args.bound and method_args.alpha must be ≥ 0.")
         if self.sparsity not in ("prox", "penalty"):
             raise GsloraError(f"method_args.sparsity must be prox or penalty, got {self.sparsity!r}.")
+        if self.forget_queries not in ("matched", "overlapping"):
+            raise GsloraError("method_args.forget_queries must be matched or overlapping, got "
+                              f"{self.forget_queries!r}.")
 
 
 @register_detection
@@ -112,7 +116,8 @@ class DetGSLoRA(DetectionMethod):
     def loss(self, model, remain, forget, state: StepState):
         out_r, out_f, t_r, t_f = self._split(model, remain, forget)
         retain, logs = set_loss(self.criterion, out_r, t_r)
-        forget_term, flogs = forget_loss(self.criterion, out_f, t_f, self.args.bound, self.focal)
+        forget_term, flogs = forget_loss(self.criterion, out_f, t_f, self.args.bound, self.focal,
+                                         self.args.forget_queries)
         structure = group_lasso(self.groups.params)
         total = retain + self.beta * forget_term
         if self.args.sparsity == "penalty":
