@@ -203,7 +203,7 @@ def test_tune_cli_writes_a_file_that_benchmark_applies(micro_checkpoint, micro_d
     assert head["runs"][0]["config"]["lr"] == 0.00123
     assert ssd["runs"][0]["method"]["args"]["selection_weighting"] == 3.21
     assert ssd["runs"][0]["method"]["args"]["dampening_constant"] == 0.9
-    assert saved["tuning"]["budget"] == 2
+    assert saved["tuning"]["budget"] == 2 and saved["tuning"]["file"] == str(tmp_path / "edited.yaml")
     md = (bench / "comparison.md").read_text()
     assert "**2 trials**" in md and "lr=0.00123" in md and "selection_weighting=3.21" in md
     assert "lr=0.00123" in capsys.readouterr().out

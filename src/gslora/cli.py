@@ -274,15 +274,14 @@ def cmd_benchmark(args) -> int:
         print(f"  {entry['method']:<8} {state}  {entry['wall_seconds']:.1f} s", flush=True)
 
     print(f"benchmark ({args.setting}) on {data.name}: {args.methods}")
-    tuned = None
     if args.tuned:  # a bad tuned file fails before the model and data are read
         from .tune import load_tuned
 
-        tuned = load_tuned(args.tuned)
+        load_tuned(args.tuned)
     comparison = run_comparison(model, classes, data, args.setting, args.methods, base_config=base,
                                 method_args=method_args, out_dir=args.out, overwrite=args.overwrite,
                                 progress=not args.no_progress, on_method_done=done,
-                                source_checkpoint=args.checkpoint, resume=args.resume, tuned=tuned)
+                                source_checkpoint=args.checkpoint, resume=args.resume, tuned=args.tuned)
     print()
     print(comparison_markdown_table(comparison))
     from .report.tuning import comparison_tuning_text
