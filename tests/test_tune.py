@@ -140,6 +140,43 @@ def test_the_choice_follows_validation_where_test_disagrees(micro_model, micro_d
     assert tuned["methods"]["ewc"]["chosen"]["run"]["lr"] == top["values"]["run"]["lr"]
 
 
+def test_all_methods_get_exactly_the_budget_and_each_trial_runs_its_values(micro_model, micro_data, monkeypatch):
+    calls = []
+
+    def fake_run(model, classes, data, cfg, method=None, **kw):
+        calls.append((cfg.method, cfg.lr, method.describe()["args"], cfg.tasks, cfg.protocol))
+        row = {"val": {"h_mean": 10.0 * len(calls) % 7, "acc_f": 0.0, "acc_r": 1.0, "acc_o": None, "drop": 1.0},
+               "steps_all_trials": 1}
+        return RunResult(results={"tasks": [row]}, model=model, plan=None)
+
+    monkeypatch.setattr(tune, "run_forgetting", fake_run)
+    tuned = tune.run_tuning(micro_model, micro_data.classes, micro_data, "continual", "all", budget=4,
+                            base_config=FAST)
+    assert list(tuned["methods"]) == list_methods()
+    assert len(calls) == 4 * len(list_methods())
+    for name, entry in tuned["methods"].items():
+        assert len(entry["trials"]) == 4, name
+        runs = [c for c in calls if c[0] == name]
+        assert all(tasks == "1x4" and protocol == "continual" for *_, tasks, protocol in runs)
+        for trial, (_, lr, args, _, _) in zip(entry["trials"], runs):
+            for key, value in trial["overrides"]["run"].items():
+                assert key == "lr" and lr == value
+            for key, value in trial["overrides"]["args"].items():
+                assert tune._arg_value(args, key) == value, (name, key)
+
+
+def test_single_step_tuning_uses_the_single_step_preset(micro_model, micro_data, monkeypatch):
+    def fake_run(model, classes, data, cfg, method=None, **kw):
+        row = {"val": {"h_mean": 1.0, "acc_f": 0.0, "acc_r": 1.0, "acc_o": None, "drop": 1.0}, "steps_all_trials": 1}
+        return RunResult(results={"tasks": [row]}, model=model, plan=None)
+
+    monkeypatch.setattr(tune, "run_forgetting", fake_run)
+    tuned = tune.run_tuning(micro_model, micro_data.classes, micro_data, "single", "gslora", budget=2,
+                            base_config=FAST)
+    assert tuned["plan"]["protocol"] == "single_step" and tuned["plan"]["tasks"] == "1x2"
+    assert tuned["methods"]["gslora"]["trials"][0]["values"]["args"]["bound"] == 110.0  # the single-step preset
+
+
 def test_a_killed_tuning_resumes_without_redoing_finished_trials(micro_model, micro_data, monkeypatch, tmp_path):
     calls = []
 
