@@ -316,3 +316,20 @@ def test_h_mean_scores_rank_failed_and_missing_trials_last():
     assert tune._best(trials)["trial"] == 3  # a tie goes to the earlier trial
     assert tune._best(trials[:2]) is None
     assert math.isclose(tune._score([{"val": {"h_mean": 10.0}}, {"val": {"h_mean": 30.0}}]), 20.0)
+
+
+def test_the_comparison_builds_each_method_from_its_resolved_config(micro_model, micro_data, monkeypatch):
+    """Protocol presets reach the comparison (GS-LoRA single step: BND 110) under tuned and explicit values."""
+    import gslora.compare as compare
+
+    seen = []
+
+    def fake_run(model, classes, data, cfg, method=None, **kw):
+        seen.append(method.describe()["args"])
+        row = {"val": {"h_mean": 1.0}, "task": 1}
+        return RunResult(results={"tasks": [row], "wall_seconds": 0.0}, model=model, plan=None)
+
+    monkeypatch.setattr(compare, "run_forgetting", fake_run)
+    compare.run_comparison(micro_model, micro_data.classes, micro_data, "single", "gslora", base_config=FAST,
+                           method_args={"gslora": {"alpha": 0.1}})
+    assert all(a["bound"] == 110.0 and a["alpha_warmup_epochs"] == 20 and a["alpha"] == 0.1 for a in seen)
