@@ -288,7 +288,8 @@ def cmd_benchmark(args) -> int:
 
     print()
     print(comparison_tuning_text(comparison))
-    print(f"\nbenchmark folder: {args.out}  (comparison.md, comparison.csv, comparison.json, plots/h_mean.png)")
+    plots = ", ".join(comparison.get("plots", ["plots/h_mean.png"]))
+    print(f"\nbenchmark folder: {args.out}  (comparison.md, comparison.csv, comparison.json, {plots})")
     return 0 if any(e["status"] == "ok" for e in comparison["methods"]) else 1
 
 
@@ -454,8 +455,11 @@ def build_parser() -> argparse.ArgumentParser:
     _model_input_args(p)
     _missing_check_arg(p)
     p.add_argument("--data", required=True, help="'faces' or an image folder (the data the model was trained on)")
-    p.add_argument("--setting", required=True, choices=["continual", "single"],
-                   help="continual: 4 tasks x 20%% of the classes; single: C-Y for Y = 5, 10, 50, 90%% of the classes")
+    p.add_argument("--setting", required=True, choices=["continual", "single", "few-shot", "missing"],
+                   help="continual: 4 tasks x 20%% of the classes; single: C-Y for Y = 5, 10, 50, 90%% of the classes; "
+                   "few-shot: continual with 4 images per class and batch 4; missing: continual with half of the "
+                   "remaining classes without any data (their accuracy: Acc_m). A method needing more data than the "
+                   "setting gives is marked not run")
     p.add_argument("--methods", default="all", help="'all' or a comma-separated list (e.g. gslora,ewc,lwf)")
     p.add_argument("--out", required=True, help="benchmark folder")
     p.add_argument("--config", help="YAML file with shared run settings (epochs, batch_size, replay_ratio, ...)")

@@ -1,7 +1,11 @@
 """The comparison: every method from the same checkpoint, task plan and replay / forget subsets (one seed).
 
 - ``single``: the paper's 100−Y settings scaled to the class count C (Y = 5%, 10%, 50%, 90% of C), one run each;
-- ``continual``: 4 tasks of 20% of the classes each.
+- ``continual``: 4 tasks of 20% of the classes each;
+- ``few-shot`` and ``missing``: the continual plan under a data constraint of GS-LoRA++ (SPEC §4,
+  :mod:`gslora.practical`): 4 images per class with batch 4, or half of the remaining classes without any data
+  (Acc_m). A method that needs data the constraint withholds is marked "not run" in the table instead of running on
+  more data than the others.
 
 Output folder: ``comparison.md``, ``comparison.csv``, ``comparison.json`` (written last: its presence marks a
 finished comparison), ``plots/h_mean.png`` and ``runs/<method>/<run label>/``, each method's run folder (so a killed
@@ -25,6 +29,7 @@ from .errors import GsloraError
 from .files import atomic_write_json, atomic_write_text
 from .forget import run_forgetting
 from .methods import get_method, list_methods
+from .practical import DataConstraintError
 from .presets import resolve
 from .report import save_figure
 from .report.comparison import (  # noqa: F401 (rendering lives in gslora.report; re-exported here)
@@ -32,20 +37,24 @@ from .report.comparison import (  # noqa: F401 (rendering lives in gslora.report
     comparison_markdown,
     comparison_markdown_table,
     h_mean_figure,
+    has_acc_m,
     tunable_ratio_of,
 )
 from .rundir import RunFolder
 
 log = logging.getLogger(__name__)
 
-SETTINGS = ("single", "continual")
+SETTINGS = ("single", "continual", "few-shot", "missing")
+# the shared run settings a constrained setting imposes (the user's --set values of the same keys win)
+SETTING_CONSTRAINTS = {"few-shot": {"shots": 4, "batch_size": 4}, "missing": {"missing_ratio": 0.5}}
 SINGLE_FRACTIONS = (0.05, 0.10, 0.50, 0.90)
 CONTINUAL_TASKS, CONTINUAL_FRACTION = 4, 0.20
 
 
 def setting_plans(setting: str, num_classes: int) -> list[tuple[str, str]]:
     """(label, tasks spec) of each run of a setting. Single step: ``C-Y`` for Y = round(p·C), at least 1 and leaving
-    at least one class; continual: one run ``4xK`` with K = round(0.2·C)."""
+    at least one class; continual (and its constrained variants few-shot, missing): one run ``4xK`` with
+    K = round(0.2·C)."""
     if setting == "single":
         out = []
         for p in SINGLE_FRACTIONS:
@@ -53,12 +62,12 @@ def setting_plans(setting: str, num_classes: int) -> list[tuple[str, str]]:
             if all(spec != f"1x{y}" for _, spec in out):
                 out.append((f"{num_classes}-{y}", f"1x{y}"))
         return out
-    if setting == "continual":
+    if setting in ("continual", *SETTING_CONSTRAINTS):
         k = max(1, round(CONTINUAL_FRACTION * num_classes))
         if CONTINUAL_TASKS * k >= num_classes:
-            raise GsloraError(f"the continual setting forgets {CONTINUAL_TASKS} x {k} classes, which needs more than "
+            raise GsloraError(f"the {setting} setting forgets {CONTINUAL_TASKS} x {k} classes, which needs more than "
                               f"{CONTINUAL_TASKS * k} classes; the model has {num_classes}.")
-        return [("continual", f"{CONTINUAL_TASKS}x{k}")]
+        return [(setting, f"{CONTINUAL_TASKS}x{k}")]
     raise GsloraError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}.")
 
 
@@ -98,7 +107,7 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
     budget and the values."""
     names = parse_methods(methods)
     plans = setting_plans(setting, len(classes))
-    base = dict(base_config or {})
+    base = {**SETTING_CONSTRAINTS.get(setting, {}), **(base_config or {})}
     if "method_args" in base:
         raise GsloraError("the comparison's shared config must not hold method_args (they differ per method); pass "
                           "per-method overrides instead (--method-set METHOD.KEY=VALUE).")
@@ -145,6 +154,10 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
                 entry["runs"].append({"label": label, "tasks_spec": tasks, "config": to_dict(cfg),
                                       "method": method.describe(), "tasks": results["tasks"],
                                       "wall_seconds": results["wall_seconds"]})
+        except DataConstraintError as e:  # needs data the setting withholds: marked, never run on more data
+            entry["status"] = "not run"
+            entry["error"] = str(e)
+            log.info("method %s not run: %s", name, e)
         except Exception as e:  # a failing method is reported, the others still run
             entry["status"] = "failed"
             entry["error"] = f"{type(e).__name__}: {e}"
@@ -160,6 +173,7 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
         "plans": [{"label": label, "tasks": tasks} for label, tasks in plans],
         "seed": base_cfg.seed,
         "epochs": base_cfg.epochs,
+        "constraint": _constraint_text(base_cfg, classes),
         "data": data.describe(),
         "model": dict(model.config),
         "source_checkpoint": str(Path(source_checkpoint).resolve()) if source_checkpoint else None,
@@ -169,6 +183,17 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
     if out is not None:
         write_comparison(out, comparison)
     return comparison
+
+
+def _constraint_text(cfg: RunConfig, classes: list[str]) -> str | None:
+    """The setting's data constraint in words (None: full data), with the batch size few-shot runs at."""
+    from .data.plan import make_plan
+    from .practical import data_constraint, missing_classes
+
+    text = data_constraint(cfg, missing_classes(cfg, make_plan(classes, cfg.tasks, seed=cfg.seed), classes))
+    if text and cfg.shots:
+        text += f", batch {cfg.batch_size}"
+    return text
 
 
 def _apply_tuned(tuned, names: list[str], setting: str, data: DataBundle, classes: list[str], method_args: dict,
@@ -210,6 +235,9 @@ def write_comparison(out_dir: Path, comparison: dict) -> None:
     out_dir = Path(out_dir)
     comparison["plots"] = [str(save_figure(h_mean_figure(comparison), out_dir / "plots" / "h_mean.png")
                                .relative_to(out_dir))]
+    if has_acc_m(comparison):  # missing classes: their accuracy per task and method, next to Acc_r
+        comparison["plots"].append(str(save_figure(h_mean_figure(comparison, "acc_m"), out_dir / "plots" / "acc_m.png")
+                                       .relative_to(out_dir)))
     atomic_write_text(out_dir / "comparison.md", comparison_markdown(comparison))
     atomic_write_text(out_dir / "comparison.csv", comparison_csv(comparison))
     atomic_write_json(out_dir / "comparison.json", comparison)

@@ -16,7 +16,7 @@ import yaml
 from .errors import GsloraError
 
 _PRECISIONS = ("fp32", "bf16")
-_PROTOCOLS = ("auto", "continual", "single_step")
+_PROTOCOLS = ("auto", "continual", "single_step", "few_shot")
 TARGET_METRICS = {
     "acc_f": "accuracy (%) on the classes forgotten in this task; a forgetting target: training stops once it holds",
     "acc_o": "accuracy (%) on the classes forgotten in earlier tasks; a forgetting target",
@@ -67,12 +67,17 @@ class RunConfig:
     # a small validation split can pass by luck)
     max_trials: int = 3  # trials per task: when the retention target (acc_r_drop) fails, retry with half the lr
     augment: bool = True  # light augmentation of the task batches (crop, shift, small rotation; gslora.data.augment)
-    protocol: str = "auto"  # continual | single_step | auto (single_step for one task, e.g. "1x10"); picks the
-    # method's protocol preset (configs/methods/<method>.yaml, key protocols)
+    protocol: str = "auto"  # continual | single_step | few_shot | auto (few_shot when shots > 0, else single_step
+    # for one task, e.g. "1x10", else continual); picks the method's protocol preset (configs/methods/<method>.yaml,
+    # key protocols)
     replay_ratio: float = 0.1  # fraction of each class's training images available (replay and forget subsets)
     min_replay: int = 2  # with replay_ratio: at least this many images per class (one image per class left the
     # remaining classes 4-14 points lower than two on gt-faces; README, "Choices made by measurement")
-    shots: int = 0  # if > 0: k images per class instead of replay_ratio (few-shot forgetting)
+    shots: int = 0  # if > 0: k images per class instead of replay_ratio, for both the replay and the forget subsets
+    # (few-shot forgetting, SPEC §4; the paper's k = 4 with batch 4: protocol few_shot)
+    missing_ratio: float = 0.0  # missing classes (SPEC §4): this share of the classes remaining after the first task
+    # gets no replay data at all (seeded draw); their accuracy is reported as acc_m, apart from acc_r
+    missing_classes: list = field(default_factory=list)  # or the missing classes by name or id (instead of the ratio)
     old_forget_shots: int = 0  # images per earlier-forgotten class kept in the forget batch (0: off, the paper)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast; bf16 is meant for GPUs)
@@ -91,6 +96,10 @@ class RunConfig:
         _range("split_ratio", self.split_ratio, 0.0, 1.0, open_=True)
         _range("val_ratio", self.val_ratio, 0.0, 1.0, low_closed=True)
         _range("replay_ratio", self.replay_ratio, 0.0, 1.0, high_closed=True)
+        _range("missing_ratio", self.missing_ratio, 0.0, 1.0, low_closed=True)
+        if self.missing_ratio and self.missing_classes:
+            raise GsloraError("set missing_ratio or missing_classes, not both (the list names the missing classes, "
+                              "the ratio draws them).")
         if self.lr is not None:
             _range("lr", self.lr, 0.0, None)
         if self.min_lr is not None:

@@ -66,6 +66,21 @@ def passes(loader: DataLoader) -> Iterator:
         n += 1
 
 
+def epoch_batches(loader: DataLoader, steps: int, epoch: int) -> Iterator:
+    """``steps`` batches of ``loader``: one pass, or (when the other loader is the longer one) further reshuffled
+    passes, cut at ``steps`` (``set_epoch`` under torchrun, distinct for every pass)."""
+    n, k = 0, 0
+    while n < steps:
+        if isinstance(loader.sampler, DistributedSampler):
+            loader.sampler.set_epoch(epoch * 1_000 + k if k else epoch)
+        for batch in loader:
+            yield batch
+            n += 1
+            if n >= steps:
+                return
+        k += 1
+
+
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16": torch.bfloat16}.get(precision)
 
@@ -80,7 +95,8 @@ class Check:
 
 
 def total_steps(cfg, steps_per_epoch: int) -> int:
-    """The task's step budget: ``max_steps`` when set, else ``epochs`` passes over the remain subset."""
+    """The task's step budget: ``max_steps`` when set, else ``epochs`` × ``steps_per_epoch`` (the batches of the
+    longer of the remain and forget loaders)."""
     return cfg.max_steps if cfg.max_steps else cfg.epochs * steps_per_epoch
 
 
@@ -105,7 +121,9 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
     remain_loader = _loader(ctx.remain_data, cfg.batch_size, seed, cfg.num_workers, device)
     forget_loader = _loader(repeated(ctx.forget_data, cfg.batch_size), cfg.batch_size, seed + 1, cfg.num_workers,
                             device)
-    steps_per_epoch = len(remain_loader)
+    # an epoch is one pass over the longer loader (few-shot: the forget loader can be the longer one); the shorter
+    # one cycles, reshuffled on each pass
+    steps_per_epoch = max(len(remain_loader), len(forget_loader))
     total = total_steps(cfg, steps_per_epoch)
     params = method.trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -137,9 +155,7 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
     stopped = False
     epoch = first_epoch
     while step < total and not stopped:
-        if isinstance(remain_loader.sampler, DistributedSampler):
-            remain_loader.sampler.set_epoch(epoch)
-        for x_r, y_r in remain_loader:
+        for x_r, y_r in epoch_batches(remain_loader, steps_per_epoch, epoch):
             x_f, y_f = next(forget_iter)
             x_r, y_r = x_r.to(device, non_blocking=True), y_r.to(device, non_blocking=True)
             x_f, y_f = x_f.to(device, non_blocking=True), y_f.to(device, non_blocking=True)

@@ -72,8 +72,9 @@ def set_accuracies(correct, total, sets: dict[str, Iterable[int]]) -> dict[str, 
 
 class SetAccuracies(TypedDict):
     acc_f: float | None  # forgotten in this task
-    acc_r: float | None  # remaining
+    acc_r: float | None  # remaining (with missing classes: the remaining classes that keep their replay data)
     acc_o: float | None  # forgotten in earlier tasks (None in the first)
+    acc_m: float | None  # missing classes: remaining, but without any data (None when the run has none)
 
 
 class TaskMetrics(SetAccuracies):
@@ -86,11 +87,17 @@ class TaskMetrics(SetAccuracies):
     acc_r_change_vs_pretrained: float | None
 
 
-def task_metrics(counts_before, counts_after, counts_orig, task, drop_against_pretrained: bool = False) -> TaskMetrics:
+def task_metrics(counts_before, counts_after, counts_orig, task, drop_against_pretrained: bool = False,
+                 missing=()) -> TaskMetrics:
     """A task's metrics from per-class counts (correct, total) before the task, after it and of the original model:
-    Acc_f / Acc_r / Acc_o after, Drop (against the task's start, or the original model), H-Mean, the before and
-    pre-trained accuracies and the change of Acc_r against the pre-trained model."""
-    sets = {"acc_f": task.forget, "acc_r": task.remain, "acc_o": task.old}
+    Acc_f / Acc_r / Acc_o / Acc_m after, Drop (against the task's start, or the original model), H-Mean, the before
+    and pre-trained accuracies and the change of Acc_r against the pre-trained model.
+
+    ``missing``: the run's missing classes (:mod:`gslora.practical`). Those among the task's remaining classes are
+    scored apart as Acc_m; Acc_r (and so H-Mean and the retention target) covers the remaining classes with data."""
+    gone = set(missing) & set(task.remain)
+    sets = {"acc_f": task.forget, "acc_r": [c for c in task.remain if c not in gone], "acc_o": task.old,
+            "acc_m": sorted(gone)}
     before = set_accuracies(*(counts_orig if drop_against_pretrained else counts_before), sets)
     after = set_accuracies(*counts_after, sets)
     orig = set_accuracies(*counts_orig, sets)
@@ -100,6 +107,6 @@ def task_metrics(counts_before, counts_after, counts_orig, task, drop_against_pr
         "drop": d,
         "h_mean": h_mean(after["acc_r"], d),
         "before": before,
-        "pretrained": {"acc_f": orig["acc_f"], "acc_r": orig["acc_r"]},
+        "pretrained": {"acc_f": orig["acc_f"], "acc_r": orig["acc_r"], "acc_m": orig["acc_m"]},
         "acc_r_change_vs_pretrained": after["acc_r"] - orig["acc_r"],
     }

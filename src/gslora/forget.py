@@ -35,6 +35,7 @@ from .evaluate import TaskMetrics, class_counts, task_metrics, tunable_ratio
 from .methods import Method, TaskContext, get_method
 from .missing import MissingCheck
 from .models.registry import Classifier, count_parameters
+from .practical import check_method_fits, data_constraint, missing_classes
 from .presets import resolve
 from .rundir import RunFolder
 
@@ -50,6 +51,8 @@ class TaskRow(TaskMetrics):
     n_forget: int
     n_remain: int
     n_old: int
+    n_missing: int  # remaining classes without any data (missing classes, gslora.practical): scored as acc_m
+    missing: list[str]  # their names
     val: TaskMetrics  # the same metrics on the validation split
     targets: dict  # the target spec and, per target, whether it held on validation and on test
     trials: list[dict]  # per trial: lr, steps, whether it stopped early, validation metrics, targets met
@@ -115,6 +118,8 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     method = method or get_method(config.method, **config.method_args)
     check_data_matches(classes, data)
     plan = make_plan(classes, config.tasks, seed=config.seed)
+    # few-shot / missing classes: a method needing more data than the setting gives is refused before the run folder
+    check_method_fits(method, data_constraint(config, missing_classes(config, plan, classes)))
     missing = MissingCheck.setup(model, config.missing_check_data)  # its errors come before the run folder
     device = dist.resolve_device(config.device)
     dist.init_from_env(device)
@@ -202,7 +207,9 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     (forgetting met, retention met, validation H-Mean). Only the validation split is ever looked at to choose."""
     t0 = time.perf_counter()
     nc = len(classes)
-    remain_idx = select_per_class(data.train.targets, task.remain, config.seed, config.replay_ratio, config.shots,
+    missing = missing_classes(config, plan, classes)  # remaining classes without any data (gslora.practical)
+    replayed = [c for c in task.remain if c not in set(missing)]
+    remain_idx = select_per_class(data.train.targets, replayed, config.seed, config.replay_ratio, config.shots,
                                   minimum=config.min_replay)
     forget_idx = select_per_class(data.train.targets, task.forget, config.seed, config.replay_ratio, config.shots,
                                   minimum=config.min_replay)
@@ -214,11 +221,11 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     use_targets = method.trains and method.uses_targets
     n_trials = config.max_trials if use_targets and targets else 1
 
-    val_remain_images = int(sum(counts_orig["val"][1][c] for c in task.remain))
+    val_remain_images = int(sum(counts_orig["val"][1][c] for c in replayed))
 
     def validate(m) -> dict:
         counts = _accuracies(m, data, "val", nc, config, device)
-        metrics = task_metrics(counts_now["val"], counts, counts_orig["val"], task, vs_pre)
+        metrics = task_metrics(counts_now["val"], counts, counts_orig["val"], task, vs_pre, missing)
         # one validation image of the remaining classes is worth this many points of acc_r: a retention target
         # finer than that cannot be told from noise, so it counts as met within one image
         return {**_brief(metrics), "acc_r_resolution": 100.0 / max(val_remain_images, 1)}
@@ -247,7 +254,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         ctx = TaskContext(
             task=task, position=position, num_tasks=len(plan.tasks), num_classes=nc, config=trial_cfg, device=device,
             remain_data=Subset(data.train, remain_idx), forget_data=Subset(data.train, forget_idx),
-            train_data=data.train, val_data=data.val,
+            train_data=data.train, val_data=data.val, constraint=data_constraint(config, missing),
             original_model=original, out_dir=folder.path if folder is not None else None, progress=progress,
             adapter_dir=adapter_dir,
         )
@@ -287,14 +294,16 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         _keep_adapter(folder, task.index, record["trial"] - 1, info)
     trainable = info.pop("trainable_params")
     counts_after = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
-    test = task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre)
+    test = task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre, missing)
     row: TaskRow = {
         "task": task.index,
         "setting": f"{len(task.remain) + len(task.forget)}-{len(task.forget)}",
         "forget": [classes[c] for c in task.forget],
         "n_forget": len(task.forget), "n_remain": len(task.remain), "n_old": len(task.old),
+        "n_missing": len(task.remain) - len(replayed),
+        "missing": [classes[c] for c in task.remain if c not in set(replayed)],
         **test,
-        "val": task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task, vs_pre),
+        "val": task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task, vs_pre, missing),
         "targets": {"spec": config.target, "val": record["targets_met"],
                     "test": targets_met(_brief(test), targets)},
         "trials": trials,

@@ -26,9 +26,23 @@ def prototype_kl(emb: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
     return (log_p.exp() * (log_p - log_q)).sum(-1)
 
 
+def prototype_terms(emb_f, proto_f, emb_r, proto_r, w_forget: float, w_remain: float,
+                    bound: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(L_pro, mean KL over the forget batch, mean KL over the remain batch) of GS-LoRA++ (SPEC §4):
+
+        L_pro = w_f · max(0, BND_pro − mean KL(forget)) + w_r · mean KL(remain)
+
+    The forget half pushes the forget embeddings away from their class prototypes until their mean KL reaches
+    ``bound``; the remain half pulls the remaining embeddings towards theirs. A half whose weight is 0 adds nothing
+    (its KL is still returned, for the log; an empty batch has KL 0)."""
+    kl_f = prototype_kl(emb_f, proto_f).mean() if emb_f.shape[0] else emb_f.new_zeros(())
+    kl_r = prototype_kl(emb_r, proto_r).mean() if emb_r.shape[0] else emb_r.new_zeros(())
+    loss = w_forget * F.relu(bound - kl_f)
+    if w_remain:
+        loss = loss + w_remain * kl_r
+    return loss, kl_f, kl_r
+
+
 def prototype_loss(emb_f, proto_f, emb_r, proto_r, w_forget: float, w_remain: float, bound: float) -> torch.Tensor:
     """GS-LoRA++'s L_pro = w_f · max(0, BND_pro − mean KL(forget)) + w_r · mean KL(remain)."""
-    loss = w_forget * F.relu(bound - prototype_kl(emb_f, proto_f).mean())
-    if w_remain:
-        loss = loss + w_remain * prototype_kl(emb_r, proto_r).mean()
-    return loss
+    return prototype_terms(emb_f, proto_f, emb_r, proto_r, w_forget, w_remain, bound)[0]

@@ -52,11 +52,16 @@ class TaskContext:
     train_data: Dataset | None = None  # the whole training split, every class (SSD's D, retrain-full's data);
     #                                    None: see full_training_data
     val_data: Dataset | None = None  # the whole validation split (retrain-full's early stopping); None: none
+    constraint: str | None = None  # the data the setting withholds (few-shot, missing classes: gslora.practical);
+    #                                 None: full data. Under a constraint only the replay / forget subsets exist
 
     def full_training_data(self) -> tuple[Dataset | None, str]:
         """The whole training split and where it came from: ``train_data`` when the runner passes it ("train_data"),
         else the one dataset both ``remain_data`` and ``forget_data`` are ``Subset``s of (the runner draws both from
-        the training split: "parent of the replay / forget subsets"), else (None, "unavailable")."""
+        the training split: "parent of the replay / forget subsets"), else (None, "unavailable"). Under a data
+        constraint (``constraint``) it is unavailable: the setting gives the replay and forget subsets only."""
+        if self.constraint:
+            return None, f"unavailable ({self.constraint})"
         if self.train_data is not None:
             return self.train_data, "train_data"
         parents = {id(getattr(d, "dataset", None)) for d in (self.remain_data, self.forget_data)}
@@ -83,6 +88,8 @@ class Method:
     Args: type | None = None
     trains: bool = True  # False for methods that edit weights without a training loop
     drop_against_pretrained: bool = False  # Drop (and H) vs the original model, not the task's start (Retrain)
+    data_needs: str | None = None  # data beyond the replay / forget subsets the method cannot run without (e.g.
+    # retrain-full: every training image of the remaining classes); a run under a data constraint refuses it
     uses_targets: bool = True  # stop at the validation forgetting target and retry on a missed retention target;
     # False for methods that forget by construction (Retrain: a fresh model meets acc_f at step 0)
 

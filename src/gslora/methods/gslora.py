@@ -20,7 +20,7 @@ from ..lora import (
     prox_group_b,
     save_adapter,
 )
-from ..losses import bounded_forget_loss, group_lasso, prototype_loss
+from ..losses import bounded_forget_loss, group_lasso, prototype_terms
 from .base import Method, StepState, TaskContext, per_task, register
 
 
@@ -35,9 +35,9 @@ class GSLoRAArgs:
     sparsity: str
     alpha_warmup_epochs: int
     selection_threshold: float
-    prototype_weight_forget: float
-    prototype_weight_remain: float
-    prototype_bound: float
+    prototype_weight_forget: float | list[float]  # w_f of GS-LoRA++'s L_pro, a number or one per task
+    prototype_weight_remain: float | list[float]  # w_r (the released scripts: 0)
+    prototype_bound: float  # BND_pro
 
     def validate(self):
         if self.lora_rank < 1:
@@ -45,10 +45,14 @@ class GSLoRAArgs:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
         if not betas or any(b < 0 for b in betas):
             raise GsloraError(f"method_args.beta must be ≥ 0 (a number or a per-task list), got {self.beta}.")
-        for name in ("bound", "alpha", "lora_alpha", "prototype_weight_forget", "prototype_weight_remain",
-                     "selection_threshold"):
+        for name in ("bound", "alpha", "lora_alpha", "prototype_bound", "selection_threshold"):
             if getattr(self, name) < 0:
                 raise GsloraError(f"method_args.{name} must be ≥ 0, got {getattr(self, name)}.")
+        for name in ("prototype_weight_forget", "prototype_weight_remain"):
+            value = getattr(self, name)
+            values = value if isinstance(value, list) else [value]
+            if not values or any(v < 0 for v in values):
+                raise GsloraError(f"method_args.{name} must be ≥ 0 (a number or a per-task list), got {value}.")
         if self.sparsity not in ("prox", "penalty"):
             raise GsloraError(f"method_args.sparsity must be prox or penalty, got {self.sparsity!r}.")
         if not 0 <= self.lora_dropout < 1:
@@ -68,8 +72,12 @@ class GSLoRA(Method):
         # batch-mean hinge their already-huge CE would saturate the bound and weaken forgetting of the current task
         self.old_classes = torch.as_tensor(list(ctx.task.old), dtype=torch.long, device=ctx.device)
         self.prototypes = None
-        if a.prototype_weight_forget > 0 or a.prototype_weight_remain > 0:
-            # computed with the model at the start of the task (the authors' single-step script used a random model)
+        self.w_f = float(per_task(a.prototype_weight_forget, ctx.position))
+        self.w_r = float(per_task(a.prototype_weight_remain, ctx.position))
+        self.prototype_trace = {"step": [], "pro": [], "kl_f": [], "kl_r": []}
+        if self.w_f > 0 or self.w_r > 0:
+            # computed once per task (and trial) with the model at the start of the task, before LoRA is attached (the
+            # authors' single-step script used a random model): the task's training subsets, remain and forget
             self.prototypes = class_prototypes(model, [ctx.remain_data, ctx.forget_data], ctx.num_classes, ctx.device)
         peft_model, self.groups = attach_lora(model, rank=a.lora_rank, alpha=a.lora_alpha, dropout=a.lora_dropout)
         return peft_model
@@ -87,12 +95,16 @@ class GSLoRA(Method):
         if a.sparsity == "penalty":  # the authors' form: the group lasso as a loss term inside AdamW
             total = total + self._alpha(state) * structure
         logs = {"ce_r": float(ce_r.detach()), "forget": float(forget_term.detach()), "gl": float(structure.detach())}
-        if self.prototypes is not None:
+        if self.prototypes is not None:  # GS-LoRA++ (SPEC §4); on the embedding, so any head (CosFace, linear)
             protos = self.prototypes.to(emb.device, emb.dtype)
-            pro = prototype_loss(emb[n_r:], protos[y_f], emb[:n_r], protos[y_r], a.prototype_weight_forget,
-                                 a.prototype_weight_remain, a.prototype_bound)
+            pro, kl_f, kl_r = prototype_terms(emb[n_r:], protos[y_f], emb[:n_r], protos[y_r], self.w_f, self.w_r,
+                                              a.prototype_bound)
             total = total + pro
-            logs["pro"] = float(pro.detach())
+            logs.update(pro=float(pro.detach()), pro_kl_f=float(kl_f.detach()), pro_kl_r=float(kl_r.detach()))
+            trace = self.prototype_trace
+            trace["step"].append(state.step)
+            for key, name in (("pro", "pro"), ("kl_f", "pro_kl_f"), ("kl_r", "pro_kl_r")):
+                trace[key].append(round(logs[name], 5))
         return total, logs
 
     def _alpha(self, state: StepState) -> float:
@@ -135,6 +147,9 @@ class GSLoRA(Method):
             "trainable_params": trainable,
             "beta": self.beta,
         }
+        if self.prototypes is not None:
+            info["prototype"] = {"w_f": self.w_f, "w_r": self.w_r, "bound": self.args.prototype_bound,
+                                 "computed_from": "the model at the start of the task", **self.prototype_trace}
         if ctx.adapter_dir is not None and selected:  # blocks left exactly zero are not stored
             folder = save_adapter(model, ctx.adapter_dir, groups, keep=selected)
             info["adapter"] = str(folder.relative_to(ctx.out_dir)) if ctx.out_dir is not None else str(folder)
@@ -143,6 +158,14 @@ class GSLoRA(Method):
         merged = merge_lora(model)
         self.groups = None
         return merged, info
+
+
+@register
+class GSLoRAPlus(GSLoRA):
+    """GS-LoRA++ (SPEC §4): GS-LoRA with the prototype term on by default (``configs/methods/gslora++.yaml``; its
+    ``few_shot`` protocol preset holds the journal's few-shot values: w_f per task, BND_pro 50, batch 4)."""
+
+    name = "gslora++"
 
 
 @torch.no_grad()

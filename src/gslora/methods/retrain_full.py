@@ -110,6 +110,7 @@ class RetrainFull(Method):
     trains = False  # trained inside finish by the pre-training loop, not by the engine's forgetting loop
     drop_against_pretrained = True
     uses_targets = False  # never sees a forgotten class: meets any forgetting target by construction
+    data_needs = "every training image of the remaining classes"  # refused under few-shot / missing classes
 
     def prepare(self, model, ctx):
         with torch.random.fork_rng(devices=[]):

@@ -22,10 +22,10 @@ def _columns(comparison: dict) -> list[dict]:
         for j in range(n_tasks):
             r = rows[j] if rows else None
             label = plan["label"] if comparison["setting"] == "single" else (r["setting"] if r else f"T{j + 1}")
-            if comparison["setting"] == "continual" and r:
+            if comparison["setting"] != "single" and r:
                 label = f"T{r['task']} {r['setting']}"
             cols.append({"run": i, "task": j, "label": label, "old": bool(r and r["n_old"]),
-                         "pre": r["pretrained"] if r else None})
+                         "missing": bool(r and r.get("n_missing")), "pre": r["pretrained"] if r else None})
     return cols
 
 
@@ -42,22 +42,37 @@ def _cell_rows(entry: dict, col: dict) -> dict | None:
     return entry["runs"][col["run"]]["tasks"][col["task"]]
 
 
+def has_acc_m(comparison: dict) -> bool:
+    """Whether the comparison ran with missing classes (then every table shows Acc_m next to Acc_r)."""
+    return any(c["missing"] for c in _columns(comparison))
+
+
+def _status(entry: dict) -> str:
+    if entry["status"] == "ok":
+        return "ok"
+    return f"{entry['status']}: " + entry["error"].replace("|", "/").replace("\n", " ")[:160]
+
+
 def tunable_ratio_of(entry: dict) -> float | None:
     rows = [r for run in entry["runs"] for r in run["tasks"]]
     return sum(r["tunable_ratio"] for r in rows) / len(rows) if rows else None
 
 
 def comparison_markdown_table(comparison: dict) -> str:
-    """The paper's layout: method rows; tunable ratio; per setting / task H, Acc_r, Acc_f (and Acc_o); wall time."""
+    """The paper's layout: method rows; tunable ratio; per setting / task H, Acc_r, Acc_m (with missing classes),
+    Acc_f (and Acc_o); wall time. A failed method says so, a method the setting's data constraint rules out is
+    marked "not run" with what it needs."""
     cols = _columns(comparison)
     header, sub = ["Method", "Tunable ratio"], ["", ""]
     pre = ["Pre-train", "-"]
     for c in cols:
-        names = ["H ↑", "Acc_r ↑", "Acc_f ↓"] + (["Acc_o ↓"] if c["old"] else [])
+        names = (["H ↑", "Acc_r ↑"] + (["Acc_m ↑"] if c["missing"] else []) + ["Acc_f ↓"]
+                 + (["Acc_o ↓"] if c["old"] else []))
         header += [c["label"]] + [""] * (len(names) - 1)
         sub += names
         p = c["pre"] or {}
-        pre += ["-", fmt(p.get("acc_r")), fmt(p.get("acc_f"))] + (["-"] if c["old"] else [])
+        pre += (["-", fmt(p.get("acc_r"))] + ([fmt(p.get("acc_m"))] if c["missing"] else []) + [fmt(p.get("acc_f"))]
+                + (["-"] if c["old"] else []))
     header += ["Time (s)", "Status"]
     sub += ["", ""]
     pre += ["", ""]
@@ -67,13 +82,13 @@ def comparison_markdown_table(comparison: dict) -> str:
         line = [_label(e["method"]), "-" if ratio is None else f"{ratio:.2f}%"]
         for c in cols:
             r = _cell_rows(e, c)
-            n = 4 if c["old"] else 3
+            n = 3 + c["old"] + c["missing"]
             if r is None:
-                line += ["failed"] + ["-"] * (n - 1)
+                line += [e["status"]] + ["-"] * (n - 1)
             else:
-                line += [fmt(r["h_mean"]), fmt(r["acc_r"]), fmt(r["acc_f"])] + ([fmt(r["acc_o"])] if c["old"] else [])
-        status = "ok" if e["status"] == "ok" else "failed: " + e["error"].replace("|", "/").replace("\n", " ")[:160]
-        line += [f"{e['wall_seconds']:.1f}", status]
+                line += ([fmt(r["h_mean"]), fmt(r["acc_r"])] + ([fmt(r.get("acc_m"))] if c["missing"] else [])
+                         + [fmt(r["acc_f"])] + ([fmt(r["acc_o"])] if c["old"] else []))
+        line += [f"{e['wall_seconds']:.1f}", _status(e)]
         lines.append(line)
     return markdown(lines)
 
@@ -81,6 +96,12 @@ def comparison_markdown_table(comparison: dict) -> str:
 def comparison_markdown(comparison: dict) -> str:
     d, m = comparison["data"], comparison["model"]
     plans = ", ".join(f"{p['label']} ({p['tasks']})" for p in comparison["plans"])
+    constraint = comparison.get("constraint")
+    setting_text = (f"Data constraint of this setting: {constraint}, the same for every method; a method that needs "
+                    "more data is marked not run. " if constraint else "")
+    if has_acc_m(comparison):
+        setting_text += ("Acc_m: the missing classes (remaining, without any replay or validation data); Acc_r and "
+                         "H-Mean: the remaining classes that keep their replay data. ")
     return "\n".join([
         f"# Forgetting comparison: {comparison['setting']} on {d['name']}",
         "",
@@ -90,7 +111,8 @@ def comparison_markdown(comparison: dict) -> str:
         "the drop from the start of each task (both retrains: from the pre-trained model; retrain (paper) trains on "
         "the replay subset, retrain (full) on every training image of the remaining classes with the pre-training "
         "recipe). Tunable ratio: mean over tasks of "
-        "trainable / all parameters (SSD: parameters it dampened). Time: wall seconds for all runs of the method.",
+        "trainable / all parameters (SSD: parameters it dampened). Time: wall seconds for all runs of the method. "
+        + setting_text,
         "",
         comparison_markdown_table(comparison),
         "",
@@ -99,9 +121,9 @@ def comparison_markdown(comparison: dict) -> str:
     ])
 
 
-CSV_FIELDS = ["method", "status", "run", "task", "setting", "tunable_ratio", "h_mean", "acc_r", "acc_f", "acc_o",
-              "drop", "acc_f_before", "acc_r_pretrained", "acc_f_pretrained", "val_h_mean", "trainable_params", "steps",
-              "train_seconds", "wall_seconds", "method_wall_seconds", "error"]
+CSV_FIELDS = ["method", "status", "run", "task", "setting", "tunable_ratio", "h_mean", "acc_r", "acc_m", "acc_f",
+              "acc_o", "n_missing", "drop", "acc_f_before", "acc_r_pretrained", "acc_f_pretrained", "val_h_mean",
+              "trainable_params", "steps", "train_seconds", "wall_seconds", "method_wall_seconds", "error"]
 
 
 def comparison_csv(comparison: dict) -> str:
@@ -123,8 +145,9 @@ def comparison_csv(comparison: dict) -> str:
     return buf.getvalue()
 
 
-def h_mean_figure(comparison: dict) -> Figure:
-    """H-Mean per setting (single step) or task (continual), one line per method."""
+def h_mean_figure(comparison: dict, key: str = "h_mean") -> Figure:
+    """H-Mean (or another metric of the task rows, ``key``: e.g. ``acc_m``) per setting (single step) or task
+    (continual and its constrained variants), one line per method."""
     cols = _columns(comparison)
     x = list(range(len(cols)))
     fig = Figure(figsize=(max(6, 1.4 * len(cols) + 3), 4.5))
@@ -132,15 +155,16 @@ def h_mean_figure(comparison: dict) -> Figure:
     for e in comparison["methods"]:
         if e["status"] != "ok":
             continue
-        pts = [(i, _cell_rows(e, c)["h_mean"]) for i, c in zip(x, cols) if _cell_rows(e, c)["h_mean"] is not None]
+        pts = [(i, _cell_rows(e, c).get(key)) for i, c in zip(x, cols) if _cell_rows(e, c).get(key) is not None]
         if pts:
-            style = "o-" if e["method"] == "gslora" else ".--"
-            ax.plot(*zip(*pts), style, label=_label(e["method"]), linewidth=2.5 if e["method"] == "gslora" else 1.2)
+            ours = e["method"] in ("gslora", "gslora++")
+            ax.plot(*zip(*pts), "o-" if ours else ".--", label=_label(e["method"]), linewidth=2.5 if ours else 1.2)
     ax.set_xticks(x, [c["label"] for c in cols])
     ax.set_xlabel("setting" if comparison["setting"] == "single" else "task")
-    ax.set_ylabel("H-Mean (%)")
+    name = {"h_mean": "H-Mean", "acc_m": "Acc_m (missing classes)", "acc_r": "Acc_r"}.get(key, key)
+    ax.set_ylabel(f"{name} (%)")
     ax.set_ylim(-2, 102)
-    ax.set_title(f"H-Mean per {'setting' if comparison['setting'] == 'single' else 'task'} and method "
-                 f"({comparison['data']['name']})")
+    ax.set_title(f"{name} per {'setting' if comparison['setting'] == 'single' else 'task'} and method "
+                 f"({comparison['data']['name']}, {comparison['setting']})")
     ax.legend(fontsize=7, ncol=2, loc="center left", bbox_to_anchor=(1.0, 0.5))
     return fig

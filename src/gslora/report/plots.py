@@ -11,14 +11,16 @@ from ..files import atomic_write
 
 
 def accuracies_figure(results: dict) -> Figure:
-    """Acc_r, Acc_f, Acc_o and H-Mean per task, with the pre-trained Acc_r."""
+    """Acc_r, Acc_m (missing classes, when the run has them), Acc_f, Acc_o and H-Mean per task, with the pre-trained
+    Acc_r."""
     rows = results["tasks"]
     x = [r["task"] for r in rows]
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
-    for key, label, style in [("acc_r", "Acc_r (remaining)", "o-"), ("acc_f", "Acc_f (forgotten now)", "s-"),
+    for key, label, style in [("acc_r", "Acc_r (remaining)", "o-"), ("acc_m", "Acc_m (missing, no data)", "v-"),
+                              ("acc_f", "Acc_f (forgotten now)", "s-"),
                               ("acc_o", "Acc_o (forgotten before)", "^-"), ("h_mean", "H-Mean", "d--")]:
-        pts = [(t, r[key]) for t, r in zip(x, rows) if r[key] is not None]
+        pts = [(t, r.get(key)) for t, r in zip(x, rows) if r.get(key) is not None]
         if pts:
             ax.plot(*zip(*pts), style, label=label)
     ax.plot(x, [r["pretrained"]["acc_r"] for r in rows], ":", color="grey", label="pre-trained Acc_r")

@@ -10,29 +10,45 @@ def fmt(v, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def has_missing(rows: list[dict]) -> bool:
+    """Whether the run had missing classes (:mod:`gslora.practical`): then tables show Acc_m next to Acc_r."""
+    return any(r.get("n_missing") for r in rows)
+
+
 def paper_table(results: dict, label: str | None = None) -> str:
-    """The paper's Table 3 layout: a Pre-train row and a method row; per task H, Acc_r, Acc_f (Acc_o from task 2)."""
+    """The paper's Table 3 layout: a Pre-train row and a method row; per task H, Acc_r (Acc_m with missing classes),
+    Acc_f (Acc_o from task 2)."""
     rows = results["tasks"]
+    miss = has_missing(rows)
     header, sub, pre, ours = ["Method"], [""], ["Pre-train"], [label or results["method"]["method"]]
     for r in rows:
-        cols = ["H ↑", "Acc_r ↑", "Acc_f ↓"] + (["Acc_o ↓"] if r["task"] > 1 else [])
+        m = r.get("n_missing", 0) > 0
+        cols = ["H ↑", "Acc_r ↑"] + (["Acc_m ↑"] if m else []) + ["Acc_f ↓"] + (["Acc_o ↓"] if r["task"] > 1 else [])
         header += [f"T{r['task']} {r['setting']}"] + [""] * (len(cols) - 1)
         sub += cols
-        pre += ["-", fmt(r["pretrained"]["acc_r"]), fmt(r["pretrained"]["acc_f"])] + (["-"] if r["task"] > 1 else [])
-        ours += [fmt(r["h_mean"]), fmt(r["acc_r"]), fmt(r["acc_f"])] + ([fmt(r["acc_o"])] if r["task"] > 1 else [])
-    return markdown([header, sub, pre, ours])
+        pre += (["-", fmt(r["pretrained"]["acc_r"])] + ([fmt(r["pretrained"].get("acc_m"))] if m else [])
+                + [fmt(r["pretrained"]["acc_f"])] + (["-"] if r["task"] > 1 else []))
+        ours += ([fmt(r["h_mean"]), fmt(r["acc_r"])] + ([fmt(r.get("acc_m"))] if m else []) + [fmt(r["acc_f"])]
+                 + ([fmt(r["acc_o"])] if r["task"] > 1 else []))
+    table = markdown([header, sub, pre, ours])
+    if miss:
+        table += ("\n\nAcc_m: the missing classes (remaining, but without any replay data); Acc_r: the remaining "
+                  "classes that keep their replay data.")
+    return table
 
 
 def task_table(results: dict) -> str:
     """One row per task: the numbers the paper omits (drop, change of Acc_r, blocks touched, time)."""
-    lines = [["Task", "Setting", "Acc_f before", "Acc_f", "Drop", "Acc_r", "ΔAcc_r vs pre-train", "Acc_o", "H",
-              "Tunable", "Blocks selected", "Time (s)"]]
+    miss = has_missing(results["tasks"])
+    lines = [["Task", "Setting", "Acc_f before", "Acc_f", "Drop", "Acc_r", "ΔAcc_r vs pre-train"]
+             + (["Acc_m", "Acc_m before"] if miss else []) + ["Acc_o", "H", "Tunable", "Blocks selected", "Time (s)"]]
     for r in results["tasks"]:
         info = r.get("method_info", {})
         sel = info.get("selected_blocks")
+        m = [fmt(r.get("acc_m")), fmt(r["before"].get("acc_m"))] if miss else []
         lines.append([
             str(r["task"]), r["setting"], fmt(r["before"]["acc_f"]), fmt(r["acc_f"]), fmt(r["drop"]), fmt(r["acc_r"]),
-            fmt(r["acc_r_change_vs_pretrained"]), fmt(r["acc_o"]), fmt(r["h_mean"]), f"{r['tunable_ratio']:.2f}%",
+            fmt(r["acc_r_change_vs_pretrained"]), *m, fmt(r["acc_o"]), fmt(r["h_mean"]), f"{r['tunable_ratio']:.2f}%",
             "-" if sel is None else f"{len(sel)}/{len(info['group_norms'])} {sel}", f"{r['wall_seconds']:.1f}",
         ])
     return markdown(lines)
@@ -47,11 +63,12 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-CSV_FIELDS = ["task", "setting", "n_forget", "n_remain", "n_old", "acc_f", "acc_r", "acc_o", "drop", "h_mean",
-              "acc_f_before", "acc_r_pretrained", "acc_r_change_vs_pretrained", "val_acc_f", "val_acc_r", "val_acc_o",
-              "val_h_mean", "tunable_ratio", "trainable_params", "selected_blocks", "group_norms",
-              "relative_delta_norms", "replay_images", "forget_images", "steps", "train_seconds", "wall_seconds",
-              "missing_check_acc", "missing_check_change"]
+CSV_FIELDS = ["task", "setting", "n_forget", "n_remain", "n_old", "n_missing", "acc_f", "acc_r", "acc_m", "acc_o",
+              "drop", "h_mean", "acc_f_before", "acc_r_pretrained", "acc_m_before", "acc_m_pretrained",
+              "acc_r_change_vs_pretrained", "val_acc_f", "val_acc_r", "val_acc_m", "val_acc_o", "val_h_mean",
+              "tunable_ratio", "trainable_params", "selected_blocks", "group_norms", "relative_delta_norms",
+              "replay_images", "forget_images", "steps", "train_seconds", "wall_seconds", "missing_check_acc",
+              "missing_check_change"]
 
 
 def results_csv(results: dict) -> str:
@@ -62,8 +79,10 @@ def results_csv(results: dict) -> str:
         flat = dict(r)
         flat["acc_f_before"] = r["before"]["acc_f"]
         flat["acc_r_pretrained"] = r["pretrained"]["acc_r"]
-        for k in ("acc_f", "acc_r", "acc_o", "h_mean"):
-            flat[f"val_{k}"] = r["val"][k]
+        flat["acc_m_before"] = r["before"].get("acc_m")
+        flat["acc_m_pretrained"] = r["pretrained"].get("acc_m")
+        for k in ("acc_f", "acc_r", "acc_m", "acc_o", "h_mean"):
+            flat[f"val_{k}"] = r["val"].get(k)
         for k in ("selected_blocks", "group_norms", "relative_delta_norms"):
             if k in r.get("method_info", {}):
                 flat[k] = " ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r["method_info"][k])
@@ -90,9 +109,9 @@ def results_markdown(results: dict) -> str:
         "",
         "Validation split (carved from training data; use it, not the test split, for any model selection):",
         "",
-        markdown([["Task", "Acc_f", "Acc_r", "Acc_o", "H"]] + [
-            [str(r["task"]), fmt(r["val"]["acc_f"]), fmt(r["val"]["acc_r"]), fmt(r["val"]["acc_o"]),
-             fmt(r["val"]["h_mean"])] for r in results["tasks"]]),
+        markdown([["Task", "Acc_f", "Acc_r", "Acc_m", "Acc_o", "H"]] + [
+            [str(r["task"]), fmt(r["val"]["acc_f"]), fmt(r["val"]["acc_r"]), fmt(r["val"].get("acc_m")),
+             fmt(r["val"]["acc_o"]), fmt(r["val"]["h_mean"])] for r in results["tasks"]]),
         "",
     ]
     missing = missing_check_section(results)
