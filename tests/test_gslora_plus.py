@@ -289,3 +289,19 @@ def test_the_missing_setting_reports_acc_m_next_to_acc_r(micro_model, micro_data
     assert saved["plots"] == ["plots/h_mean.png", "plots/acc_m.png"] and "missing classes" in saved["constraint"]
     with open(out / "comparison.csv", newline="") as f:
         assert [float(r["acc_m"]) for r in csv.DictReader(f)] == pytest.approx([r["acc_m"] for r in rows])
+
+
+def test_benchmark_cli_missing_setting(micro_checkpoint, micro_data, tmp_path, capsys, monkeypatch):
+    from gslora.cli import main
+
+    monkeypatch.setattr("gslora.data.load_data", lambda *a, **k: micro_data)  # the 16 px micro faces of the fixture
+    out = tmp_path / "cli"
+    args = ["benchmark", "--checkpoint", str(micro_checkpoint), "--data", "faces", "--setting", "missing",
+            "--methods", "head,retrain-full", "--out", str(out), "--epochs", "1", "--device", "cpu", "--no-progress",
+            "--method-set", "head.mode=mask"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "Acc_m ↑" in printed and "not run: retrain-full needs" in printed and "plots/acc_m.png" in printed
+    saved = json.loads((out / "comparison.json").read_text())
+    head = saved["methods"][0]["runs"][0]
+    assert head["config"]["missing_ratio"] == 0.5 and head["config"]["data"] == "faces"

@@ -260,7 +260,7 @@ def cmd_benchmark(args) -> int:
     from .report.comparison import comparison_markdown_table
 
     base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device,
-                       missing_check_data=args.missing_check_data)
+                       missing_check_data=args.missing_check_data, data=args.data)  # recorded: audits reload it
     shared = from_dict(RunConfig, base, where="comparison config").validate()  # bad shared keys fail first
     method_args = _method_overrides(args.method_overrides)
     model, meta = _load_model_input(args, shared.preprocessing)

@@ -76,5 +76,5 @@ def check_method_fits(method, constraint: str | None) -> None:
     withholds."""
     needs = getattr(method, "data_needs", None)
     if constraint and needs:
-        raise DataConstraintError(f"{method.name} needs {needs}, which this setting does not give ({constraint}); "
-                                  "it is not run rather than run on more data than the others.")
+        raise DataConstraintError(f"{method.name} needs {needs}; this setting gives less ({constraint}), so it is "
+                                  "not run")
