@@ -69,6 +69,24 @@ def summarise(comp: dict) -> dict:
     return out
 
 
+def readme_table(setting: dict) -> str:
+    """One line per method: H per task and its mean, then Acc_f, Acc_r (and Acc_m) per task as "T1 / T2 / T3 / T4"."""
+    missing = any(t["n_missing"] for m in setting["methods"].values() for t in m["tasks"])
+    head = ["Method", "H T1", "H T2", "H T3", "H T4", "mean H", "Acc_f", "Acc_r"] + (["Acc_m"] if missing else [])
+    lines = ["| " + " | ".join(head + ["Time (s)"]) + " |", "|" + "---|" * (len(head) + 1)]
+    per = lambda ts, k: " / ".join("-" if t[k] is None else f"{t[k]:.0f}" for t in ts)  # noqa: E731
+    for name, m in setting["methods"].items():
+        ts = m["tasks"]
+        if m["status"] != "ok":
+            lines.append(f"| {name} | {m['status']}: {m['error'][:80]} |" + " |" * len(head))
+            continue
+        hs = [t["h_mean"] or 0.0 for t in ts]
+        cells = [name] + [f"{h:.1f}" for h in hs] + [f"**{sum(hs) / len(hs):.1f}**", per(ts, "acc_f"), per(ts, "acc_r")]
+        cells += [per(ts, "acc_m")] if missing else []
+        lines.append("| " + " | ".join(cells + [f"{m['wall_seconds']:.0f}"]) + " |")
+    return "\n".join(lines)
+
+
 def audit_pair(folder: Path, epochs: int) -> dict:
     """`gslora audit` of the GS-LoRA run with the GS-LoRA++ run of the same plan alongside."""
     from gslora.audit import AuditConfig, audit_run
@@ -99,10 +117,23 @@ def main() -> int:
     p.add_argument("--methods", default="gslora,gslora++,head,l2")
     p.add_argument("--max-steps", type=int, default=200, help="step budget per task and trial, every method")
     p.add_argument("--audit-epochs", type=int, default=20, help="epochs of head retraining in the recovery test")
-    p.add_argument("--no-audit", action="store_true")
+    p.add_argument("--audit", default="few-shot", help="settings whose GS-LoRA / GS-LoRA++ pair is audited ('' none); "
+                   "full and missing train on every image, so their audit falls back to images the runs saw")
+    p.add_argument("--audit-only", action="store_true", help="only audit the finished runs of --settings")
     p.add_argument("--out", default="runs/gslora-plus")
     p.add_argument("--results", default=str(RESULTS), help="the JSON file the numbers are merged into")
+    p.add_argument("--tables", action="store_true", help="print the README tables from --results and exit")
     args = p.parse_args()
+    if args.tables:
+        for name, ds in json.loads(Path(args.results).read_text())["datasets"].items():
+            for setting, entry in ds["settings"].items():
+                print(f"\n{name}, {setting} ({entry['constraint'] or 'every training image'}; "
+                      f"{entry['wall_seconds']:.0f} s)\n\n{readme_table(entry)}")
+            for key in [k for k in ds if k.startswith("audit_")]:
+                print(f"\n{name}, audit of the {key[6:].replace('_', '-')} runs\n")
+                for t in ds[key]["tables"].values():
+                    print(t + "\n")
+        return 0
     torch.set_num_threads(1)
 
     from gslora import load_checkpoint, load_data
@@ -124,6 +155,12 @@ def main() -> int:
             shared = {"data": spec, "max_steps": args.max_steps, "seed": 1337, "device": "cpu", "save_adapters": False,
                       **extra}
             folder = Path(args.out) / name / setting
+            audit = setting in [a.strip() for a in args.audit.split(",")]
+            if args.audit_only:
+                if audit:
+                    ds[f"audit_{setting.replace('-', '_')}"] = audit_pair(folder, args.audit_epochs)
+                    _save(results, store)
+                continue
             t0 = time.perf_counter()
             comp = run_comparison(load_checkpoint(ckpt)[0], meta["classes"], data, kind, args.methods,
                                   base_config=shared, out_dir=folder, resume=True, source_checkpoint=ckpt,
@@ -135,19 +172,24 @@ def main() -> int:
             ds["settings"][setting] = {**summarise(comp), "shared_config": shared, "table": table,
                                        "wall_seconds": round(wall, 1), "folder": str(folder)}
             ours_ok = all(e["status"] == "ok" for e in comp["methods"] if e["method"] in ("gslora", "gslora++"))
-            if setting == "few-shot" and not args.no_audit and ours_ok:
-                ds["audit_few_shot"] = audit_pair(folder, args.audit_epochs)
-                for t in ds["audit_few_shot"]["tables"].values():
+            if audit and ours_ok:
+                key = f"audit_{setting.replace('-', '_')}"
+                ds[key] = audit_pair(folder, args.audit_epochs)
+                for t in ds[key]["tables"].values():
                     print(t, "\n", flush=True)
             store.update({"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/gslora_plus.py "
                                      + " ".join(sys.argv[1:]),
                           "machine": f"{platform.machine()}, {platform.processor() or '?'}, torch {torch.__version__}, "
                                      "1 thread, CPU shared with another benchmark"})
-            results.parent.mkdir(parents=True, exist_ok=True)
-            tmp = results.with_suffix(".tmp")
-            tmp.write_text(json.dumps(store, indent=1, default=str))
-            tmp.replace(results)
+            _save(results, store)
     return 0
+
+
+def _save(results: Path, store: dict) -> None:
+    results.parent.mkdir(parents=True, exist_ok=True)
+    tmp = results.with_suffix(".tmp")
+    tmp.write_text(json.dumps(store, indent=1, default=str))
+    tmp.replace(results)
 
 
 if __name__ == "__main__":
