@@ -366,6 +366,18 @@ def _detection(args):
     return getattr(det, f"cmd_{args.command}")(args)
 
 
+def _shared_run_args(p, config_help: str, method_set_help: str) -> None:
+    """The shared-settings flags of benchmark and tune (the same keys, so a tuning matches its comparison)."""
+    p.add_argument("--config", help=config_help)
+    p.add_argument("--epochs", type=int, help="epochs per task, for every method")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a shared run setting, e.g. --set replay_ratio=0.2")
+    p.add_argument("--method-set", dest="method_overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                   help=method_set_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .detection.cli import add_detection_flags
 
@@ -462,14 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "setting gives is marked not run")
     p.add_argument("--methods", default="all", help="'all' or a comma-separated list (e.g. gslora,ewc,lwf)")
     p.add_argument("--out", required=True, help="benchmark folder")
-    p.add_argument("--config", help="YAML file with shared run settings (epochs, batch_size, replay_ratio, ...)")
-    p.add_argument("--epochs", type=int, help="epochs per task, for every method")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a shared run setting, e.g. --set replay_ratio=0.2")
-    p.add_argument("--method-set", dest="method_overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="override one method's argument, e.g. --method-set ewc.lam=5")
+    _shared_run_args(p, "YAML file with shared run settings (epochs, batch_size, replay_ratio, ...)",
+                     "override one method's argument, e.g. --method-set ewc.lam=5")
     p.add_argument("--tuned", metavar="FILE", help="the tuned.yaml of `gslora tune` (same data and setting): run "
                    "each method with its chosen values; the table states the budget and the values")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished comparison in --out")
@@ -491,14 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seeded random draws (default) or a seeded grid over each method's search space")
     p.add_argument("--tasks", type=int, default=1, help="continual: tune on the first N tasks of the plan (default 1)")
     p.add_argument("--out", required=True, help="tuning folder (tuned.yaml, tuning.md)")
-    p.add_argument("--config", help="YAML file with shared run settings (as for benchmark; use the same)")
-    p.add_argument("--epochs", type=int, help="epochs per task, for every method")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a shared run setting, e.g. --set replay_ratio=0.2")
-    p.add_argument("--method-set", dest="method_overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
-                   help="fix one method's argument in every trial (it leaves the search space)")
+    _shared_run_args(p, "YAML file with shared run settings (as for benchmark; use the same)",
+                     "fix one method's argument in every trial (it leaves the search space)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished tuning in --out")
     p.add_argument("--resume", action="store_true", help="continue the unfinished tuning in --out")
     p.add_argument("--no-progress", action="store_true")
