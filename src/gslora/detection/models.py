@@ -9,7 +9,9 @@ SenseTime/deformable-detr or facebook/detr-resnet-50; nothing is ever downloaded
 
 from __future__ import annotations
 
+import importlib
 import json
+import math
 import re
 from pathlib import Path
 
@@ -68,13 +70,90 @@ def build_detector(name_or_config: str | dict, class_names: list[str], seed: int
         levels = spec.get("num_feature_levels", 4)
         stages = ["stage2", "stage3", "stage4"][-min(3, levels):] if levels > 1 else ["stage4"]
         cfg = DeformableDetrConfig(backbone_config=_resnet_backbone(width, stages), **common, **spec)
-        return DeformableDetrForObjectDetection(cfg)
-    if arch == "detr":
+        model = DeformableDetrForObjectDetection(cfg)
+        _focal_prior_init(model)
+    elif arch == "detr":
         from transformers import DetrConfig, DetrForObjectDetection
 
         cfg = DetrConfig(backbone_config=_resnet_backbone(width, ["stage4"]), **common, **spec)
-        return DetrForObjectDetection(cfg)
-    raise GsloraError(f"unknown detector architecture {arch!r}; choose one of {', '.join(DETECTORS)}.")
+        model = DetrForObjectDetection(cfg)
+    else:
+        raise GsloraError(f"unknown detector architecture {arch!r}; choose one of {', '.join(DETECTORS)}.")
+    return trainable_backbone(model)
+
+
+def _focal_prior_init(model: nn.Module, prior: float = 0.01) -> None:
+    """Deformable DETR's reference initialisation, which transformers 5.x no longer applies: class logits start at
+    the prior probability 0.01 (bias −log(99)) so the focal loss does not begin by pushing every query's score down
+    from 0.5, and the box heads' last layer starts at zero with the size logits at −2."""
+    with torch.no_grad():
+        for head in model.class_embed:
+            head.bias.fill_(-math.log((1 - prior) / prior))
+        for head in model.bbox_embed:
+            head.layers[-1].weight.zero_()
+            head.layers[-1].bias.zero_()
+            head.layers[-1].bias[2:] = -2.0
+
+
+def backbone_network(model: nn.Module) -> nn.Module:
+    """The convolutional backbone inside a DETR-family detector (``model.backbone.model``: a transformers
+    ``*Backbone`` whose output has ``feature_maps``, or a timm features-only network)."""
+    return unwrap(model).model.backbone.model
+
+
+def trainable_backbone(model: nn.Module) -> nn.Module:
+    """Make a from-scratch backbone trainable: transformers replaces its batch norms by frozen ones (right for an
+    ImageNet backbone, an identity for a random one) and freezes stem and stages by a name pattern (``"stage.1"``)
+    that never matches transformers' own ResNet (``stages.1``), i.e. the whole backbone. Here every backbone weight
+    trains and the frozen batch norms become ordinary ``BatchNorm2d`` again; :func:`freeze_batch_norm` turns them
+    back (same state-dict keys) once pre-training is over."""
+    net = backbone_network(model)
+    frozen = _frozen_bn_class(model)
+
+    def swap(module: nn.Module):
+        for name, child in module.named_children():
+            if isinstance(child, frozen):
+                bn = nn.BatchNorm2d(child.weight.numel()).to(child.weight.device)
+                with torch.no_grad():
+                    for key in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(bn, key).copy_(getattr(child, key))
+                module._modules[name] = bn
+            else:
+                swap(child)
+
+    swap(net)
+    for p in net.parameters():
+        p.requires_grad_(True)
+    return model
+
+
+def freeze_batch_norm(model: nn.Module) -> nn.Module:
+    """Every ``BatchNorm2d`` of the detector's backbone back to the model family's frozen batch norm (same running
+    statistics and affine values, so eval outputs do not change); a no-op for a model that has none. Forgetting runs
+    start with this: a live batch norm would keep updating its statistics in train mode, changing a model GS-LoRA
+    promises to leave untouched outside its adapters."""
+    frozen = _frozen_bn_class(model)
+
+    def swap(module: nn.Module):
+        for name, child in module.named_children():
+            if isinstance(child, nn.BatchNorm2d):
+                new = frozen(child.num_features).to(child.weight.device)
+                with torch.no_grad():
+                    for key in ("weight", "bias", "running_mean", "running_var"):
+                        getattr(new, key).copy_(getattr(child, key))
+                module._modules[name] = new
+            else:
+                swap(child)
+
+    swap(unwrap(model).model.backbone)
+    return model
+
+
+def _frozen_bn_class(model: nn.Module) -> type:
+    inner = unwrap(model)
+    module = importlib.import_module(type(inner).__module__)
+    name = {"deformable_detr": "DeformableDetrFrozenBatchNorm2d", "detr": "DetrFrozenBatchNorm2d"}[arch_of(inner)]
+    return getattr(module, name)
 
 
 def arch_of(model: nn.Module) -> str:

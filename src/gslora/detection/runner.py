@@ -31,7 +31,7 @@ from ..methods.base import Method, TaskContext
 from .data import DetectionData
 from .evaluate import det_task_metrics, per_class_ap, predict, sets_from_classes
 from .methods import get_detection_method
-from .models import count_parameters, save_detector
+from .models import count_parameters, freeze_batch_norm, save_detector
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def run_detection_forgetting(model: torch.nn.Module, classes: list[str], data: D
         atomic_write_text(folder / "config.yaml", yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
         atomic_write_json(folder / "plan.json", plan.to_dict(classes))
     device = resolve_device(config.device)
-    model = model.to(device)
+    model = freeze_batch_norm(model).to(device)  # a live batch norm would drift in train mode
     total_params = count_parameters(model)
     nc = len(classes)
     pool = data.train.subset(available_images(len(data.train), config.replay_ratio, config.seed))
