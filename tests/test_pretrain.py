@@ -161,3 +161,21 @@ def test_cli_pretrain_prints_the_budget_and_exits_0_when_the_model_learned(tmp_p
     assert code == 0, captured.err
     assert "budget 300 steps" in captured.out and "WARNING" not in captured.err
     assert json.loads(out.with_suffix(".json").read_text())["pretrain"]["learned"] is True
+
+
+def test_bf16_precision_runs_the_forward_under_autocast_and_bad_precision_is_refused(small_data, monkeypatch):
+    seen = []
+    model = create_model("vit_face_micro", small_data.num_classes, seed=0)
+    real_forward = model.forward
+
+    def forward(x, *a, **k):
+        seen.append(torch.is_autocast_enabled("cpu"))
+        return real_forward(x, *a, **k)
+
+    monkeypatch.setattr(model, "forward", forward)
+    pretrain(model, small_data, PretrainConfig(max_steps=3, batch_size=8, device="cpu", precision="bf16",
+                                               eval_every=100))
+    assert seen[:3] == [True, True, True]  # the three training steps
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    with pytest.raises(GsloraError, match="precision"):
+        PretrainConfig(precision="fp16").validate()

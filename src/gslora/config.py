@@ -160,6 +160,7 @@ class PretrainConfig:
     margin_warmup: float = 0.3  # fraction of the budget over which a CosFace margin ramps up from 0
     seed: int = 1337
     device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward passes; meant for GPUs)
 
     def resolved_warmup(self) -> int:
         """Warm-up in epochs, for a run sized in epochs."""
@@ -212,6 +213,8 @@ class PretrainConfig:
             raise GsloraError(f"pretrain patience must be ≥ 0 (0: no early stopping), got {self.patience}.")
         if not 0 <= self.margin_warmup <= 1:
             raise GsloraError(f"pretrain margin_warmup must be in [0, 1], got {self.margin_warmup}.")
+        if self.precision not in _PRECISIONS:
+            raise GsloraError(f"pretrain precision must be one of {', '.join(_PRECISIONS)}, got {self.precision!r}.")
         if self.warmup_epochs is not None:
             if self.epochs is None:
                 raise GsloraError("pretrain warmup_epochs needs epochs; use warmup_steps with a step budget.")

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from .config import PretrainConfig
 from .data.augment import augment_batch
 from .data.base import DataBundle, ImageDataset, TensorImages
-from .engine import warmup_cosine
+from .engine import autocast_dtype, warmup_cosine
 from .errors import GsloraError
 from .evaluate import accuracy, class_counts
 from .models.registry import Classifier
@@ -164,6 +164,7 @@ def pretrain(model: Classifier, data: DataBundle, cfg: PretrainConfig, progress:
 
     cfg.validate()
     device = resolve_device(cfg.device)
+    amp = autocast_dtype(cfg.precision)
     torch.manual_seed(cfg.seed)
     model.to(device).train()
     plan = cfg.schedule(len(data.train))
@@ -196,7 +197,8 @@ def pretrain(model: Classifier, data: DataBundle, cfg: PretrainConfig, progress:
                 x = augment_batch(x, aug_gen)
             if ramp:
                 head.m = full_margin * min(1.0, (step - 1) / ramp)
-            loss = F.cross_entropy(model(norm(x), y), y)
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                loss = F.cross_entropy(model(norm(x), y).float(), y)
             if not torch.isfinite(loss):
                 raise GsloraError(f"pre-training loss became {loss.item()} at step {step}; lower lr.")
             opt.zero_grad(set_to_none=True)
