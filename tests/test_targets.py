@@ -178,3 +178,17 @@ def test_results_report_targets_trials_and_selected_blocks(micro_model, micro_da
     assert set(row["targets"]) == {"spec", "val", "test"} and set(row["targets"]["test"]) == {"acc_f", "acc_r_drop"}
     assert row["steps"] == row["trials"][0]["steps"] <= 12
     assert set(row["method_info"]["selected_blocks"]) <= set(range(len(row["method_info"]["group_norms"])))
+
+
+def test_trial_choice_prefers_all_targets_then_validation_h_over_a_collapsed_trial():
+    from gslora.forget import _better
+
+    def trial(acc_f_met, kept, h):
+        return {"targets_met": {"acc_f": acc_f_met, "acc_r_drop": kept}, "val": {"h_mean": h}}
+
+    collapsed = trial(True, False, 6.4)  # forgot, but validation Acc_r fell to a few percent
+    balanced = trial(False, True, 70.0)  # missed acc_f by a few points, kept the rest
+    assert _better(balanced, collapsed) and not _better(collapsed, balanced)
+    everything = trial(True, True, 50.0)
+    assert _better(everything, balanced)
+    assert _better(trial(True, False, 60.0), trial(False, False, 60.0))  # tie on H: forgetting met wins
