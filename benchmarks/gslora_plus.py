@@ -50,7 +50,9 @@ RESULTS = ROOT / "docs" / "results" / "gslora_plus.json"
 def summarise(comp: dict) -> dict:
     out = {"constraint": comp.get("constraint"), "plan": comp["plans"], "methods": {}}
     for e in comp["methods"]:
-        entry = {"status": e["status"], "error": e["error"], "wall_seconds": round(e["wall_seconds"], 1), "tasks": []}
+        # the runs' own wall times (a run resumed from its finished folder took ~0 s in this call)
+        wall = sum(run.get("wall_seconds") or 0.0 for run in e["runs"]) or e["wall_seconds"]
+        entry = {"status": e["status"], "error": e["error"], "wall_seconds": round(wall, 1), "tasks": []}
         for run in e["runs"]:
             for r in run["tasks"]:
                 pro = r["method_info"].get("prototype")
