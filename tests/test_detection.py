@@ -186,3 +186,66 @@ def test_detr_runs_through_the_same_runner():
     assert row["steps"] == 3 and row["ap_f_before"] is not None
     changed = {n for n, p in result.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed and all(".fc1." in n or ".fc2." in n for n in changed)  # LoRA merged into the FFNs only
+
+
+def test_scratch_backbone_trains_then_freezes_back(tmp_path):
+    """transformers freezes a ResNet backbone by a name pattern that matches none of its own layers and swaps its
+    batch norms for frozen ones; a from-scratch detector gets a trainable backbone with live batch norms, and
+    freeze_batch_norm turns them back without changing eval outputs (and the folder loads as plain transformers)."""
+    import math
+
+    from torch import nn
+
+    from gslora.detection.models import backbone_network, freeze_batch_norm, load_detector, save_detector
+
+    model = build_detector("deformable_detr_micro", CLASSES)
+    net = backbone_network(model)
+    assert all(p.requires_grad for p in net.parameters())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    assert torch.allclose(model.class_embed[0].bias, torch.full((3,), -math.log(99)))  # focal prior 0.01
+    x = torch.randn(2, 3, 32, 32)
+    model.train()
+    model(pixel_values=x)  # one train-mode pass moves the running statistics away from (0, 1)
+    model.eval()
+    with torch.no_grad():
+        before = model(pixel_values=x).logits
+    freeze_batch_norm(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    with torch.no_grad():
+        assert torch.allclose(model(pixel_values=x).logits, before, atol=1e-5)
+    save_detector(model, tmp_path / "det", CLASSES)
+    loaded, _ = load_detector(tmp_path / "det")
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(pixel_values=x).logits, before, atol=1e-5)
+
+
+def test_backbone_warmup_and_cls_weight_in_pretraining():
+    from gslora.detection.data import digits_data
+    from gslora.detection.pretrain import DetPretrainConfig, pretrain_detector
+
+    data = digits_data(image_size=32, n_train=24, n_val=8, n_test=8, max_objects=1, scale=(0.5, 0.7))
+    model = build_detector("deformable_detr_micro", data.classes)
+    backbone_before = {n: p.detach().clone() for n, p in model.named_parameters() if ".backbone." in n}
+    cfg = DetPretrainConfig(max_steps=2, batch_size=8, warmup_steps=1, backbone_warmup_steps=3,
+                            backbone_warmup_batch_size=8, cls_weight=5.0, device="cpu")
+    stats = pretrain_detector(model, data, cfg)
+    assert stats["backbone_warmup"]["steps"] == 3 and 0.0 <= stats["backbone_warmup"]["val_accuracy"] <= 1.0
+    named = dict(model.named_parameters())
+    assert any(not torch.equal(named[n], p) for n, p in backbone_before.items())  # the backbone trained
+    assert stats["config"]["cls_weight"] == 5.0
+    with pytest.raises(GsloraError, match="cls_weight"):
+        DetPretrainConfig(cls_weight=0.0).validate()
+
+
+def test_demo_run_config_takes_the_methods_own_section():
+    from gslora.detection.cli import demo_run_config
+
+    demo = {"run": {"tasks": "4x2", "batch_size": 4, "eval_every": 0},
+            "methods": {"gslora": {"lr": 2e-3, "method_args": {"bound": 5.0}}, "finetune": {"lr": 2e-4}}}
+    cfg = demo_run_config(demo, [])
+    assert cfg.method == "gslora" and cfg.lr == 2e-3 and cfg.method_args == {"bound": 5.0} and cfg.batch_size == 4
+    cfg = demo_run_config(demo, ["method=finetune"])
+    assert cfg.method == "finetune" and cfg.lr == 2e-4 and cfg.method_args == {}
+    cfg = demo_run_config(demo, ["method_args.beta=0.5", "lr=1e-3"])
+    assert cfg.method_args == {"bound": 5.0, "beta": 0.5} and cfg.lr == 1e-3

@@ -40,10 +40,13 @@ def cmd_pretrain(args) -> int:
     from .models import TINY_CONFIGS, save_detector
     from .pretrain import DetPretrainConfig, pretrain_detector
 
-    model_name = args.model if args.model != "vit_face_tiny" else "deformable_detr_tiny"
-    cfg = build_config(DetPretrainConfig, args.config, args.overrides, where="detection pretrain config",
-                       max_steps=args.max_steps, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                       device=args.device)
+    model_name = args.model if args.model != "vit_face_tiny" else "deformable_detr_demo"
+    # a detector built from scratch starts from the demo's recipe (backbone warm-up, L_cls weight, lr); a model
+    # loaded from a folder from the dataclass defaults (no warm-up: its backbone is already trained)
+    base = demo_settings()["pretrain"] if model_name in TINY_CONFIGS else None
+    cfg = build_config(DetPretrainConfig, args.config, args.overrides, base=base,
+                       where="detection pretrain config", max_steps=args.max_steps, lr=args.lr,
+                       batch_size=args.batch_size, seed=args.seed, device=args.device)
     out = Path(args.out)
     if (out / "config.json").exists() and not args.overwrite:
         raise GsloraError(f"{out} already holds a detector; choose another --out or pass --overwrite.")
@@ -142,20 +145,32 @@ def demo_settings() -> dict:
     return packaged_yaml("detection_demo.yaml")
 
 
+def demo_run_config(demo: dict, overrides: list[str] | None, epochs: int | None = None, device: str | None = None):
+    """The demo's run config: ``run`` (shared), then the chosen method's section of ``methods`` (its lr, budget and
+    method_args), then ``--set`` overrides and flags. The method is read from the overrides first (``--set
+    method=finetune``), so each method gets its own packaged settings."""
+    from ..config import config_data
+    from .runner import DetRunConfig
+
+    run = {**demo["run"], **({"epochs": epochs, "max_steps": 0} if epochs else {})}
+    method = config_data(None, overrides, run).get("method", "gslora")
+    own = dict((demo.get("methods") or {}).get(method) or {})
+    base = {**run, **own, "method_args": {**run.get("method_args", {}), **own.get("method_args", {})}}
+    return build_config(DetRunConfig, None, overrides, base=base, where="detection demo config", device=device)
+
+
 def cmd_demo(args, cache_dir: Path) -> int:
     from .._version import __version__
     from .data import digits_data
     from .models import TINY_CONFIGS, build_detector, load_detector, save_detector
     from .pretrain import DetPretrainConfig, pretrain_detector
-    from .runner import DetRunConfig, run_detection_forgetting
+    from .runner import run_detection_forgetting
 
     demo = demo_settings()
     t0 = time.perf_counter()
     pcfg = from_dict(DetPretrainConfig, {**demo["pretrain"], **({"device": args.device} if args.device else {})},
                      where="detection demo pretrain").validate()
-    base = {**demo["run"], **({"epochs": args.epochs, "max_steps": 0} if args.epochs else {})}
-    cfg = build_config(DetRunConfig, None, args.overrides, base=base, where="detection demo config",
-                       device=args.device)
+    cfg = demo_run_config(demo, args.overrides, epochs=args.epochs, device=args.device)
     key_src = [__version__, demo["model"], TINY_CONFIGS[demo["model"]], demo["data"],
                {k: v for k, v in dataclasses.asdict(pcfg).items() if k != "device"}]
     key = hashlib.sha256(json.dumps(key_src, sort_keys=True).encode()).hexdigest()[:12]
@@ -169,12 +184,15 @@ def cmd_demo(args, cache_dir: Path) -> int:
         model = build_detector(demo["model"], data.classes, seed=pcfg.seed)
         stats = pretrain_detector(model, data, pcfg, progress=not args.no_progress)
         save_detector(model, ckpt, data.classes, extra={"pretrain": stats, "image_size": data.train.image_size})
+        warm = stats.get("backbone_warmup")
+        warm_text = f", backbone warm-up {warm['seconds']:.0f} s of it" if warm else ""
         print(f"pre-trained: test AP {stats['test_ap']:.1f} (AP50 {stats['test_ap50']:.1f}) in "
-              f"{stats['train_seconds']:.0f} s -> {ckpt}")
+              f"{stats['train_seconds']:.0f} s{warm_text} -> {ckpt}")
     model, meta = load_detector(ckpt)
-    budget = f"up to {cfg.max_steps} steps" if cfg.max_steps else f"{cfg.epochs} epochs"
-    print(f"forgetting {cfg.tasks} with {cfg.method} ({budget} per task, stopping once validation AP_f <= "
-          f"{cfg.forget_target:g} x its value before the task)...")
+    budget = f"{cfg.max_steps} steps" if cfg.max_steps else f"{cfg.epochs} epochs"
+    stop = (f"up to {budget} per task, stopping once validation AP_f <= {cfg.forget_target:g} x its value before "
+            "the task" if cfg.eval_every else f"{budget} per task")
+    print(f"forgetting {cfg.tasks} with {cfg.method} ({stop})...")
     out = Path(args.out if args.out != "runs/demo" else "runs/demo-detection")
     result = run_detection_forgetting(model, meta["classes"], data, cfg, out_dir=out, overwrite=True,
                                       progress=not args.no_progress, source_checkpoint=ckpt)

@@ -70,16 +70,18 @@ class DetectionSet(Dataset):
         return len(self.images)
 
     def image_tensor(self, i: int) -> torch.Tensor:
-        """Image ``i`` as a float tensor in [0, 1], (3, S, S) (cached for in-memory images)."""
-        if i in self._cache:
-            return self._cache[i].float().div_(255.0)
-        im = self.images[i]
-        arr = im.pixels()
-        if arr.shape[0] != self.image_size or arr.shape[1] != self.image_size:
-            arr = np.asarray(Image.fromarray(arr).resize((self.image_size, self.image_size), Image.BILINEAR))
-        t = torch.from_numpy(np.array(arr, dtype=np.uint8, copy=True)).permute(2, 0, 1)
-        if im.array is not None:
-            self._cache[i] = t  # uint8: a quarter of the memory of the float image
+        """Image ``i`` as a float tensor in [0, 1], (3, S, S). An in-memory image at another size than the model's is
+        resized once and kept (uint8)."""
+        t = self._cache.get(i)
+        if t is None:
+            im = self.images[i]
+            arr = im.pixels()
+            resized = arr.shape[0] != self.image_size or arr.shape[1] != self.image_size
+            if resized:
+                arr = np.asarray(Image.fromarray(arr).resize((self.image_size, self.image_size), Image.BILINEAR))
+            t = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1)  # a copy: arr can be read-only
+            if im.array is not None and resized:
+                self._cache[i] = t
         return t.float().div_(255.0)
 
     def target(self, i: int) -> torch.Tensor:
@@ -383,7 +385,7 @@ def digits_images(n: int, digits: np.ndarray, digit_labels: np.ndarray, backgrou
     return out
 
 
-def digits_data(image_size: int = 64, n_train: int = 4000, n_val: int = 200, n_test: int = 300,
+def digits_data(image_size: int = 64, n_train: int = 8000, n_val: int = 200, n_test: int = 500,
                 seed: int = 1337, max_objects: int = 2, scale: tuple[float, float] = (0.35, 0.5)) -> DetectionData:
     """The bundled detection demo: scikit-learn's 1,797 handwritten digits (8x8 scans, 10 categories) pasted onto
     crops of scikit-image's photos and textures; built at run time, seeded, exact boxes. Train, validation and test

@@ -78,8 +78,10 @@ def _num_boxes(targets: list[dict]) -> float:
     return max(1.0, float(sum(len(t["class_labels"]) for t in targets)))
 
 
-def set_loss(criterion: nn.Module, layers: list[dict], targets: list[dict]) -> tuple[torch.Tensor, dict]:
-    """The DETR set loss summed over layers: Σ_layers 2·L_cls + 5·L1 + 2·GIoU. Returns (loss, per-term sums)."""
+def set_loss(criterion: nn.Module, layers: list[dict], targets: list[dict],
+             cls_weight: float = CLS_WEIGHT) -> tuple[torch.Tensor, dict]:
+    """The DETR set loss summed over layers: Σ_layers 2·L_cls + 5·L1 + 2·GIoU (``cls_weight`` replaces the 2 of
+    L_cls; only pre-training changes it). Returns (loss, per-term sums)."""
     n = _num_boxes(targets)
     cls = l1 = giou = 0.0
     for out in layers:
@@ -87,7 +89,7 @@ def set_loss(criterion: nn.Module, layers: list[dict], targets: list[dict]) -> t
         cls = cls + criterion.loss_labels(out, targets, idx, n)["loss_ce"]
         boxes = criterion.loss_boxes(out, targets, idx, n)
         l1, giou = l1 + boxes["loss_bbox"], giou + boxes["loss_giou"]
-    total = CLS_WEIGHT * cls + L1_WEIGHT * l1 + GIOU_WEIGHT * giou
+    total = cls_weight * cls + L1_WEIGHT * l1 + GIOU_WEIGHT * giou
     return total, {"cls": _f(cls), "l1": _f(l1), "giou": _f(giou)}
 
 

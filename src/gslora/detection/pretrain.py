@@ -38,6 +38,7 @@ class DetPretrainConfig:
     weight_decay: float = 1e-4
     warmup_steps: int = 100
     grad_clip: float = 0.1  # DETR's max gradient norm
+    cls_weight: float = 2.0  # weight of L_cls in the set loss (Deformable DETR: 2; the demo: 5, see docs/detection.md)
     backbone_warmup_steps: int = 0  # box-centre classification steps for the backbone alone, before the set loss
     backbone_warmup_lr: float = 2e-3
     backbone_warmup_batch_size: int = 32
@@ -51,6 +52,8 @@ class DetPretrainConfig:
         if self.backbone_warmup_steps < 0:
             raise GsloraError(f"detection pretrain backbone_warmup_steps must be ≥ 0, got "
                               f"{self.backbone_warmup_steps}.")
+        if self.cls_weight <= 0:
+            raise GsloraError(f"detection pretrain cls_weight must be > 0, got {self.cls_weight}.")
         if self.lr <= 0 or self.backbone_warmup_lr <= 0:
             raise GsloraError(f"detection pretrain lr and backbone_warmup_lr must be > 0, got {self.lr} and "
                               f"{self.backbone_warmup_lr}.")
@@ -144,7 +147,7 @@ def pretrain_detector(model: torch.nn.Module, data: DetectionData, cfg: DetPretr
     while step < cfg.max_steps:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            loss, logs = set_loss(criterion, layer_outputs(model, x), targets_from_tensor(y))
+            loss, logs = set_loss(criterion, layer_outputs(model, x), targets_from_tensor(y), cfg.cls_weight)
             if not math.isfinite(float(loss.detach())):
                 raise GsloraError(f"detection pre-training diverged at step {step} (loss {float(loss)}); lower lr.")
             optimizer.zero_grad(set_to_none=True)

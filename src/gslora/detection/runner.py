@@ -129,7 +129,8 @@ def run_detection_forgetting(model: torch.nn.Module, classes: list[str], data: D
         return per_class_ap(m, getattr(data, split), device, config.eval_batch_size)
 
     test_orig = evaluate(model)
-    test_now, val_now = test_orig, evaluate(model, "val")
+    checking = bool(config.eval_every)  # validation AP is only needed for the stopping checks
+    test_now, val_now = test_orig, (evaluate(model, "val") if checking else None)
     shown = data.test.subset(range(min(figure_images, len(data.test))))
     pictures = [("pre-trained", predict(model, shown, device))]
     rows = []
@@ -140,7 +141,7 @@ def run_detection_forgetting(model: torch.nn.Module, classes: list[str], data: D
             which = "forget" if len(forget_data) == 0 else "remaining"
             raise GsloraError(f"task {task.index}: the {len(pool)} available training images hold no box of the "
                               f"{which} classes; raise replay_ratio.")
-        val_before_f = sets_from_classes(val_now, {"f": task.forget})["f"]["ap"]
+        val_before_f = sets_from_classes(val_now, {"f": task.forget})["f"]["ap"] if checking else None
 
         def check(m, forget=task.forget, before=val_before_f):
             ap = sets_from_classes(evaluate(m, "val"), {"f": forget})["f"]["ap"]
@@ -154,10 +155,10 @@ def run_detection_forgetting(model: torch.nn.Module, classes: list[str], data: D
         t0 = time.perf_counter()
         model = method.prepare(model, ctx)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        summary = train_task(model, method, ctx, check=check if config.eval_every else None)
+        summary = train_task(model, method, ctx, check=check if checking else None)
         model, info = method.finish(model, ctx)
         model.eval()
-        test_after, val_now = evaluate(model), evaluate(model, "val")
+        test_after, val_now = evaluate(model), (evaluate(model, "val") if checking else None)
         metrics = det_task_metrics(sets_from_classes(test_now, sets), sets_from_classes(test_after, sets),
                                    sets_from_classes(test_orig, sets))
         test_now = test_after
