@@ -171,15 +171,9 @@ def cmd_evaluate(args) -> int:
     from .forget import check_data_matches
 
     check_data_matches(classes, data)
-    from .data.plan import class_id
+    from .data.plan import evaluation_sets
 
-    sets = {"all": list(range(len(classes)))}
-    forgotten = [class_id(c, classes) for h in meta.get("history", []) for c in h["forgotten"]]
-    if forgotten:
-        sets["forgotten (history)"] = forgotten
-        sets["remaining (history)"] = [c for c in range(len(classes)) if c not in set(forgotten)]
-    for i, spec in enumerate(args.classes or []):
-        sets[f"set {i + 1}"] = [class_id(c.strip(), classes) for c in spec.split(",") if c.strip()]
+    sets = evaluation_sets(classes, meta.get("history", []), args.classes)
     device = resolve_device(args.device or "auto")
     correct, total = class_counts(model.to(device), getattr(data, args.split), len(classes), device)
     report = {name: {"classes": len(c), "accuracy": accuracy(correct, total, c)} for name, c in sets.items()}

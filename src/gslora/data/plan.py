@@ -65,6 +65,19 @@ def parse_tasks(spec) -> tuple[int, int] | list[list]:
     raise GsloraError(f"tasks must be 'NxK' or a non-empty list of non-empty class lists, got {spec!r}.")
 
 
+def evaluation_sets(class_names: list[str], history: list[dict], specs: list[str] | None) -> dict[str, list[int]]:
+    """The class sets ``gslora evaluate`` reports: all classes, the forgotten and remaining ones of a run's
+    ``history`` (when it has one), and each comma-separated ``specs`` entry as "set 1", "set 2", ..."""
+    sets = {"all": list(range(len(class_names)))}
+    forgotten = [class_id(c, class_names) for h in history for c in h["forgotten"]]
+    if forgotten:
+        sets["forgotten (history)"] = forgotten
+        sets["remaining (history)"] = [c for c in range(len(class_names)) if c not in set(forgotten)]
+    for i, spec in enumerate(specs or []):
+        sets[f"set {i + 1}"] = [class_id(c.strip(), class_names) for c in spec.split(",") if c.strip()]
+    return sets
+
+
 def class_id(c, class_names: list[str]) -> int:
     """A class given by name or id, as an id; an unknown class is a GsloraError listing valid ones."""
     if isinstance(c, str) and c in class_names:

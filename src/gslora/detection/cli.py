@@ -113,19 +113,13 @@ def cmd_forget(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from ..data.plan import class_id
+    from ..data.plan import evaluation_sets
     from ..distributed import resolve_device
     from .evaluate import per_class_ap, sets_from_classes
 
     model, meta, data = _load(args)
     classes = data.classes
-    sets = {"all": list(range(len(classes)))}
-    forgotten = [class_id(c, classes) for h in meta.get("history", []) for c in h["forgotten"]]
-    if forgotten:
-        sets["forgotten (history)"] = forgotten
-        sets["remaining (history)"] = [c for c in range(len(classes)) if c not in set(forgotten)]
-    for i, spec in enumerate(args.classes or []):
-        sets[f"set {i + 1}"] = [class_id(c.strip(), classes) for c in spec.split(",") if c.strip()]
+    sets = evaluation_sets(classes, meta.get("history", []), args.classes)
     device = resolve_device(args.device or "auto")
     per_class = per_class_ap(model.to(device), getattr(data, args.split), device)
     report = {name: {"classes": len(c), **r} for name, (c, r) in

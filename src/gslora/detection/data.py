@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..data.base import DataBundle
 from ..errors import GsloraError
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
@@ -137,21 +138,8 @@ def targets_from_tensor(y: torch.Tensor) -> list[dict]:
 
 
 @dataclass
-class DetectionData:
-    """Train / validation / test splits over the same categories."""
-
-    train: DetectionSet
-    val: DetectionSet
-    test: DetectionSet
-    name: str
-
-    @property
-    def classes(self) -> list[str]:
-        return self.train.classes
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.train.classes)
+class DetectionData(DataBundle):
+    """Train / validation / test splits (each a :class:`DetectionSet`) over the same categories."""
 
     def describe(self) -> dict:
         return {"name": self.name, "classes": self.num_classes, "image_size": self.train.image_size,

@@ -115,19 +115,7 @@ def trainable_backbone(model: nn.Module) -> nn.Module:
     back (same state-dict keys) once pre-training is over."""
     net = backbone_network(model)
     frozen = _frozen_bn_class(model)
-
-    def swap(module: nn.Module):
-        for name, child in module.named_children():
-            if isinstance(child, frozen):
-                bn = nn.BatchNorm2d(child.weight.numel()).to(child.weight.device)
-                with torch.no_grad():
-                    for key in ("weight", "bias", "running_mean", "running_var"):
-                        getattr(bn, key).copy_(getattr(child, key))
-                module._modules[name] = bn
-            else:
-                swap(child)
-
-    swap(net)
+    _swap_norms(net, frozen, lambda child: nn.BatchNorm2d(child.weight.numel()))
     for p in net.parameters():
         p.requires_grad_(True)
     return model
@@ -139,20 +127,22 @@ def freeze_batch_norm(model: nn.Module) -> nn.Module:
     start with this: a live batch norm would keep updating its statistics in train mode, changing a model GS-LoRA
     promises to leave untouched outside its adapters."""
     frozen = _frozen_bn_class(model)
-
-    def swap(module: nn.Module):
-        for name, child in module.named_children():
-            if isinstance(child, nn.BatchNorm2d):
-                new = frozen(child.num_features).to(child.weight.device)
-                with torch.no_grad():
-                    for key in ("weight", "bias", "running_mean", "running_var"):
-                        getattr(new, key).copy_(getattr(child, key))
-                module._modules[name] = new
-            else:
-                swap(child)
-
-    swap(unwrap(model).model.backbone)
+    _swap_norms(unwrap(model).model.backbone, nn.BatchNorm2d, lambda child: frozen(child.num_features))
     return model
+
+
+def _swap_norms(module: nn.Module, kind: type, make) -> None:
+    """Replace every ``kind`` submodule of ``module`` by ``make(child)`` carrying the same weight, bias and running
+    statistics (recursively, in place)."""
+    for name, child in module.named_children():
+        if isinstance(child, kind):
+            new = make(child).to(child.weight.device)
+            with torch.no_grad():
+                for key in ("weight", "bias", "running_mean", "running_var"):
+                    getattr(new, key).copy_(getattr(child, key))
+            module._modules[name] = new
+        else:
+            _swap_norms(child, kind, make)
 
 
 def _frozen_bn_class(model: nn.Module) -> type:
