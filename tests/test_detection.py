@@ -165,7 +165,10 @@ def test_coco_errors_are_clear(tmp_path, damage, words):
         coco_folder(folder, image_size=32)
     from gslora.cli import main
 
-    assert main(["evaluate", "--detection", "--checkpoint", str(tmp_path / "nowhere"), "--data", str(folder)]) == 2
+    out = tmp_path / "det"
+    assert main(["pretrain", "--detection", "--data", str(folder), "--model", "deformable_detr_micro",
+                 "--out", str(out), "--max-steps", "1", "--no-progress"]) == 2  # the damaged data, before training
+    assert not (out / "config.json").exists()
 
 
 def test_detr_runs_through_the_same_runner():
