@@ -177,6 +177,32 @@ def test_single_step_tuning_uses_the_single_step_preset(micro_model, micro_data,
     assert tuned["methods"]["gslora"]["trials"][0]["values"]["args"]["bound"] == 110.0  # the single-step preset
 
 
+@pytest.mark.parametrize("setting, protocol, constraint", [
+    ("few-shot", "few_shot", {"shots": 4}),  # (FAST sets batch_size 16 over the constraint's 4)
+    ("missing", "continual", {"missing_ratio": 0.5}),
+])
+def test_constrained_settings_tune_under_their_constraint(micro_model, micro_data, monkeypatch, setting, protocol,
+                                                          constraint):
+    seen = []
+
+    def fake_run(model, classes, data, cfg, method=None, **kw):
+        seen.append(cfg)
+        row = {"val": {"h_mean": 1.0, "acc_f": 0.0, "acc_r": 1.0, "acc_o": None, "drop": 1.0}, "steps_all_trials": 1}
+        return RunResult(results={"tasks": [row]}, model=model, plan=None)
+
+    monkeypatch.setattr(tune, "run_forgetting", fake_run)
+    plan = tune.tuning_plan(setting, 20)
+    assert plan["tasks"] == "1x4" and plan["of"] == "4x4" and plan["protocol"] == protocol
+    tuned = tune.run_tuning(micro_model, micro_data.classes, micro_data, setting, "gslora", budget=2,
+                            base_config=FAST)
+    assert tuned["setting"] == setting and tuned["plan"]["protocol"] == protocol
+    assert len(seen) == 2
+    for cfg in seen:  # every trial ran under the setting's data constraint and protocol
+        assert all(getattr(cfg, k) == v for k, v in constraint.items()) and cfg.protocol == protocol
+    if setting == "few-shot":  # the few-shot preset's alpha in trial 1
+        assert tuned["methods"]["gslora"]["trials"][0]["values"]["args"]["alpha"] == 0.1
+
+
 def test_a_killed_tuning_resumes_without_redoing_finished_trials(micro_model, micro_data, monkeypatch, tmp_path):
     calls = []
 

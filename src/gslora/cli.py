@@ -482,8 +482,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="as for benchmark")
     _model_input_args(p)
     p.add_argument("--data", required=True, help="'faces' or an image folder (the data the model was trained on)")
-    p.add_argument("--setting", default="continual", choices=["continual", "single"],
-                   help="the comparison setting the values are for (default continual: its first task)")
+    p.add_argument("--setting", default="continual", choices=["continual", "single", "few-shot", "missing"],
+                   help="the comparison setting the values are for (default continual: its first task; few-shot and "
+                   "missing: the first task under their data constraint)")
     p.add_argument("--methods", default="all", help="'all' or a comma-separated list (e.g. gslora,ewc,lwf)")
     p.add_argument("--budget", type=int, default=6, help="trials per method, the same for all (default 6; trial 1 "
                    "runs the packaged values)")

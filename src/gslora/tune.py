@@ -69,21 +69,25 @@ SELECTION = ("the highest validation H-Mean (mean over the tuning tasks of row['
 def tuning_plan(setting: str, num_classes: int, tasks: int = 1, protocol: str = "auto") -> dict:
     """The short plan the trials run: the first ``tasks`` tasks of the continual plan (``4xK`` → ``NxK``: the class
     order and subsets of the same seed make them the comparison's first tasks), or for ``single`` the 10% run
-    (``C-Y``, Y = round(0.1·C)), the second of :func:`gslora.compare.setting_plans`. The protocol is the setting's
-    (continual / single_step) unless ``protocol`` names one."""
-    from .compare import CONTINUAL_TASKS, setting_plans
+    (``C-Y``, Y = round(0.1·C)), the second of :func:`gslora.compare.setting_plans`; ``few-shot`` and ``missing`` tune
+    on the first task of their continual plan under their data constraint. The protocol is the setting's (continual /
+    single_step / few_shot) unless ``protocol`` names one."""
+    from .compare import CONTINUAL_TASKS, SETTING_CONSTRAINTS, setting_plans
 
     if not isinstance(tasks, int) or isinstance(tasks, bool) or tasks < 1:
         raise GsloraError(f"the number of tuning tasks must be a positive integer, got {tasks!r}.")
-    if setting == "continual":
-        (_, full), = setting_plans("continual", num_classes)
+    if setting in ("continual", *SETTING_CONSTRAINTS):
+        (_, full), = setting_plans(setting, num_classes)
         if tasks > CONTINUAL_TASKS:
             raise GsloraError(f"the continual plan has {CONTINUAL_TASKS} tasks; tune on 1 to {CONTINUAL_TASKS} of "
                               f"them, got {tasks}.")
         k = full.split("x")[1]
         first = f"the first {tasks} tasks" if tasks > 1 else "the first task"
-        return {"tasks": f"{tasks}x{k}", "of": full, "protocol": "continual" if protocol == "auto" else protocol,
-                "note": f"{first} of the continual plan {full}"}
+        # few-shot takes its own protocol preset (batch 4, the few-shot α); missing classes the continual one
+        own = "few_shot" if setting == "few-shot" else "continual"
+        return {"tasks": f"{tasks}x{k}", "of": full, "protocol": own if protocol == "auto" else protocol,
+                "note": f"{first} of the {setting} plan {full}"
+                        + (f" ({SETTING_CONSTRAINTS[setting]})" if setting in SETTING_CONSTRAINTS else "")}
     if setting == "single":
         if tasks != 1:
             raise GsloraError(f"the single-step setting has one task per run; tune it with 1 task, got {tasks}.")
@@ -91,7 +95,7 @@ def tuning_plan(setting: str, num_classes: int, tasks: int = 1, protocol: str = 
         label, spec = plans[1] if len(plans) > 1 else plans[0]
         return {"tasks": spec, "of": label, "protocol": "single_step" if protocol == "auto" else protocol,
                 "note": f"the single-step run {label} ({spec})"}
-    raise GsloraError(f"setting must be continual or single, got {setting!r}.")
+    raise GsloraError(f"setting must be continual, single, few-shot or missing, got {setting!r}.")
 
 
 # --- sampling -------------------------------------------------------------------------------------------------------
@@ -255,7 +259,11 @@ def run_tuning(model, classes: list[str], data: DataBundle, setting: str = "cont
         spaces[name] = space
     if sampler not in SAMPLERS:
         raise GsloraError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}.")
-    base = dict(base_config or {})
+    from .compare import SETTING_CONSTRAINTS
+
+    # the setting's data constraint (few-shot: 4 images per class, batch 4; missing: half the remaining classes
+    # without data), as the comparison applies it; the user's shared settings go over it
+    base = {**SETTING_CONSTRAINTS.get(setting, {}), **(base_config or {})}
     if "method_args" in base:
         raise GsloraError("the shared config must not hold method_args (they differ per method); pass per-method "
                           "values instead (--method-set METHOD.KEY=VALUE).")
