@@ -359,3 +359,18 @@ def test_the_comparison_builds_each_method_from_its_resolved_config(micro_model,
     compare.run_comparison(micro_model, micro_data.classes, micro_data, "single", "gslora", base_config=FAST,
                            method_args={"gslora": {"alpha": 0.1}})
     assert all(a["bound"] == 110.0 and a["alpha_warmup_epochs"] == 20 and a["alpha"] == 0.1 for a in seen)
+
+
+def test_a_method_the_setting_cannot_run_is_tuned_as_not_run_and_benchmarked_as_not_run(micro_model, micro_data):
+    tuned = tune.run_tuning(micro_model, micro_data.classes, micro_data, "few-shot", "retrain-full", budget=3,
+                            base_config=FAST)
+    entry = tuned["methods"]["retrain-full"]
+    assert entry["status"] == "not run" and "every training image" in entry["reason"]
+    assert len(entry["trials"]) == 1  # the same data is withheld from every trial: it stops after the first
+    assert tune.tuned_settings(tuned, "retrain-full") == {"run": {}, "args": {}}
+    from gslora.compare import run_comparison
+
+    comp = run_comparison(micro_model, micro_data.classes, micro_data, "few-shot", "retrain-full",
+                          base_config=FAST, tuned=tuned)
+    (row,) = comp["methods"]
+    assert row["status"] == "not run" and "every training image" in row["error"]

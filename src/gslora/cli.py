@@ -264,7 +264,7 @@ def cmd_benchmark(args) -> int:
     classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
 
     def done(entry):
-        state = "ok" if entry["status"] == "ok" else f"FAILED ({entry['error']})"
+        state = "ok" if entry["status"] == "ok" else f"{entry['status'].upper()} ({entry['error']})"
         print(f"  {entry['method']:<8} {state}  {entry['wall_seconds']:.1f} s", flush=True)
 
     print(f"benchmark ({args.setting}) on {data.name}: {args.methods}")
@@ -316,7 +316,7 @@ def cmd_tune(args) -> int:
 
     def trial_done(method, trial):
         score = "-" if trial["score"] is None else f"{trial['score']:.1f}"
-        state = "" if trial["status"] == "ok" else f"  FAILED ({trial['error']})"
+        state = "" if trial["status"] == "ok" else f"  {trial['status'].upper()} ({trial['error']})"
         print(f"  {method:<12} trial {trial['trial']}/{args.budget}  val H {score:>5}  {values_text(trial['values'])}"
               f"  {trial['wall_seconds']:.1f} s{state}", flush=True)
 
@@ -329,8 +329,8 @@ def cmd_tune(args) -> int:
     print()
     for name, e in tuned["methods"].items():
         c = e["chosen"]
-        chosen = f"trial {c['trial']}: {values_text(c['values'])}  (val H {c['score']:.1f})" if c else "nothing " \
-            "(every trial failed)"
+        chosen = (f"trial {c['trial']}: {values_text(c['values'])}  (val H {c['score']:.1f})" if c else
+                  f"not run: {e['reason']}" if e["status"] == "not run" else "nothing (every trial failed)")
         print(f"  {name:<12} {chosen}")
     out = Path(args.out)
     print(f"\ntuning folder: {out}  ({TUNED_FILE}, tuning.md); use it with: gslora benchmark ... --setting "

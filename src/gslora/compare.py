@@ -220,7 +220,7 @@ def _apply_tuned(tuned, names: list[str], setting: str, data: DataBundle, classe
         args[name] = {**settings["args"], **method_args.get(name, {})}
         run[name] = {**settings["run"], **method_run.get(name, {})}
         entry = tuned["methods"][name]
-        c = entry["chosen"]
+        c = entry["chosen"] or {"trial": "-", "score": None, "values": None}  # None: not run under this setting
         chosen[name] = {"trial": c["trial"], "trials": len(entry["trials"]), "val_score": c["score"],
                         "values": c["values"], "overridden": sorted({*method_args.get(name, {}),
                                                                      *method_run.get(name, {})})}

@@ -50,6 +50,7 @@ from .errors import GsloraError
 from .files import atomic_write_json, atomic_write_text
 from .forget import run_forgetting
 from .methods import get_method, list_methods
+from .practical import DataConstraintError
 from .presets import TUNABLE_RUN_KEYS, method_preset, method_tune_space
 
 log = logging.getLogger(__name__)
@@ -318,6 +319,9 @@ def run_tuning(model, classes: list[str], data: DataBundle, setting: str = "cont
             bar.update(1)
             if on_trial_done is not None:
                 on_trial_done(name, trials[-1])
+            if trials[-1]["status"] == "not run":  # the same data is withheld from every other trial
+                bar.update(len(trial_sets[name]) - k - 1)
+                break
         best = _best(trials)
         chosen = None
         if best is not None:
@@ -325,7 +329,9 @@ def run_tuning(model, classes: list[str], data: DataBundle, setting: str = "cont
             chosen = {"trial": best["trial"], "score": best["score"], "values": values,
                       "run": {k: v for k, v in values["run"].items() if v is not None},
                       "args": {k: v for k, v in values["args"].items() if v is not None}}
-        entries[name] = {"status": "ok" if chosen else "failed", "search_space": spaces[name],
+        not_run = trials[-1]["status"] == "not run"
+        entries[name] = {"status": "ok" if chosen else ("not run" if not_run else "failed"),
+                         **({"reason": trials[-1]["error"]} if not_run else {}), "search_space": spaces[name],
                          "fixed_args": fixed.get(name, {}), "trials": trials, "chosen": chosen,
                          "wall_seconds": time.perf_counter() - t0}
     bar.close()
@@ -378,6 +384,9 @@ def _run_trial(model, classes, data, name, number, over, shared, plan, fixed, sp
         record["val"] = [_brief(r["val"]) for r in rows]
         record["score"] = _score(rows)
         record["steps"] = sum(r["steps_all_trials"] for r in rows)
+    except DataConstraintError as e:  # the setting withholds data the method needs: no trial of it can run
+        record["status"] = "not run"
+        record["error"] = str(e)
     except Exception as e:  # a failing trial is recorded and ranks last; the others still run
         record["status"] = "failed"
         record["error"] = f"{type(e).__name__}: {e}"
@@ -460,6 +469,8 @@ def tuned_settings(tuned: dict, method: str) -> dict:
         raise GsloraError(f"the tuned file has no values for method {method!r} (tuned: {', '.join(tuned['methods'])}); "
                           "tune it too or leave it out of --methods.")
     chosen = entry.get("chosen")
+    if chosen is None and entry.get("status") == "not run":  # the comparison marks it not run, with the reason
+        return {"run": {}, "args": dict(entry.get("fixed_args") or {})}
     if chosen is None:
         raise GsloraError(f"every tuning trial of method {method!r} failed, so the tuned file chose nothing for it; "
                           "fix the failure and tune again, or leave it out of --methods.")

@@ -60,7 +60,9 @@ def tuning_markdown(tuned: dict) -> str:
     rows = [["Method", "Chosen values", "Trial", "val H-Mean", "Search space", "Time (s)"]]
     for name, e in tuned["methods"].items():
         c = e["chosen"]
-        rows.append([_label(name), values_text(c["values"]) if c else "none: every trial failed",
+        none = ("not run: the setting withholds data it needs" if e["status"] == "not run"
+                else "none: every trial failed")
+        rows.append([_label(name), values_text(c["values"]) if c else none,
                      f"{c['trial']} of {len(e['trials'])}" if c else f"- of {len(e['trials'])}",
                      fmt(c["score"]) if c else "-", space_text(e["search_space"]), f"{e['wall_seconds']:.1f}"])
     lines += [markdown(rows), "", "## Every trial (validation split)", ""]
@@ -68,7 +70,7 @@ def tuning_markdown(tuned: dict) -> str:
     for name, e in tuned["methods"].items():
         for t in e["trials"]:
             val = t["val"] or []
-            status = "ok" if t["status"] == "ok" else ("failed: " + (t["error"] or "")).replace("|", "/")[:120]
+            status = "ok" if t["status"] == "ok" else (f"{t['status']}: " + (t["error"] or "")).replace("|", "/")[:120]
             rows.append([_label(name), str(t["trial"]), values_text(t["values"]), fmt(t["score"]),
                          fmt(_mean(val, "acc_r")), fmt(_mean(val, "acc_f")),
                          "-" if t["steps"] is None else str(t["steps"]), status])
