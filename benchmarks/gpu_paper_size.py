@@ -46,7 +46,7 @@ from gslora.presets import resolve
 
 def _machine(device: torch.device) -> dict:
     info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
-            "cpu_count": torch.get_num_threads()}
+            "torch_threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
