@@ -8,6 +8,9 @@ validation and on test. The bar (issue 8): Acc_f ≤ 5, Acc_o ≤ 5, ΔAcc_r ≥
 
     .venv/bin/python benchmarks/forget_defaults.py                 # bundled faces, ORL 4x5 and 4x8, GT 4x10
     .venv/bin/python benchmarks/forget_defaults.py --only orl-4x5 --old-forget-shots
+    .venv/bin/python benchmarks/forget_defaults.py --only orl-4x8 --variant kd10=method_args.retain_distill=10 \
+        --variant check4=check_train_images=4      # options that are not defaults, each a --set list
+    .venv/bin/python benchmarks/forget_defaults.py --only gt-4x10 --model vit_face_small --no-defaults
 
 Raw numbers: docs/results/forget_defaults.json (merged per dataset, so partial runs add up).
 """
@@ -81,6 +84,10 @@ def main(argv=None) -> int:
     p.add_argument("--only", action="append", choices=sorted(RUNS), help="run only these (repeatable)")
     p.add_argument("--out", default="runs/forget-defaults")
     p.add_argument("--old-forget-shots", action="store_true", help="also run with old_forget_shots=2")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE]",
+                   help="also run with these settings (repeatable), e.g. kd10=method_args.retain_distill=10")
+    p.add_argument("--no-defaults", action="store_true", help="skip the run with defaults (only the variants)")
+    p.add_argument("--model", help="pre-train this registry model instead (checkpoint and labels get its name)")
     p.add_argument("--results", default=str(HERE.parent / "docs" / "results" / "forget_defaults.json"))
     p.add_argument("--print", dest="print_only", action="store_true", help="print the saved tables and exit")
     args = p.parse_args(argv)
@@ -90,7 +97,7 @@ def main(argv=None) -> int:
             pre = record.get("pretrain", {})
             print(f"{name}: pre-trained test accuracy {pre.get('test_acc', float('nan')):.1f}%, "
                   f"{pre.get('steps', '?')} steps\n")
-            for label in ("defaults", "old_forget_shots=2"):
+            for label in [k for k, v in record.items() if isinstance(v, dict) and "tasks" in v]:
                 if label in record:
                     print(table(f"{name}, {label} ({record[label]['seconds']:.0f} s)", record[label]["tasks"]) + "\n")
         return 0
@@ -104,15 +111,22 @@ def main(argv=None) -> int:
         if data != "faces" and not Path(data).is_dir():
             print(f"{name}: {data} not found, skipped", file=sys.stderr)
             continue
-        ckpt = out / f"{name.split('-')[0]}.safetensors"
+        stem = name.split('-')[0]
+        if args.model and args.model != model:
+            model, stem, name = args.model, f"{stem}-{args.model}", f"{name}-{args.model}"
+        ckpt = out / f"{stem}.safetensors"
         record = saved["runs"].setdefault(name, {})
         if not ckpt.exists():
             record["pretrain_seconds"] = run([*GSLORA, "pretrain", "--data", data, "--model", model,
                                               "--out", str(ckpt), "--no-progress"])
         meta = json.loads(ckpt.with_suffix(".json").read_text())
         record["pretrain"] = meta.get("extra", meta).get("pretrain", {})
-        variants = [("defaults", [])] + ([("old_forget_shots=2", ["--set", "old_forget_shots=2"])]
-                                         if args.old_forget_shots else [])
+        variants = [] if args.no_defaults else [("defaults", [])]
+        if args.old_forget_shots:
+            variants.append(("old_forget_shots=2", ["--set", "old_forget_shots=2"]))
+        for spec in args.variant:
+            label, _, sets = spec.partition("=")
+            variants.append((label, [x for kv in sets.split(",") for x in ("--set", kv)]))
         for label, extra in variants:
             folder = out / f"{name}-{label.replace('=', '')}"
             seconds = run([*GSLORA, "forget", "--checkpoint", str(ckpt), "--data", data, "--tasks", tasks,

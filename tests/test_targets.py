@@ -192,3 +192,42 @@ def test_trial_choice_prefers_all_targets_then_validation_h_over_a_collapsed_tri
     everything = trial(True, True, 50.0)
     assert _better(everything, balanced)
     assert _better(trial(True, False, 60.0), trial(False, False, 60.0))  # tie on H: forgetting met wins
+
+
+def test_check_images_skip_the_task_subsets_and_stay_per_class():
+    from gslora.forget import check_images
+
+    targets = [i % 3 for i in range(30)]  # 10 images of each of 3 classes
+    exclude = {0, 3, 6, 1}
+    got = check_images(targets, [0, 1], exclude, per_class=4, seed=5)
+    assert len(got) == 8 and not set(got) & exclude
+    assert sorted(targets[i] for i in got) == [0] * 4 + [1] * 4
+    assert got == check_images(targets, [0, 1], exclude, per_class=4, seed=5)  # seeded
+    assert check_images(targets, [0, 1], exclude, per_class=0, seed=5) == []
+
+
+def test_check_set_joins_unused_training_images_to_validation(micro_model, micro_data):
+    cfg = _cfg(tasks="1x4", max_trials=1, eval_every=4, target_checks=1, check_train_images=2)
+    row = run_forgetting(micro_model, micro_data.classes, micro_data, cfg).rows[0]
+    n_val = len(micro_data.val)
+    assert row["check"]["train_images"] == 2 * len(micro_data.classes)
+    assert row["check"]["images"] == n_val + row["check"]["train_images"]
+    few = _cfg(tasks="1x4", max_trials=1, eval_every=4, target_checks=1, check_train_images=2, shots=2)
+    assert run_forgetting(micro_model, micro_data.classes, micro_data, few).rows[0]["check"]["train_images"] == 0
+
+
+def test_retain_distill_starts_at_zero_and_trains_only_the_adapters(micro_model, micro_data):
+    method = get_method("gslora", retain_distill=10.0)
+    ctx = _ctx(micro_model, micro_data, _cfg(max_steps=6))
+    work = method.prepare(micro_model, ctx)
+    assert all(not p.requires_grad for p in method.teacher.parameters())
+    remain = next(iter(DataLoader(ctx.remain_data, batch_size=8)))
+    forget = next(iter(DataLoader(ctx.forget_data, batch_size=8)))
+    from gslora.methods.base import StepState
+    _, logs = method.loss(work, remain, forget, StepState(epoch=0, step=0, total_steps=6, epochs=1, lr=1e-3))
+    assert logs["distill"] == pytest.approx(0.0, abs=1e-5)  # B = 0: the student is the teacher
+    train_task(work, method, ctx)
+    _, logs = method.loss(work, remain, forget, StepState(epoch=0, step=6, total_steps=6, epochs=1, lr=1e-3))
+    assert logs["distill"] > 1e-6
+    method.finish(work, ctx)
+    assert method.teacher is None

@@ -78,6 +78,8 @@ class RunConfig:
     missing_ratio: float = 0.0  # missing classes (SPEC §4): this share of the classes remaining after the first task
     # gets no replay data at all (seeded draw); their accuracy is reported as acc_m, apart from acc_r
     missing_classes: list = field(default_factory=list)  # or the missing classes by name or id (instead of the ratio)
+    check_train_images: int = 0  # per class: training images outside the task's subsets added to the validation
+    # split for every check and choice (0: validation split only; not with shots, whose setting has no more data)
     old_forget_shots: int = 0  # images per earlier-forgotten class kept in the forget batch (0: off, the paper)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast; bf16 is meant for GPUs)
@@ -117,7 +119,7 @@ class RunConfig:
         parse_target(self.target)
         for name in ("warmup_epochs", "shots", "old_forget_shots", "num_workers", "checkpoint_every", "max_steps",
                      "min_replay",
-                     "eval_every"):
+                     "eval_every", "check_train_images"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise GsloraError(f"{name} must be 0 or more, got {getattr(self, name)}.")
         if self.warmup_epochs and self.epochs is not None and self.warmup_epochs >= self.epochs:

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NotRequired
 
+import numpy as np
 import torch
-from torch.utils.data import Subset
+from torch.utils.data import ConcatDataset, Subset
 
 from . import distributed as dist
 from ._crash import crash_point
@@ -97,8 +98,9 @@ def check_data_matches(classes: list[str], data: DataBundle) -> None:
                           f"{classes[diff]!r}; use the data the model was trained on.")
 
 
-def _accuracies(model, data: DataBundle, split: str, num_classes: int, cfg: RunConfig, device) -> tuple:
-    return class_counts(model, getattr(data, split), num_classes, device, cfg.eval_batch_size,
+def _accuracies(model, data: DataBundle, split, num_classes: int, cfg: RunConfig, device) -> tuple:
+    dataset = getattr(data, split) if isinstance(split, str) else split
+    return class_counts(model, dataset, num_classes, device, cfg.eval_batch_size,
                         margin_at_test=cfg.margin_at_test, num_workers=cfg.num_workers,
                         autocast_dtype=autocast_dtype(cfg.precision))
 
@@ -221,11 +223,22 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     use_targets = method.trains and method.uses_targets
     n_trials = config.max_trials if use_targets and targets else 1
 
-    val_remain_images = int(sum(counts_orig["val"][1][c] for c in replayed))
+    # the check set every selection looks at: the validation split plus, per class of the task, up to
+    # check_train_images training images outside the task's subsets (never trained on in this task; RunConfig)
+    extra = check_images(data.train.targets, [c for c in task.remain + task.forget + task.old if c not in missing],
+                         set(remain_idx) | set(forget_idx), config.check_train_images if not config.shots else 0,
+                         config.seed)
+    if extra:
+        check_set = ConcatDataset([data.val, Subset(data.train, extra)])
+        check_orig = _accuracies(original, data, check_set, nc, config, device)
+        check_now = _accuracies(model, data, check_set, nc, config, device)
+    else:
+        check_set, check_orig, check_now = "val", counts_orig["val"], counts_now["val"]
+    val_remain_images = int(sum(check_orig[1][c] for c in replayed))
 
     def validate(m) -> dict:
-        counts = _accuracies(m, data, "val", nc, config, device)
-        metrics = task_metrics(counts_now["val"], counts, counts_orig["val"], task, vs_pre, missing)
+        counts = _accuracies(m, data, check_set, nc, config, device)
+        metrics = task_metrics(check_now, counts, check_orig, task, vs_pre, missing)
         # one validation image of the remaining classes is worth this many points of acc_r: a retention target
         # finer than that cannot be told from noise, so it counts as met within one image
         return {**_brief(metrics), "acc_r_resolution": 100.0 / max(val_remain_images, 1)}
@@ -304,6 +317,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         "missing": [classes[c] for c in task.remain if c not in set(replayed)],
         **test,
         "val": task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task, vs_pre, missing),
+        "check": {**_brief(validate(model)), "images": int(check_orig[1].sum()), "train_images": len(extra)},
         "targets": {"spec": config.target, "val": record["targets_met"],
                     "test": targets_met(_brief(test), targets)},
         "trials": trials,
@@ -320,6 +334,23 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
 
 
 FORGETTING_TARGETS = ("acc_f", "acc_o")
+
+
+def check_images(targets: list[int], classes, exclude: set, per_class: int, seed: int) -> list[int]:
+    """Up to ``per_class`` training indices per class outside ``exclude`` (the task's replay and forget subsets),
+    seeded; they join the validation split as the check set of the task (``RunConfig.check_train_images``)."""
+    if per_class <= 0:
+        return []
+    wanted = set(int(c) for c in classes)
+    by_class: dict[int, list[int]] = {c: [] for c in sorted(wanted)}
+    for i, t in enumerate(targets):
+        if t in wanted and i not in exclude:
+            by_class[t].append(i)
+    out = []
+    for c, idx in by_class.items():
+        perm = np.random.default_rng([seed, 11, c]).permutation(len(idx))
+        out.extend(idx[j] for j in sorted(perm[:per_class].tolist()))
+    return out
 
 
 def _brief(metrics: dict) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +39,7 @@ class GSLoRAArgs:
     prototype_weight_forget: float | list[float]  # w_f of GS-LoRA++'s L_pro, a number or one per task
     prototype_weight_remain: float | list[float]  # w_r (the released scripts: 0)
     prototype_bound: float  # BND_pro
+    retain_distill: float = 0.0  # weight of 1 - cos(embedding, task-start model's embedding) on the remain batch
 
     def validate(self):
         if self.lora_rank < 1:
@@ -79,6 +81,9 @@ class GSLoRA(Method):
             # computed once per task (and trial) with the model at the start of the task, before LoRA is attached (the
             # authors' single-step script used a random model): the task's training subsets, remain and forget
             self.prototypes = class_prototypes(model, [ctx.remain_data, ctx.forget_data], ctx.num_classes, ctx.device)
+        self.teacher = None
+        if a.retain_distill > 0:
+            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         peft_model, self.groups = attach_lora(model, rank=a.lora_rank, alpha=a.lora_alpha, dropout=a.lora_dropout)
         return peft_model
 
@@ -92,9 +97,18 @@ class GSLoRA(Method):
         forget_term = self._forget_term(logits[n_r:], y_f)
         structure = group_lasso(self.groups.params)
         total = ce_r + self.beta * forget_term
+        if self.teacher is not None:
+            with torch.no_grad():
+                t = self.teacher.embed(x_r)
+            distill = (1 - F.cosine_similarity(emb[:n_r].float(), t.float(), dim=-1)).mean()
+            total = total + a.retain_distill * distill
+        else:
+            distill = None
         if a.sparsity == "penalty":  # the authors' form: the group lasso as a loss term inside AdamW
             total = total + self._alpha(state) * structure
         logs = {"ce_r": float(ce_r.detach()), "forget": float(forget_term.detach()), "gl": float(structure.detach())}
+        if distill is not None:
+            logs["distill"] = float(distill.detach())
         if self.prototypes is not None:  # GS-LoRA++ (SPEC §4); on the embedding, so any head (CosFace, linear)
             protos = self.prototypes.to(emb.device, emb.dtype)
             pro, kl_f, kl_r = prototype_terms(emb[n_r:], protos[y_f], emb[:n_r], protos[y_r], self.w_f, self.w_r,
@@ -157,6 +171,7 @@ class GSLoRA(Method):
             info["adapter"] = None  # no block changed: nothing to store
         merged = merge_lora(model)
         self.groups = None
+        self.teacher = None
         return merged, info
 
 
