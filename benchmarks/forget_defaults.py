@@ -98,8 +98,7 @@ def main(argv=None) -> int:
             print(f"{name}: pre-trained test accuracy {pre.get('test_acc', float('nan')):.1f}%, "
                   f"{pre.get('steps', '?')} steps\n")
             for label in [k for k, v in record.items() if isinstance(v, dict) and "tasks" in v]:
-                if label in record:
-                    print(table(f"{name}, {label} ({record[label]['seconds']:.0f} s)", record[label]["tasks"]) + "\n")
+                print(table(f"{name}, {label} ({record[label]['seconds']:.0f} s)", record[label]["tasks"]) + "\n")
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
