@@ -13,6 +13,17 @@ def bounded_forget_loss(logits: torch.Tensor, labels: torch.Tensor, bound: float
     return F.relu(bound - F.cross_entropy(logits, labels))
 
 
+def margin_forget_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float, pull: bool = True) -> torch.Tensor:
+    """Per-sample hinge mean(max(0, z_y − max_{c≠y} z_c + margin)) on margin-free logits: each forget sample is pushed
+    until its own class trails the best other class by ``margin``, then left alone (the CE hinge keeps pushing the
+    batch mean towards BND, moving samples that are long forgotten)."""
+    own = logits.gather(1, labels[:, None]).squeeze(1)
+    others = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
+    if not pull:  # push the own class down only, without pulling the sample towards its nearest other class
+        others = others.detach()
+    return F.relu(own - others + margin).mean()
+
+
 def group_lasso(groups: Iterable[Sequence[torch.Tensor]]) -> torch.Tensor:
     """Σ_g sqrt(Σ_{P∈g} ‖P‖_F²) over the LoRA groups (one group per Transformer block)."""
     terms = [torch.sqrt(sum(p.pow(2).sum() for p in g)) for g in groups]

@@ -21,7 +21,7 @@ from ..lora import (
     prox_group_b,
     save_adapter,
 )
-from ..losses import bounded_forget_loss, group_lasso, prototype_terms
+from ..losses import bounded_forget_loss, group_lasso, margin_forget_loss, prototype_terms
 from .base import Method, StepState, TaskContext, per_task, register
 
 
@@ -40,6 +40,10 @@ class GSLoRAArgs:
     prototype_weight_remain: float | list[float]  # w_r (the released scripts: 0)
     prototype_bound: float  # BND_pro
     retain_distill: float = 0.0  # weight of 1 - cos(embedding, task-start model's embedding) on the remain batch
+    forget_loss: str = "ce"  # ce: the paper's max(0, BND - CE); margin: per-sample hinge on the logit margin
+    forget_margin: float = 10.0  # forget_loss margin: the logit gap own class vs best other to reach
+    forget_pull: bool = True  # margin: also raise the best other class's logit (False: only lower the own class's)
+    forget_margin_ramp: bool = False  # grow the margin linearly from 0 to forget_margin over the step budget
 
     def validate(self):
         if self.lora_rank < 1:
@@ -57,6 +61,8 @@ class GSLoRAArgs:
                 raise GsloraError(f"method_args.{name} must be ≥ 0 (a number or a per-task list), got {value}.")
         if self.sparsity not in ("prox", "penalty"):
             raise GsloraError(f"method_args.sparsity must be prox or penalty, got {self.sparsity!r}.")
+        if self.forget_loss not in ("ce", "margin"):
+            raise GsloraError(f"method_args.forget_loss must be ce or margin, got {self.forget_loss!r}.")
         if not 0 <= self.lora_dropout < 1:
             raise GsloraError(f"method_args.lora_dropout must be in [0, 1), got {self.lora_dropout}.")
 
@@ -94,7 +100,11 @@ class GSLoRA(Method):
         emb = model.embed(torch.cat([x_r, x_f]))  # one forward for both batches
         logits = model.head(emb, torch.cat([y_r, y_f]))
         ce_r = F.cross_entropy(logits[:n_r], y_r)
-        forget_term = self._forget_term(logits[n_r:], y_f)
+        if a.forget_loss == "margin":  # margin-free logits: the gap a test image would see
+            m = a.forget_margin * (min(1.0, (state.step + 1) / state.total_steps) if a.forget_margin_ramp else 1.0)
+            forget_term = margin_forget_loss(model.head(emb[n_r:]).float(), y_f, m, a.forget_pull)
+        else:
+            forget_term = self._forget_term(logits[n_r:], y_f)
         structure = group_lasso(self.groups.params)
         total = ce_r + self.beta * forget_term
         if self.teacher is not None:
