@@ -10,14 +10,13 @@ def test_pretrained_micro_model_recognises_faces(micro_stats):
 
 
 def test_continual_gslora_forgets_and_retains(micro_model, micro_data, tmp_path):
-    cfg = RunConfig(tasks="2x4", epochs=10, batch_size=16, replay_ratio=0.3, lr=3e-3, device="cpu",
-                    method_args={"lora_alpha": 8.0, "bound": 60.0, "beta": 1.0})
-    res = run_forgetting(micro_model, micro_data.classes, micro_data, cfg, out_dir=tmp_path / "run")
+    cfg = RunConfig(tasks="2x4", epochs=10, batch_size=16, replay_ratio=0.3, lr=3e-3, device="cpu")  # GS-LoRA's
+    res = run_forgetting(micro_model, micro_data.classes, micro_data, cfg, out_dir=tmp_path / "run")  # defaults
     rows = res.rows
     assert len(rows) == 2
     for r in rows:
         assert r["acc_f"] <= 0.5 * r["before"]["acc_f"], r
-        assert r["acc_r"] >= r["pretrained"]["acc_r"] - 15.0, r
+        assert r["acc_r"] >= r["pretrained"]["acc_r"] - 10.0, r
         assert r["drop"] > 0 and r["h_mean"] > 0
     assert rows[1]["acc_o"] is not None and rows[1]["acc_o"] < 30.0
     out = tmp_path / "run"

@@ -187,7 +187,7 @@ def test_the_few_shot_preset_gives_k_images_per_class_batch_4_and_the_per_task_w
     cfg = resolve(RunConfig(method="gslora++", tasks="2x4", shots=3, device="cpu"))
     assert cfg.protocol == "few_shot" and cfg.batch_size == 4
     assert cfg.method_args == {"prototype_weight_forget": [0.015, 0.06, 0.025, 0.012], "prototype_bound": 50.0,
-                               "alpha": 0.1}
+                               "alpha": 0.1, "forget_loss": "ce"}
     assert resolve(RunConfig(method="gslora++", tasks="2x4", device="cpu")).batch_size == 48  # full data: unchanged
     res = run_forgetting(micro_model, micro_data.classes, micro_data,
                          from_dict(RunConfig, {**FAST, "method": "gslora++", "tasks": "2x4", "shots": 3}))

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from gslora.losses import bounded_forget_loss, group_lasso, prototype_kl, prototype_loss
+from gslora.losses import bounded_forget_loss, group_lasso, margin_forget_loss, prototype_kl, prototype_loss
 
 
 def test_bounded_forget_loss_matches_hand_computation():
@@ -56,7 +56,7 @@ def test_prototype_kl_is_zero_for_identical_and_positive_otherwise():
 def test_old_forgotten_classes_get_their_own_hinge():
     from gslora.methods.gslora import GSLoRA
 
-    method = GSLoRA()
+    method = GSLoRA(forget_loss="ce")  # the paper's bounded CE (the margin hinge is per sample anyway)
     logits = torch.tensor([[-5.0, 5.0, 0.0], [4.0, 0.0, 0.0], [0.0, 3.0, 1.0]])
     y = torch.tensor([0, 1, 1])
     bound = method.args.bound
@@ -65,3 +65,18 @@ def test_old_forgotten_classes_get_their_own_hinge():
     method.old_classes = torch.tensor([0])  # class 0 was forgotten in an earlier task
     expected = bounded_forget_loss(logits[:1], y[:1], bound) + bounded_forget_loss(logits[1:], y[1:], bound)
     assert torch.isclose(method._forget_term(logits, y), expected)
+
+
+def test_margin_forget_loss_is_a_per_sample_hinge_on_the_logit_gap():
+    logits = torch.tensor([[5.0, 1.0, 2.0], [0.0, 4.0, 1.0]])
+    labels = torch.tensor([0, 0])
+    # sample 0: own 5, best other 2 -> 5 - 2 + 1 = 4; sample 1: own 0, best other 4 -> max(0, 0 - 4 + 1) = 0
+    assert margin_forget_loss(logits, labels, margin=1.0).item() == 2.0
+    assert margin_forget_loss(logits, labels, margin=0.0).item() == 1.5
+    # a sample past the margin gets no gradient; the push-only form leaves the other logits alone
+    x = logits.clone().requires_grad_(True)
+    margin_forget_loss(x, labels, margin=1.0, pull=False).backward()
+    assert x.grad[0, 0] > 0 and torch.count_nonzero(x.grad[0, 1:]) == 0 and torch.count_nonzero(x.grad[1]) == 0
+    x = logits.clone().requires_grad_(True)
+    margin_forget_loss(x, labels, margin=1.0, pull=True).backward()
+    assert x.grad[0, 0] > 0 and x.grad[0, 2] < 0 and x.grad[0, 1] == 0

@@ -109,8 +109,8 @@ class _Exploding:
         method = get_method("gslora", lora_alpha=8.0)
         real = method._forget_term
 
-        def forget_term(logits, y):
-            term = real(logits, y)
+        def forget_term(*args):
+            term = real(*args)
             return term * math.nan if method.position >= 1 else term
 
         method._forget_term = forget_term

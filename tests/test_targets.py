@@ -231,3 +231,25 @@ def test_retain_distill_starts_at_zero_and_trains_only_the_adapters(micro_model,
     assert logs["distill"] > 1e-6
     method.finish(work, ctx)
     assert method.teacher is None
+
+
+def test_margin_forgetting_ramps_its_margin_over_the_budget(micro_model, micro_data):
+    from gslora.methods.base import StepState
+    method = get_method("gslora", forget_loss="margin", forget_margin=64.0, forget_margin_ramp=True)
+    ctx = _ctx(micro_model, micro_data, _cfg(max_steps=100))
+    work = method.prepare(micro_model, ctx)
+    remain = next(iter(DataLoader(ctx.remain_data, batch_size=8)))
+    forget = next(iter(DataLoader(ctx.forget_data, batch_size=8)))
+    x_f, y_f = forget
+    own = work.head(work.embed(x_f)).float()
+    gap = (own.gather(1, y_f[:, None]).squeeze(1) - own.scatter(1, y_f[:, None], float("-inf")).amax(1)).detach()
+
+    def forget_term(step):
+        _, logs = method.loss(work, remain, forget, StepState(epoch=0, step=step, total_steps=100, epochs=1, lr=1e-3))
+        return logs["forget"]
+
+    for step in (0, 49, 99):  # the margin at step t is 64 (t + 1) / 100
+        assert forget_term(step) == pytest.approx(float(torch.relu(gap + 64.0 * (step + 1) / 100).mean()), rel=1e-4)
+    method.finish(work, ctx)
+    assert resolve(RunConfig(tasks="4x10")).method_args == {}  # the margin loss is the packaged continual default
+    assert resolve(RunConfig(tasks="1x10")).method_args["forget_loss"] == "ce"  # the paper's single-step values

@@ -100,11 +100,8 @@ class GSLoRA(Method):
         emb = model.embed(torch.cat([x_r, x_f]))  # one forward for both batches
         logits = model.head(emb, torch.cat([y_r, y_f]))
         ce_r = F.cross_entropy(logits[:n_r], y_r)
-        if a.forget_loss == "margin":  # margin-free logits: the gap a test image would see
-            m = a.forget_margin * (min(1.0, (state.step + 1) / state.total_steps) if a.forget_margin_ramp else 1.0)
-            forget_term = margin_forget_loss(model.head(emb[n_r:]).float(), y_f, m, a.forget_pull)
-        else:
-            forget_term = self._forget_term(logits[n_r:], y_f)
+        plain_f = model.head(emb[n_r:]).float() if a.forget_loss == "margin" else None
+        forget_term = self._forget_term(logits[n_r:], y_f, plain_f, self._margin(state))
         structure = group_lasso(self.groups.params)
         total = ce_r + self.beta * forget_term
         if self.teacher is not None:
@@ -142,7 +139,17 @@ class GSLoRA(Method):
             logs["blocks_off"] = float(sum(prox_group_b(self.groups, steps)))
         return logs
 
-    def _forget_term(self, logits_f: torch.Tensor, y_f: torch.Tensor) -> torch.Tensor:
+    def _margin(self, state: StepState) -> float:
+        """forget_loss margin: forget_margin, or with the ramp forget_margin · (step + 1) / budget."""
+        a = self.args
+        return a.forget_margin * (min(1.0, (state.step + 1) / state.total_steps) if a.forget_margin_ramp else 1.0)
+
+    def _forget_term(self, logits_f: torch.Tensor, y_f: torch.Tensor, plain_f: torch.Tensor | None = None,
+                     margin: float = 0.0) -> torch.Tensor:
+        """The forgetting term: the per-sample margin hinge on the margin-free logits ``plain_f`` (forget_loss
+        margin), else the paper's bounded CE on the training logits ``logits_f``."""
+        if self.args.forget_loss == "margin":  # per sample: earlier-forgotten samples need no hinge of their own
+            return margin_forget_loss(plain_f, y_f, margin, self.args.forget_pull)
         bound = self.args.bound
         if self.old_classes.numel() == 0:
             return bounded_forget_loss(logits_f, y_f, bound)
