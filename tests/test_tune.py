@@ -37,7 +37,8 @@ def test_every_packaged_method_has_a_search_space_its_trials_can_run():
         for trial in tune.sample_trials(space, 6, 1337, name):
             get_method(name, **tune.method_overrides(name, trial["args"]))  # valid method arguments
             from_dict(RunConfig, trial["run"]).validate()
-    # the main knobs of the issue: GS-LoRA's lr, margin (continual) or BND (single step), beta, alpha; a baseline's lr and loss weight
+    # the main knobs of the issue: GS-LoRA's lr, margin (continual) or BND (single step), beta, alpha;
+    # a baseline's lr and loss weight
     gs = method_tune_space("gslora")
     assert set(gs["run"]) == {"lr"} and set(gs["args"]) == {"forget_margin", "bound", "beta", "alpha"}
     assert set(method_tune_space("ewc")["run"]) == {"lr"} and set(method_tune_space("ewc")["args"]) == {"lam"}
