@@ -218,8 +218,10 @@ def cmd_demo(args) -> int:
             _not_learned_banner(stats["not_learned_reason"], "the demo goes on with it")
     model, meta = load_checkpoint(ckpt)
     budget = f"up to {cfg.max_steps} steps" if cfg.max_steps else f"{cfg.epochs} epochs"
+    where = (f"validation + {cfg.check_train_images} training images per class" if cfg.check_train_images
+             and not cfg.shots else "validation")
     print(f"forgetting {cfg.tasks} with {cfg.method} ({budget} per task, stopping at the target {cfg.target!r} on "
-          "validation)...")
+          f"{where})...")
     result = run_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, overwrite=True,
                             progress=not args.no_progress, source_checkpoint=ckpt)
     _print_run(result.results, Path(args.out))
