@@ -40,10 +40,10 @@ class GSLoRAArgs:
     prototype_weight_remain: float | list[float]  # w_r (the released scripts: 0)
     prototype_bound: float  # BND_pro
     retain_distill: float = 0.0  # weight of 1 - cos(embedding, task-start model's embedding) on the remain batch
-    forget_loss: str = "ce"  # ce: the paper's max(0, BND - CE); margin: per-sample hinge on the logit margin
-    forget_margin: float = 10.0  # forget_loss margin: the logit gap own class vs best other to reach
-    forget_pull: bool = True  # margin: also raise the best other class's logit (False: only lower the own class's)
-    forget_margin_ramp: bool = False  # grow the margin linearly from 0 to forget_margin over the step budget
+    forget_loss: str = "margin"  # margin: per-sample hinge on the logit gap; ce: the paper's max(0, BND - CE)
+    forget_margin: float = 64.0  # forget_loss margin: the logit gap own class vs best other to reach
+    forget_pull: bool = False  # margin: also raise the best other class's logit (False: only lower the own class's)
+    forget_margin_ramp: bool = True  # grow the margin linearly from 0 to forget_margin over the step budget
 
     def validate(self):
         if self.lora_rank < 1:
