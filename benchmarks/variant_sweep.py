@@ -30,10 +30,12 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parent.parent / "shared" / "data"
-DATASETS = {"orl": ("orl-faces", "4x5", "orl"), "orl8": ("orl-faces", "4x8", "orl"),
-            "gt": ("gt-faces", "4x10", "gt"), "faces": ("faces", "4x20", "faces"),
-            "omni": ("omniglot-small", "4x20", "omniglot")}
+sys.path.insert(0, str(HERE))
+
+from forget_defaults import RUNS, SHARED  # noqa: E402
+
+# short job names for the runs of benchmarks/forget_defaults.py (their data, task plan and checkpoint)
+DATASETS = {"orl": "orl-4x5", "orl8": "orl-4x8", "gt": "gt-4x10", "faces": "faces-4x20", "omni": "omniglot-4x20"}
 
 
 def one_job(ds: str, device: str, sets: list[str], data_dir: Path, ckpt_dir: Path) -> dict:
@@ -44,8 +46,10 @@ def one_job(ds: str, device: str, sets: list[str], data_dir: Path, ckpt_dir: Pat
     from gslora.forget import run_forgetting
     from gslora.models import load_checkpoint
 
-    folder, tasks, ck = DATASETS[ds]
-    kw, margs = {"data": folder if folder == "faces" else str(data_dir / folder), "tasks": tasks,
+    name = DATASETS[ds]
+    data, tasks, _ = RUNS[name]
+    ck = name.split("-")[0]  # the checkpoint forget_defaults.py writes for this run
+    kw, margs = {"data": data if data == "faces" else str(data_dir / Path(data).name), "tasks": tasks,
                  "device": device}, {}
     for kv in sets:
         k, v = kv.split("=", 1)
