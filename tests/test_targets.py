@@ -142,7 +142,10 @@ def test_next_lr_scale_goes_up_on_missed_forgetting_and_never_repeats():
     assert next_lr_scale([rec(1.0, acc_f=False, acc_r_drop=True)]) == 2.0
     assert next_lr_scale([rec(1.0, acc_f=True, acc_r_drop=False)]) == 0.5
     trials = [rec(1.0, acc_f=True, acc_r_drop=False), rec(0.5, acc_f=False, acc_r_drop=True)]
-    assert next_lr_scale(trials) == pytest.approx(2**-0.5)  # between 0.5 and the tried 1.0
+    assert next_lr_scale(trials) is None  # the search turned back: it ends
+    up = [rec(1.0, acc_f=False, acc_r_drop=True), rec(2.0, acc_f=False, acc_r_drop=True)]
+    assert next_lr_scale(up) == 4.0
+    assert next_lr_scale([*up, rec(4.0, acc_f=True, acc_r_drop=False)]) is None  # 2 was tried
 
 
 def test_single_step_preset_is_applied_to_one_task_and_user_values_win():
@@ -253,3 +256,23 @@ def test_margin_forgetting_ramps_its_margin_over_the_budget(micro_model, micro_d
     method.finish(work, ctx)
     assert resolve(RunConfig(tasks="4x10")).method_args == {}  # the margin loss is the packaged continual default
     assert resolve(RunConfig(tasks="1x10")).method_args["forget_loss"] == "ce"  # the paper's single-step values
+
+
+def test_periodic_check_scores_only_forgotten_classes_with_the_full_sets_numbers(micro_model, micro_data):
+    from torch.utils.data import ConcatDataset
+
+    from gslora.evaluate import class_counts
+    from gslora.forget import _subset_of_classes
+
+    nc = len(micro_data.classes)
+    extra = list(range(0, len(micro_data.train), 3))
+    full = ConcatDataset([micro_data.val, Subset(micro_data.train, extra)])
+    keep = {0, 2}
+    for check_set, dataset in ((full, full), ("val", micro_data.val)):
+        part = _subset_of_classes(micro_data, check_set, keep)
+        labels = [int(dataset[i][1]) for i in range(len(dataset))]
+        assert sorted(part.indices) == [i for i, t in enumerate(labels) if t in keep]
+        c_all, t_all = class_counts(micro_model, dataset, nc)
+        c_part, t_part = class_counts(micro_model, part, nc)
+        for c in range(nc):
+            assert (int(c_part[c]), int(t_part[c])) == ((int(c_all[c]), int(t_all[c])) if c in keep else (0, 0))
