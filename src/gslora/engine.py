@@ -102,7 +102,8 @@ def total_steps(cfg, steps_per_epoch: int) -> int:
 
 def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: dict | None = None,
                on_checkpoint: Callable[[dict], None] | None = None,
-               check: Callable[[torch.nn.Module], tuple[bool, dict]] | None = None, seed_offset: int = 0) -> dict:
+               check: Callable[[torch.nn.Module], tuple[bool, dict]] | None = None, seed_offset: int = 0,
+               extensions: int = 0) -> dict:
     """Train ``method`` on ``model`` (already prepared) for the task's step budget. Returns a summary.
 
     Budget: ``ctx.config.max_steps`` steps, or ``epochs`` passes over the remain subset when it is 0; the forget
@@ -110,6 +111,10 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
     metrics)) runs every ``ctx.config.eval_every`` steps and at the end; training stops at the first check that makes
     ``target_checks`` consecutive checks whose target held, so the model returned is the one that check evaluated.
     The summary lists every check.
+
+    ``extensions``: when the budget ends and the last check missed the target, training continues for another budget
+    (at most this many times), each a warm restart of the schedule at twice the previous peak lr, from where it is:
+    the trial goes on instead of starting over. The summary's ``extensions`` says how many were used.
 
     Resumable: with ``ctx.config.checkpoint_every = k > 0`` the engine hands ``on_checkpoint`` its state (trainable
     weights, optimizer, schedule, step, RNG and data-order state, the method's state) after every k-th pass over the
@@ -124,13 +129,16 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
     # an epoch is one pass over the longer loader (few-shot: the forget loader can be the longer one); the shorter
     # one cycles, reshuffled on each pass
     steps_per_epoch = max(len(remain_loader), len(forget_loader))
-    total = total_steps(cfg, steps_per_epoch)
+    base = total_steps(cfg, steps_per_epoch)  # one budget; an extension adds another
+    total, used = base, 0
     params = method.trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if dist.is_distributed():  # every process sees its shard of the data; steps use the averaged gradient
         optimizer.register_step_pre_hook(lambda *_: dist.average_gradients(params))
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total // 2)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(total, warmup, cfg.min_lr / cfg.lr))
+    phase = warmup_cosine(base, warmup, cfg.min_lr / cfg.lr)
+    # budget k (0 first) runs the same warm-up and cosine at 2^k times the peak lr
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 2.0 ** (s // base) * phase(s % base))
     amp = autocast_dtype(cfg.precision)
     augment_gen = torch.Generator().manual_seed(seed + 2)
 
@@ -145,6 +153,8 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
             next(forget_iter)
         first_epoch, step, spent = state["epoch"], state["step"], state["train_seconds"]
         checks = [Check(**c) for c in state.get("checks", [])]
+        used = state.get("extensions", 0)
+        total = base * (used + 1)
         augment_gen.set_state(state["augment_rng"])
         _load_engine_state(state, model, method, optimizer, schedule, remain_loader, device)
     every = cfg.eval_every if check is not None else 0
@@ -161,7 +171,7 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
             x_f, y_f = x_f.to(device, non_blocking=True), y_f.to(device, non_blocking=True)
             if cfg.augment:
                 x_r, x_f = augment_batch(x_r, augment_gen), augment_batch(x_f, augment_gen)
-            step_state = StepState(epoch=epoch, step=step, total_steps=total, epochs=cfg.epochs, autocast=autocast,
+            step_state = StepState(epoch=epoch, step=step, total_steps=base, epochs=cfg.epochs, autocast=autocast,
                                    lr=optimizer.param_groups[0]["lr"])
             logs = method.train_step(model, (x_r, y_r), (x_f, y_f), optimizer, step_state)
             check_finite(logs, ctx.task.index, epoch)
@@ -178,6 +188,9 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
                 need = cfg.target_checks
                 if len(checks) >= need and all(c.met for c in checks[-need:]):
                     stopped = True
+            if step >= total and not stopped and used < extensions and checks and not checks[-1].met:
+                total, used = total + base, used + 1  # the target is still missed: one more budget, 2x the lr
+                bar.total = total
             if stopped or step >= total:
                 break
         epoch += 1
@@ -185,9 +198,10 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
         if on_checkpoint is not None and k and epoch % k == 0 and step < total and not stopped:
             on_checkpoint({**_engine_state(epoch, step, spent + time.perf_counter() - start, model, method, optimizer,
                                            schedule, remain_loader),
-                           "checks": [asdict(c) for c in checks], "augment_rng": augment_gen.get_state()})
+                           "checks": [asdict(c) for c in checks], "augment_rng": augment_gen.get_state(),
+                           "extensions": used})
     bar.close()
-    return {"steps": step, "budget": total, "train_seconds": spent + time.perf_counter() - start, "last_logs": logs,
+    return {"steps": step, "budget": base, "extensions": used, "train_seconds": spent + time.perf_counter() - start, "last_logs": logs,
             "checks": [asdict(c) for c in checks], "stopped_early": stopped and step < total,
             "target_met": bool(checks and checks[-1].met)}
 

@@ -203,10 +203,12 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     """One task: subsets, then trials of prepare → train (stopping at the validation target) → finish, the chosen
     trial evaluated on test. Returns (row, merged model, counts after the task).
 
-    Every trial trains from the task's start; the first uses the configured lr, later ones double it when the last
-    trial missed the forgetting target and halve it when it met that but missed the retention target
-    (:func:`next_lr_scale`). The first trial meeting every target on validation is kept, else the one with the best
-    validation H-Mean (:func:`_better`). Only the validation split is ever looked at to choose."""
+    The task has ``max_trials`` step budgets. Every trial trains from the task's start; the first uses the configured
+    lr. A trial at that lr or above that ends its budget short of the forgetting target continues for another budget
+    at twice the peak lr while budgets are left (``extend_trials``; otherwise a new trial doubles the lr); one that
+    met the forgetting target but missed the retention target is followed by a trial at half the lr; the search ends
+    when it would turn back to an lr already tried (:func:`next_lr_scale`). The first trial meeting every target on
+    validation is kept, else the best (:func:`_better`). Only the validation split is ever looked at to choose."""
     t0 = time.perf_counter()
     nc = len(classes)
     missing = missing_classes(config, plan, classes)  # remaining classes without any data (gslora.practical)
@@ -260,13 +262,16 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     first_trial = 0
     if epoch_state is not None and "trial" in epoch_state:
         first_trial, trials, best = epoch_state["trial"], epoch_state["trials"], epoch_state["best"]
-    for k in range(first_trial, n_trials):
+    k = first_trial
+    while True:
+        # max_trials is a number of step budgets: an extended trial spends one per extension
+        left = n_trials - sum(1 + t.get("extensions", 0) for t in trials)
+        scale = next_lr_scale(trials)
+        if left <= 0 or scale is None:
+            break
         if k > 0:
             model.load_state_dict(start_weights)
             method.load_state_dict(copy.deepcopy(method_start), device)
-        scale = next_lr_scale(trials)
-        if scale is None:
-            break
         trial_cfg = dataclasses.replace(config, lr=config.lr * scale, min_lr=config.min_lr * scale)
         adapter_dir = None
         if folder is not None and config.save_adapters:
@@ -290,16 +295,19 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
                     folder.save_epoch_state(task.index, {**s, "trial": k, "trials": trials, "best": best})
             summary = train_task(work, method, ctx, state=resume_from, on_checkpoint=on_checkpoint,
                                  check=check if use_targets and forgetting and config.eval_every else None,
-                                 seed_offset=7919 * k)
+                                 seed_offset=7919 * k,
+                                 extensions=left - 1 if config.extend_trials and scale >= 1 else 0)
         else:
-            summary = {"steps": 0, "budget": 0, "train_seconds": 0.0, "checks": [], "stopped_early": False}
+            summary = {"steps": 0, "budget": 0, "extensions": 0, "train_seconds": 0.0, "checks": [],
+                       "stopped_early": False}
         model, info = method.finish(work, ctx)
         model.eval()
         info = dict(info)
         info.setdefault("trainable_params", trainable)
         val = validate(model)
         record = {"trial": k + 1, "lr": trial_cfg.lr, "lr_scale": scale, "steps": summary["steps"],
-                  "budget": summary["budget"], "stopped_early": summary["stopped_early"],
+                  "budget": summary["budget"], "extensions": summary["extensions"],
+                  "peak_lr": trial_cfg.lr * 2 ** summary["extensions"], "stopped_early": summary["stopped_early"],
                   "checks": len(summary["checks"]), "val": _brief(val), "targets_met": targets_met(val, targets)}
         trials.append(record)
         if best is None or _better(record, best[0]):
@@ -307,6 +315,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
                     copy.deepcopy(method.state_dict()), info, summary)
         if all(record["targets_met"].values()) or not use_targets:
             break
+        k += 1
     record, weights, method_state, info, summary = best
     if len(trials) > 1:  # the chosen trial's weights, method state and adapter
         model.load_state_dict(weights)
