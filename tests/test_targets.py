@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace as dataclasses_replace
 
 import pytest
 import torch
@@ -276,3 +277,33 @@ def test_periodic_check_scores_only_forgotten_classes_with_the_full_sets_numbers
         c_part, t_part = class_counts(micro_model, part, nc)
         for c in range(nc):
             assert (int(c_part[c]), int(t_part[c])) == ((int(c_all[c]), int(t_all[c])) if c in keep else (0, 0))
+
+
+def test_budget_ending_short_of_the_target_is_extended_at_twice_the_lr(micro_model, micro_data):
+    method = get_method("gslora")
+    ctx = _ctx(micro_model, micro_data, _cfg(max_steps=10, eval_every=5, target_checks=1, lr=1e-3, min_lr=1e-5))
+    work = method.prepare(copy.deepcopy(micro_model), ctx)
+    lrs, train_step = [], method.train_step
+
+    def record(model, remain, forget, optimizer, state):
+        lrs.append(state.lr)
+        return train_step(model, remain, forget, optimizer, state)
+
+    method.train_step = record
+    summary = train_task(work, method, ctx, check=lambda m: (False, {}), extensions=1)
+    assert summary["steps"] == 20 and summary["extensions"] == 1 and summary["budget"] == 10
+    assert lrs[0] == pytest.approx(1e-3) and lrs[10] == pytest.approx(2e-3)  # warm restart at twice the peak
+    assert lrs[9] < 1e-4 and lrs[19] < 2e-4  # each budget ends its cosine
+    met = train_task(method.prepare(copy.deepcopy(micro_model), ctx), method, ctx, check=lambda m: (True, {}), extensions=1)
+    assert met["extensions"] == 0 and met["steps"] == 5  # the target held: stopped, nothing to extend
+
+
+def test_trial_missing_forgetting_goes_on_and_spends_the_task_budgets(micro_model, micro_data):
+    cfg = _cfg(tasks="1x4", target="acc_f<=-1", max_trials=3, eval_every=4, target_checks=1)
+    row = run_forgetting(micro_model, micro_data.classes, micro_data, cfg).rows[0]
+    assert len(row["trials"]) == 1  # never met: one trial, extended twice, no restart
+    trial = row["trials"][0]
+    assert trial["extensions"] == 2 and trial["steps"] == 36 and trial["peak_lr"] == pytest.approx(4 * trial["lr"])
+    restart = run_forgetting(micro_model, micro_data.classes, micro_data, dataclasses_replace(cfg, extend_trials=False))
+    assert [t["lr_scale"] for t in restart.rows[0]["trials"]] == [1.0, 2.0, 4.0]
+    assert all(t["extensions"] == 0 for t in restart.rows[0]["trials"])
