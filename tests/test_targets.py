@@ -299,7 +299,7 @@ def test_budget_ending_short_of_the_target_is_extended_at_twice_the_lr(micro_mod
 
 
 def test_trial_missing_forgetting_goes_on_and_spends_the_task_budgets(micro_model, micro_data):
-    cfg = _cfg(tasks="1x4", target="acc_f<=-1", max_trials=3, eval_every=4, target_checks=1)
+    cfg = _cfg(tasks="1x4", target="acc_f<=-1", max_trials=3, eval_every=4, target_checks=1, extend_trials=True)
     row = run_forgetting(micro_model, micro_data.classes, micro_data, cfg).rows[0]
     assert len(row["trials"]) == 1  # never met: one trial, extended twice, no restart
     trial = row["trials"][0]
