@@ -294,7 +294,8 @@ def test_budget_ending_short_of_the_target_is_extended_at_twice_the_lr(micro_mod
     assert summary["steps"] == 20 and summary["extensions"] == 1 and summary["budget"] == 10
     assert lrs[0] == pytest.approx(1e-3) and lrs[10] == pytest.approx(2e-3)  # warm restart at twice the peak
     assert lrs[9] < 1e-4 and lrs[19] < 2e-4  # each budget ends its cosine
-    met = train_task(method.prepare(copy.deepcopy(micro_model), ctx), method, ctx, check=lambda m: (True, {}), extensions=1)
+    fresh = method.prepare(copy.deepcopy(micro_model), ctx)
+    met = train_task(fresh, method, ctx, check=lambda m: (True, {}), extensions=1)
     assert met["extensions"] == 0 and met["steps"] == 5  # the target held: stopped, nothing to extend
 
 

@@ -201,7 +201,8 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
                            "checks": [asdict(c) for c in checks], "augment_rng": augment_gen.get_state(),
                            "extensions": used})
     bar.close()
-    return {"steps": step, "budget": base, "extensions": used, "train_seconds": spent + time.perf_counter() - start, "last_logs": logs,
+    return {"steps": step, "budget": base, "extensions": used,
+            "train_seconds": spent + time.perf_counter() - start, "last_logs": logs,
             "checks": [asdict(c) for c in checks], "stopped_early": stopped and step < total,
             "target_met": bool(checks and checks[-1].met)}
 
