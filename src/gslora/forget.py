@@ -204,10 +204,10 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     trial evaluated on test. Returns (row, merged model, counts after the task).
 
     The task has ``max_trials`` step budgets. Every trial trains from the task's start; the first uses the configured
-    lr. A trial at that lr or above that ends its budget short of the forgetting target continues for another budget
-    at twice the peak lr while budgets are left (``extend_trials``; otherwise a new trial doubles the lr); one that
-    met the forgetting target but missed the retention target is followed by a trial at half the lr; the search ends
-    when it would turn back to an lr already tried (:func:`next_lr_scale`). The first trial meeting every target on
+    lr. A trial that missed the forgetting target is followed by one at twice the lr (with ``extend_trials``, a trial
+    at the configured lr or above instead goes on for another budget at twice the peak lr while budgets are left);
+    one that met it but missed the retention target by one at half the lr; the search ends when it would turn back
+    to an lr already tried (:func:`next_lr_scale`). The first trial meeting every target on
     validation is kept, else the best (:func:`_better`). Only the validation split is ever looked at to choose."""
     t0 = time.perf_counter()
     nc = len(classes)
