@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", action="append", choices=sorted(RUNS), help="run only these (repeatable)")
     p.add_argument("--out", default="runs/forget-defaults")
     p.add_argument("--old-forget-shots", action="store_true", help="also run with old_forget_shots=2")
-    p.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE]",
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE] (or ; between pairs)",
                    help="also run with these settings (repeatable), e.g. kd10=method_args.retain_distill=10")
     p.add_argument("--no-defaults", action="store_true", help="skip the run with defaults (only the variants)")
     p.add_argument("--model", help="pre-train this registry model instead (checkpoint and labels get its name)")
@@ -125,7 +125,9 @@ def main(argv=None) -> int:
             variants.append(("old_forget_shots=2", ["--set", "old_forget_shots=2"]))
         for spec in args.variant:
             label, _, sets = spec.partition("=")
-            variants.append((label, [x for kv in sets.split(",") for x in ("--set", kv)]))
+            # KEY=VALUE pairs split on ";" when there is one (a value with commas: target=acc_f<=2,acc_o<=2), else ","
+            pairs = sets.split(";") if ";" in sets else sets.split(",")
+            variants.append((label, [x for kv in pairs for x in ("--set", kv)]))
         for label, extra in variants:
             folder = out / f"{name}-{label.replace('=', '')}"
             seconds = run([*GSLORA, "forget", "--checkpoint", str(ckpt), "--data", data, "--tasks", tasks,

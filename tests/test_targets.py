@@ -279,6 +279,16 @@ def test_periodic_check_scores_only_forgotten_classes_with_the_full_sets_numbers
             assert (int(c_part[c]), int(t_part[c])) == ((int(c_all[c]), int(t_all[c])) if c in keep else (0, 0))
 
 
+def test_periodic_check_scores_earlier_forgotten_classes_only_for_an_acc_o_target():
+    from gslora.data.plan import Task
+    from gslora.forget import checked_classes
+
+    task = Task(index=2, forget=(3, 4), remain=(5, 6), old=(0, 1))
+    assert checked_classes(task, parse_target("acc_f<=2,acc_r_drop<=2")) == {"acc_f": [3, 4]}
+    assert checked_classes(task, parse_target("acc_f<=2,acc_o<=2")) == {"acc_f": [3, 4], "acc_o": [0, 1]}
+    assert checked_classes(task, parse_target("acc_o<=5")) == {"acc_o": [0, 1]}
+
+
 def test_budget_ending_short_of_the_target_is_extended_at_twice_the_lr(micro_model, micro_data):
     method = get_method("gslora")
     ctx = _ctx(micro_model, micro_data, _cfg(max_steps=10, eval_every=5, target_checks=1, lr=1e-3, min_lr=1e-5))
