@@ -14,7 +14,7 @@ from gslora.config import parse_target
 from gslora.data.plan import make_plan, select_per_class
 from gslora.engine import passes, repeated, train_task
 from gslora.errors import GsloraError
-from gslora.forget import next_lr_scale
+from gslora.forget import next_trial
 from gslora.lora import block_is_zero
 from gslora.methods import TaskContext, get_method
 from gslora.presets import resolve
@@ -135,18 +135,47 @@ def test_retention_target_counts_as_met_within_one_validation_image():
     assert targets_met({**one_image, "acc_r_resolution": 0.5}, {"acc_r_drop": 2.0}) == {"acc_r_drop": False}
 
 
-def test_next_lr_scale_goes_up_on_missed_forgetting_and_never_repeats():
-    def rec(scale, **met):
-        return {"lr_scale": scale, "targets_met": met}
+def test_next_trial_goes_up_on_missed_forgetting_and_never_repeats():
+    def rec(scale, sparsity=1.0, **met):
+        return {"lr_scale": scale, "sparsity_scale": sparsity, "targets_met": met}
 
-    assert next_lr_scale([]) == 1.0
-    assert next_lr_scale([rec(1.0, acc_f=False, acc_r_drop=True)]) == 2.0
-    assert next_lr_scale([rec(1.0, acc_f=True, acc_r_drop=False)]) == 0.5
+    assert next_trial([]) == (1.0, 1.0)
+    assert next_trial([rec(1.0, acc_f=False, acc_r_drop=True)]) == (2.0, 1.0)
+    assert next_trial([rec(1.0, acc_f=True, acc_r_drop=False)]) == (0.5, 1.0)
     trials = [rec(1.0, acc_f=True, acc_r_drop=False), rec(0.5, acc_f=False, acc_r_drop=True)]
-    assert next_lr_scale(trials) is None  # the search turned back: it ends
+    assert next_trial(trials) is None  # the search turned back: it ends
+    assert next_trial(trials, relax_sparsity=True) is None  # below the configured lr the sparsity stays
     up = [rec(1.0, acc_f=False, acc_r_drop=True), rec(2.0, acc_f=False, acc_r_drop=True)]
-    assert next_lr_scale(up) == 4.0
-    assert next_lr_scale([*up, rec(4.0, acc_f=True, acc_r_drop=False)]) is None  # 2 was tried
+    assert next_trial(up) == (4.0, 1.0)
+    assert next_trial([*up, rec(4.0, acc_f=True, acc_r_drop=False)]) is None  # 2 was tried
+
+
+def test_relax_sparsity_drops_the_sparsity_term_before_raising_the_lr():
+    def rec(scale, sparsity, **met):
+        return {"lr_scale": scale, "sparsity_scale": sparsity, "targets_met": met}
+
+    missed = rec(1.0, 1.0, acc_f=False, acc_r_drop=True)
+    assert next_trial([missed], relax_sparsity=True) == (1.0, 0.0)
+    relaxed = [missed, rec(1.0, 0.0, acc_f=False, acc_r_drop=True)]
+    assert next_trial(relaxed, relax_sparsity=True) == (2.0, 0.0)  # then the lr doubles, still without sparsity
+    kept = [missed, rec(1.0, 0.0, acc_f=True, acc_r_drop=False)]
+    assert next_trial(kept, relax_sparsity=True) == (0.5, 0.0)  # a retention miss halves the lr, sparsity stays off
+
+
+def test_relaxed_trial_trains_without_sparsity_and_the_next_task_gets_it_back(micro_model, micro_data):
+    cfg = _cfg(tasks="2x2", target="acc_f<=-1", max_trials=2, eval_every=4, target_checks=1, relax_sparsity=True)
+    method = get_method("gslora", alpha=5.0)
+    alphas, prepare = [], method.prepare
+
+    def spy(model, ctx):
+        alphas.append(method.args.alpha)
+        return prepare(model, ctx)
+
+    method.prepare = spy
+    rows = run_forgetting(micro_model, micro_data.classes, micro_data, cfg, method=method).rows
+    for row in rows:  # never met: (lr x1, alpha 5) then (lr x1, alpha 0), on both tasks
+        assert [(t["lr_scale"], t["sparsity_scale"]) for t in row["trials"]] == [(1.0, 1.0), (1.0, 0.0)]
+    assert alphas == [5.0, 0.0, 5.0, 0.0] and method.args.alpha == 5.0
 
 
 def test_single_step_preset_is_applied_to_one_task_and_user_values_win():

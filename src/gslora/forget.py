@@ -207,7 +207,8 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     lr. A trial that missed the forgetting target is followed by one at twice the lr (with ``extend_trials``, a trial
     at the configured lr or above instead goes on for another budget at twice the peak lr while budgets are left);
     one that met it but missed the retention target by one at half the lr; the search ends when it would turn back
-    to an lr already tried (:func:`next_lr_scale`). The first trial meeting every target on
+    to a trial already made (:func:`next_trial`; with ``relax_sparsity`` a missed forgetting target first drops
+    the sparsity term). The first trial meeting every target on
     validation is kept, else the best (:func:`_better`). Only the validation split is ever looked at to choose."""
     t0 = time.perf_counter()
     nc = len(classes)
@@ -266,15 +267,21 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     if epoch_state is not None and "trial" in epoch_state:
         first_trial, trials, best = epoch_state["trial"], epoch_state["trials"], epoch_state["best"]
     k = first_trial
+    relax = config.relax_sparsity and method.sparsity_arg is not None
+    base_args = method.args
     while True:
         # max_trials is a number of step budgets: an extended trial spends one per extension
         left = n_trials - sum(1 + t.get("extensions", 0) for t in trials)
-        scale = next_lr_scale(trials)
-        if left <= 0 or scale is None:
+        nxt = next_trial(trials, relax)
+        if left <= 0 or nxt is None:
             break
+        scale, sparsity_scale = nxt
         if k > 0:
             model.load_state_dict(start_weights)
             method.load_state_dict(copy.deepcopy(method_start), device)
+        if relax:  # this trial's sparsity weight (relax_sparsity: 0 after a missed forgetting target)
+            name = method.sparsity_arg
+            method.args = dataclasses.replace(base_args, **{name: getattr(base_args, name) * sparsity_scale})
         trial_cfg = dataclasses.replace(config, lr=config.lr * scale, min_lr=config.min_lr * scale)
         adapter_dir = None
         if folder is not None and config.save_adapters:
@@ -308,7 +315,8 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         info = dict(info)
         info.setdefault("trainable_params", trainable)
         val = validate(model)
-        record = {"trial": k + 1, "lr": trial_cfg.lr, "lr_scale": scale, "steps": summary["steps"],
+        record = {"trial": k + 1, "lr": trial_cfg.lr, "lr_scale": scale, "sparsity_scale": sparsity_scale,
+                  "steps": summary["steps"],
                   "budget": summary["budget"], "extensions": summary["extensions"],
                   "peak_lr": trial_cfg.lr * 2 ** summary["extensions"], "stopped_early": summary["stopped_early"],
                   "checks": len(summary["checks"]), "val": _brief(val), "targets_met": targets_met(val, targets)}
@@ -319,6 +327,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         if all(record["targets_met"].values()) or not use_targets:
             break
         k += 1
+    method.args = base_args
     record, weights, method_state, info, summary = best
     if len(trials) > 1:  # the chosen trial's weights, method state and adapter
         model.load_state_dict(weights)
@@ -413,19 +422,25 @@ def targets_met(metrics: dict, targets: dict) -> dict[str, bool]:
     return {k: bool(brief[k] is None or brief[k] <= bound(k, v)) for k, v in targets.items()}
 
 
-def next_lr_scale(trials: list[dict]) -> float | None:
-    """The lr multiplier of the next trial: 1 first; then ×2 after a trial that missed a forgetting target, ×0.5
-    after one that met them but missed the retention target; None (the search ends) when that multiplier was already
-    tried, i.e. the search turned back. The geometric midpoint it used to try then was kept on 1 of 20 tasks over the
-    five benchmark task plans, and that one still missed its retention target (README, "Choices made by
-    measurement")."""
+def next_trial(trials: list[dict], relax_sparsity: bool = False) -> tuple[float, float] | None:
+    """The (lr multiplier, sparsity multiplier) of the next trial: (1, 1) first; then, after a trial that missed a
+    forgetting target, twice the lr, or with ``relax_sparsity`` the same lr without the sparsity term first (when that
+    trial had it and ran at the configured lr or above); after one that met them but missed the retention target,
+    half the lr. None (the search ends) when that pair was already tried, i.e. the search turned back. The geometric
+    midpoint it used to try then was kept on 1 of 20 tasks over the five benchmark task plans, and that one still
+    missed its retention target (README, "Choices made by measurement")."""
     if not trials:
-        return 1.0
+        return 1.0, 1.0
     last = trials[-1]
     met = last["targets_met"]
-    up = not all(v for k, v in met.items() if k in FORGETTING_TARGETS)
-    want = last["lr_scale"] * (2.0 if up else 0.5)
-    if any(abs(want - t["lr_scale"]) < 1e-9 * want for t in trials):
+    lr, sparsity = last["lr_scale"], last.get("sparsity_scale", 1.0)
+    if all(v for k, v in met.items() if k in FORGETTING_TARGETS):
+        want = (lr * 0.5, sparsity)
+    elif relax_sparsity and sparsity > 0 and lr >= 1:
+        want = (lr, 0.0)
+    else:
+        want = (lr * 2.0, sparsity)
+    if any(abs(want[0] - t["lr_scale"]) < 1e-9 * want[0] and want[1] == t.get("sparsity_scale", 1.0) for t in trials):
         return None
     return want
 

@@ -71,6 +71,7 @@ class GSLoRAArgs:
 class GSLoRA(Method):
     name = "gslora"
     Args = GSLoRAArgs
+    sparsity_arg = "alpha"
 
     def prepare(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         a = self.args
