@@ -319,14 +319,15 @@ def _audit_one(model, data, forget, remain, cfg, device, original_acc_f=None, re
 
 
 def run_subset_indices(targets: list[int], tasks: list[Task], seed: int, replay_ratio: float, shots: int = 0,
-                       min_replay: int = 1, old_forget_shots: int = 0) -> set[int]:
+                       min_replay: int = 1, old_forget_shots: int = 0, min_forget: int | None = None) -> set[int]:
     """Training indices a forgetting run used: every task's replay subset of R_t and forget subset of F_t (plus
     ``old_forget_shots`` images of each earlier-forgotten class), drawn as the runner draws them
-    (:func:`gslora.data.plan.select_per_class` with the run's seed, replay_ratio, shots and min_replay)."""
+    (:func:`gslora.data.plan.select_per_class` with the run's seed, replay_ratio, shots, min_replay and min_forget)."""
     seen: set[int] = set()
     for task in tasks:
-        for classes in (task.remain, task.forget):
-            seen.update(select_per_class(targets, classes, seed, replay_ratio, shots, minimum=min_replay))
+        for classes, minimum in ((task.remain, min_replay), (task.forget, min_replay if min_forget is None
+                                                              else min_forget)):
+            seen.update(select_per_class(targets, classes, seed, replay_ratio, shots, minimum=minimum))
         if old_forget_shots and task.old:
             seen.update(select_per_class(targets, task.old, seed, shots=old_forget_shots))
     return seen
@@ -554,7 +555,7 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
             model, data, remain, rcfg.seed, retrain_full if isinstance(retrain_full, dict) else {},
             (config or AuditConfig()).device, progress)
     seen = run_subset_indices(data.train.targets, run_tasks(results), rcfg.seed, rcfg.replay_ratio, rcfg.shots,
-                              rcfg.min_replay, rcfg.old_forget_shots)
+                              rcfg.min_replay, rcfg.old_forget_shots, rcfg.min_forget)
     others = {}
     for label, m in (compare or {}).items():
         if isinstance(m, nn.Module):

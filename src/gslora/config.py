@@ -84,6 +84,7 @@ class RunConfig:
     min_replay: int = 4  # with replay_ratio: at least this many images per class (2 instead of 4 left the remaining
     # classes 2-5 points lower per task on every dataset measured; one image per class 4-14 points lower than two;
     # README, "Choices made by measurement")
+    min_forget: int | None = None  # the forget subset: at least this many images per class (None: min_replay)
     shots: int = 0  # if > 0: k images per class instead of replay_ratio, for both the replay and the forget subsets
     # (few-shot forgetting, SPEC §4; the paper's k = 4 with batch 4: protocol few_shot)
     missing_ratio: float = 0.0  # missing classes (SPEC §4): this share of the classes remaining after the first task
@@ -105,6 +106,11 @@ class RunConfig:
     # (shorter side to input / crop_pct, then the centre crop; null: resize straight), interpolation
     missing_check_data: str = ""  # a folder of class folders named like the original head's classes: with a head
     # cut by --head-subset, their accuracy under the original full head before and after each task (gslora.missing)
+
+    @property
+    def forget_minimum(self) -> int:
+        """Images per class the forget subset gets at least: ``min_forget``, else ``min_replay``."""
+        return self.min_replay if self.min_forget is None else self.min_forget
 
     def validate(self) -> RunConfig:
         """Check ranges; unset (None) preset fields are skipped (they are checked once resolved)."""
@@ -131,7 +137,7 @@ class RunConfig:
             raise GsloraError(f"protocol must be one of {', '.join(_PROTOCOLS)}, got {self.protocol!r}.")
         parse_target(self.target)
         for name in ("warmup_epochs", "shots", "old_forget_shots", "num_workers", "checkpoint_every", "max_steps",
-                     "min_replay",
+                     "min_replay", "min_forget",
                      "eval_every", "check_train_images"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise GsloraError(f"{name} must be 0 or more, got {getattr(self, name)}.")

@@ -217,7 +217,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     remain_idx = select_per_class(data.train.targets, replayed, config.seed, config.replay_ratio, config.shots,
                                   minimum=config.min_replay)
     forget_idx = select_per_class(data.train.targets, task.forget, config.seed, config.replay_ratio, config.shots,
-                                  minimum=config.min_replay)
+                                  minimum=config.forget_minimum)
     if config.old_forget_shots and task.old:
         forget_idx += select_per_class(data.train.targets, task.old, config.seed, shots=config.old_forget_shots)
     vs_pre = method.drop_against_pretrained
