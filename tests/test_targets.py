@@ -347,3 +347,10 @@ def test_trial_missing_forgetting_goes_on_and_spends_the_task_budgets(micro_mode
     restart = run_forgetting(micro_model, micro_data.classes, micro_data, dataclasses_replace(cfg, extend_trials=False))
     assert [t["lr_scale"] for t in restart.rows[0]["trials"]] == [1.0, 2.0, 4.0]
     assert all(t["extensions"] == 0 for t in restart.rows[0]["trials"])
+
+
+def test_min_forget_sizes_the_forget_subset_apart_from_the_replay(micro_model, micro_data):
+    cfg = _cfg(tasks="1x2", replay_ratio=0.01, min_replay=3, min_forget=1, max_trials=1)
+    row = run_forgetting(micro_model, micro_data.classes, micro_data, cfg).rows[0]
+    assert row["forget_images"] == 2 and row["replay_images"] == 3 * row["n_remain"]
+    assert RunConfig(min_replay=3).forget_minimum == 3 and RunConfig(min_replay=3, min_forget=1).forget_minimum == 1

@@ -325,8 +325,8 @@ def run_subset_indices(targets: list[int], tasks: list[Task], seed: int, replay_
     (:func:`gslora.data.plan.select_per_class` with the run's seed, replay_ratio, shots, min_replay and min_forget)."""
     seen: set[int] = set()
     for task in tasks:
-        for classes, minimum in ((task.remain, min_replay), (task.forget, min_replay if min_forget is None
-                                                              else min_forget)):
+        forget_minimum = min_replay if min_forget is None else min_forget
+        for classes, minimum in ((task.remain, min_replay), (task.forget, forget_minimum)):
             seen.update(select_per_class(targets, classes, seed, replay_ratio, shots, minimum=minimum))
         if old_forget_shots and task.old:
             seen.update(select_per_class(targets, task.old, seed, shots=old_forget_shots))
@@ -555,7 +555,7 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
             model, data, remain, rcfg.seed, retrain_full if isinstance(retrain_full, dict) else {},
             (config or AuditConfig()).device, progress)
     seen = run_subset_indices(data.train.targets, run_tasks(results), rcfg.seed, rcfg.replay_ratio, rcfg.shots,
-                              rcfg.min_replay, rcfg.old_forget_shots, rcfg.min_forget)
+                              rcfg.min_replay, rcfg.old_forget_shots, rcfg.forget_minimum)
     others = {}
     for label, m in (compare or {}).items():
         if isinstance(m, nn.Module):

@@ -175,9 +175,6 @@ class PretrainConfig:
     eval_every: int | None = None  # steps between validation checks; None: 1/20 of the budget
     patience: int = 5  # stop after this many checks without a better validation accuracy (0: never stop early);
     #                    never before half the budget, so a long plateau at the start cannot end the run
-    relax_sparsity: bool = False  # true: after a trial (at the configured lr or above) that missed the forgetting
-    # target, the next trial keeps its lr but drops the method's sparsity term (GS-LoRA: alpha 0, every block may
-    # move) before the lr is doubled
     augment: bool = True  # gslora.data.augment.augment_batch on every training batch
     standardize: bool = True  # train on inputs standardised by the training set's mean / std, folded into the
     #                            patch embedding at the end (the checkpoint takes the usual [0, 1] input)
