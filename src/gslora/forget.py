@@ -206,8 +206,8 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     The task has ``max_trials`` step budgets. Every trial trains from the task's start; the first uses the configured
     lr. A trial that missed the forgetting target is followed by one at twice the lr (with ``extend_trials``, a trial
     at the configured lr or above instead goes on for another budget at twice the peak lr while budgets are left);
-    one that met it but missed the retention target by one at half the lr; the search ends when it would turn back
-    to a trial already made (:func:`next_trial`; with ``relax_sparsity`` a missed forgetting target first drops
+    one that met it but missed the retention target by one at half the lr, unless it needed its whole budget to
+    forget; the search ends when it would turn back to a trial already made (:func:`next_trial`; with ``relax_sparsity`` a missed forgetting target first drops
     the sparsity term). The first trial meeting every target on
     validation is kept, else the best (:func:`_better`). Only the validation split is ever looked at to choose."""
     t0 = time.perf_counter()
@@ -426,15 +426,20 @@ def next_trial(trials: list[dict], relax_sparsity: bool = False) -> tuple[float,
     """The (lr multiplier, sparsity multiplier) of the next trial: (1, 1) first; then, after a trial that missed a
     forgetting target, twice the lr, or with ``relax_sparsity`` the same lr without the sparsity term first (when that
     trial had it and ran at the configured lr or above); after one that met them but missed the retention target,
-    half the lr. None (the search ends) when that pair was already tried, i.e. the search turned back. The geometric
-    midpoint it used to try then was kept on 1 of 20 tasks over the five benchmark task plans, and that one still
-    missed its retention target (README, "Choices made by measurement")."""
+    half the lr, unless it needed its whole step budget to get there (it did not stop early): a trial at half the lr
+    forgets more slowly, so it cannot meet the forgetting target within the same budget, and the search ends (on the
+    five benchmark task plans every such half-lr trial missed the forgetting target and was not kept: README,
+    "Choices made by measurement"). None (the search ends) also when the pair was already tried, i.e. the search
+    turned back. The geometric midpoint it used to try then was kept on 1 of 20 tasks over the five benchmark task
+    plans, and that one still missed its retention target."""
     if not trials:
         return 1.0, 1.0
     last = trials[-1]
     met = last["targets_met"]
     lr, sparsity = last["lr_scale"], last.get("sparsity_scale", 1.0)
     if all(v for k, v in met.items() if k in FORGETTING_TARGETS):
+        if not last.get("stopped_early", True):
+            return None  # forgetting took the whole budget: half the lr would not get there in it
         want = (lr * 0.5, sparsity)
     elif relax_sparsity and sparsity > 0 and lr >= 1:
         want = (lr, 0.0)
