@@ -21,7 +21,8 @@ TARGET_METRICS = {
     "acc_f": "accuracy (%) on the classes forgotten in this task; a forgetting target: training stops once it holds",
     "acc_o": "accuracy (%) on the classes forgotten in earlier tasks; a forgetting target",
     "acc_r_drop": "points the remaining classes' accuracy lies below the pre-trained model's; a retention target: a "
-                  "trial that misses it is retried with half the lr",
+                  "trial that misses it is retried with half the lr (unless it needed its whole step budget to "
+                  "forget)",
 }
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
@@ -67,7 +68,8 @@ class RunConfig:
     # a small validation split can pass by luck; 3 let forgotten people come back in the next task: ORL 4x5 with
     # seed 7, Acc_o 40 after task 2 against 6.7 with 6; README, "Choices made by measurement")
     max_trials: int = 3  # step budgets per task for its trials: when the retention target (acc_r_drop) fails, a new
-    # trial from the task's start with half the lr; when the forgetting target fails, see extend_trials
+    # trial from the task's start with half the lr, unless the failing trial needed its whole budget to forget (half
+    # the lr would not forget within it); when the forgetting target fails, see extend_trials
     extend_trials: bool = False  # true: a trial (at the configured lr or above) that ends its budget short of the
     # forgetting target goes on for another budget at twice the peak lr (a warm restart) while budgets are left,
     # instead of a new trial from the task's start with twice the lr. Not the default: on the bundled faces it cost

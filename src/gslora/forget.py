@@ -207,9 +207,9 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     lr. A trial that missed the forgetting target is followed by one at twice the lr (with ``extend_trials``, a trial
     at the configured lr or above instead goes on for another budget at twice the peak lr while budgets are left);
     one that met it but missed the retention target by one at half the lr, unless it needed its whole budget to
-    forget; the search ends when it would turn back to a trial already made (:func:`next_trial`; with ``relax_sparsity`` a missed forgetting target first drops
-    the sparsity term). The first trial meeting every target on
-    validation is kept, else the best (:func:`_better`). Only the validation split is ever looked at to choose."""
+    forget; the search ends when it would turn back to a trial already made (:func:`next_trial`; with
+    ``relax_sparsity`` a missed forgetting target first drops the sparsity term). The first trial meeting every target
+    on validation is kept, else the best (:func:`_better`). Only the validation split is ever looked at to choose."""
     t0 = time.perf_counter()
     nc = len(classes)
     missing = missing_classes(config, plan, classes)  # remaining classes without any data (gslora.practical)
