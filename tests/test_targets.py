@@ -151,11 +151,14 @@ def test_next_trial_goes_up_on_missed_forgetting_and_never_repeats():
 
 
 def test_no_half_lr_trial_after_a_trial_that_needed_its_whole_budget_to_forget():
-    def rec(scale, stopped_early, **met):
-        return {"lr_scale": scale, "sparsity_scale": 1.0, "stopped_early": stopped_early, "targets_met": met}
+    def rec(scale, stopped_early, checks=5, **met):
+        return {"lr_scale": scale, "sparsity_scale": 1.0, "stopped_early": stopped_early, "checks": checks,
+                "targets_met": met}
 
     assert next_trial([rec(1.0, True, acc_f=True, acc_r_drop=False)]) == (0.5, 1.0)  # forgot with steps to spare
     assert next_trial([rec(1.0, False, acc_f=True, acc_r_drop=False)]) is None  # forgot only at the budget's end
+    # without periodic checks (eval_every 0) no trial can stop early: the half-lr trial is still made
+    assert next_trial([rec(1.0, False, checks=0, acc_f=True, acc_r_drop=False)]) == (0.5, 1.0)
     # a missed forgetting target still doubles the lr, whatever the steps
     assert next_trial([rec(1.0, False, acc_f=False, acc_r_drop=True)]) == (2.0, 1.0)
     # after doubling, a retention miss at the end of the budget ends the search: the chosen trial is the best so far

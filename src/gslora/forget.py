@@ -426,9 +426,9 @@ def next_trial(trials: list[dict], relax_sparsity: bool = False) -> tuple[float,
     """The (lr multiplier, sparsity multiplier) of the next trial: (1, 1) first; then, after a trial that missed a
     forgetting target, twice the lr, or with ``relax_sparsity`` the same lr without the sparsity term first (when that
     trial had it and ran at the configured lr or above); after one that met them but missed the retention target,
-    half the lr, unless it needed its whole step budget to get there (it did not stop early): a trial at half the lr
-    forgets more slowly, so it cannot meet the forgetting target within the same budget, and the search ends (on the
-    five benchmark task plans every such half-lr trial missed the forgetting target and was not kept: README,
+    half the lr, unless it needed its whole step budget to get there (it ran periodic checks and did not stop early):
+    a trial at half the lr forgets more slowly, so it would not meet the forgetting target within the same budget,
+    and the search ends (no such half-lr trial was kept on the five benchmark task plans or in the demo: README,
     "Choices made by measurement"). None (the search ends) also when the pair was already tried, i.e. the search
     turned back. The geometric midpoint it used to try then was kept on 1 of 20 tasks over the five benchmark task
     plans, and that one still missed its retention target."""
@@ -438,8 +438,9 @@ def next_trial(trials: list[dict], relax_sparsity: bool = False) -> tuple[float,
     met = last["targets_met"]
     lr, sparsity = last["lr_scale"], last.get("sparsity_scale", 1.0)
     if all(v for k, v in met.items() if k in FORGETTING_TARGETS):
-        if not last.get("stopped_early", True):
-            return None  # forgetting took the whole budget: half the lr would not get there in it
+        if last.get("checks", 1) and not last.get("stopped_early", True):
+            return None  # forgetting took the whole budget: half the lr would not get there in it (without periodic
+            # checks, eval_every 0, no trial can stop early, so the budget says nothing)
         want = (lr * 0.5, sparsity)
     elif relax_sparsity and sparsity > 0 and lr >= 1:
         want = (lr, 0.0)
