@@ -190,22 +190,47 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("GSLORA_CACHE", Path.home() / ".cache" / "gslora"))
 
 
+BUNDLED_DIR = Path(__file__).resolve().parent / "pretrained"  # pre-trained demo models shipped with the package
+
+
+def demo_checkpoint_name(model: str, pcfg: PretrainConfig) -> str:
+    """File name of the demo's pre-trained model: the model and a hash of its pre-training recipe (and gslora's
+    version), so a changed recipe never reuses an old model."""
+    key = hashlib.sha256(json.dumps([__version__, model, dataclasses.asdict(pcfg)], sort_keys=True).encode())
+    return f"demo-{model}-{key.hexdigest()[:12]}.safetensors"
+
+
+def demo_checkpoint_source(name: str, cache_dir: Path, bundled_dir: Path = BUNDLED_DIR) -> Path | None:
+    """Where the demo's pre-trained model ``name`` already is: the cache (a model this machine pre-trained), else
+    the package's bundled copy (made by the same recipe with ``gslora demo --retrain``); None: pre-train it."""
+    for folder in (cache_dir, bundled_dir):
+        if (folder / name).is_file() and (folder / name).with_suffix(".json").is_file():
+            return folder / name
+    return None
+
+
 def cmd_demo(args) -> int:
     from .data import load_data
     from .forget import run_forgetting
-    from .models import create_model, load_checkpoint, save_checkpoint
+    from .models import create_model, load_checkpoint, read_sidecar, save_checkpoint
     from .pretrain import pretrain
 
     demo = demo_preset()
     t0 = time.perf_counter()
     pcfg = from_dict(PretrainConfig, demo["pretrain"], where="demo pretrain").validate()
-    key = hashlib.sha256(json.dumps([__version__, demo["model"], dataclasses.asdict(pcfg)], sort_keys=True).encode())
-    ckpt = _cache_dir() / f"demo-{demo['model']}-{key.hexdigest()[:12]}.safetensors"
+    name = demo_checkpoint_name(demo["model"], pcfg)
+    ckpt = _cache_dir() / name
     cfg = resolve(build_config(RunConfig, None, args.overrides, base=demo["run"], where="demo config",
                                epochs=args.epochs or None, device=args.device))
     data = load_data("faces", image_size=create_model(demo["model"], 1).image_size, seed=cfg.seed)
-    if ckpt.exists() and not args.retrain:
-        print(f"using cached pre-trained model {ckpt}")
+    source = None if args.retrain else demo_checkpoint_source(name, _cache_dir())
+    if source is not None:
+        ckpt = source
+        pre = read_sidecar(ckpt).get("pretrain", {})
+        where = "cached" if source.parent == _cache_dir() else "bundled"
+        print(f"using the {where} pre-trained model {ckpt} (this demo's pre-training recipe: test accuracy "
+              f"{pre.get('test_acc', float('nan')):.1f}%, {pre.get('steps', '?')} steps; --retrain pre-trains "
+              f"it again, 2.5-3.5 minutes on a 2-core CPU)")
     else:
         print(f"pre-training {demo['model']} on the bundled faces ({data.describe()['train']} training views of "
               f"{data.num_classes} photos)...")
@@ -430,7 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, help="epochs per forgetting task")
     p.add_argument("--device")
-    p.add_argument("--retrain", action="store_true", help="ignore the cached pre-trained model")
+    p.add_argument("--retrain", action="store_true",
+                   help="pre-train the demo model again instead of using the cached or bundled one")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--no-progress", action="store_true")
     add_detection_flags(p, "demo")
