@@ -147,12 +147,13 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
 
     model.train()
     forget_iter = passes(forget_loader)
-    first_epoch, step, spent, checks = 0, 0, 0.0, []
+    first_epoch, step, spent, checks, held = 0, 0, 0.0, [], 0
     if state is not None:
         for _ in range(state["step"]):  # the forget stream's position: replay its seeded order up to the step
             next(forget_iter)
         first_epoch, step, spent = state["epoch"], state["step"], state["train_seconds"]
         checks = [Check(**c) for c in state.get("checks", [])]
+        held = state.get("held", 0)
         used = state.get("extensions", 0)
         total = base * (used + 1)
         augment_gen.set_state(state["augment_rng"])
@@ -171,8 +172,10 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
             x_f, y_f = x_f.to(device, non_blocking=True), y_f.to(device, non_blocking=True)
             if cfg.augment:
                 x_r, x_f = augment_batch(x_r, augment_gen), augment_batch(x_f, augment_gen)
+            holding = cfg.hold_margin and bool(checks) and checks[-1].met
             step_state = StepState(epoch=epoch, step=step, total_steps=base, epochs=cfg.epochs, autocast=autocast,
-                                   lr=optimizer.param_groups[0]["lr"])
+                                   lr=optimizer.param_groups[0]["lr"], ramp_step=step - held)
+            held += holding
             logs = method.train_step(model, (x_r, y_r), (x_f, y_f), optimizer, step_state)
             check_finite(logs, ctx.task.index, epoch)
             schedule.step()
@@ -199,7 +202,7 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
             on_checkpoint({**_engine_state(epoch, step, spent + time.perf_counter() - start, model, method, optimizer,
                                            schedule, remain_loader),
                            "checks": [asdict(c) for c in checks], "augment_rng": augment_gen.get_state(),
-                           "extensions": used})
+                           "extensions": used, "held": held})
     bar.close()
     return {"steps": step, "budget": base, "extensions": used,
             "train_seconds": spent + time.perf_counter() - start, "last_logs": logs,

@@ -78,6 +78,8 @@ class StepState:
     epochs: int
     autocast: Callable[[], AbstractContextManager] = nullcontext  # wrap forward passes (mixed precision) in this
     lr: float = 0.0  # the learning rate of this step (proximal updates scale their threshold by it)
+    ramp_step: int | None = None  # where step-driven ramps (GS-LoRA's forgetting margin) are: ``step`` less the steps
+    # run while the forgetting target held at the last check (RunConfig.hold_margin); None: ``step``
 
 
 class Method:

@@ -143,7 +143,8 @@ class GSLoRA(Method):
     def _margin(self, state: StepState) -> float:
         """forget_loss margin: forget_margin, or with the ramp forget_margin · (step + 1) / budget."""
         a = self.args
-        return a.forget_margin * (min(1.0, (state.step + 1) / state.total_steps) if a.forget_margin_ramp else 1.0)
+        step = state.step if state.ramp_step is None else state.ramp_step
+        return a.forget_margin * (min(1.0, (step + 1) / state.total_steps) if a.forget_margin_ramp else 1.0)
 
     def _forget_term(self, logits_f: torch.Tensor, y_f: torch.Tensor, plain_f: torch.Tensor | None = None,
                      margin: float = 0.0) -> torch.Tensor:
