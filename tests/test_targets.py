@@ -370,3 +370,32 @@ def test_min_forget_sizes_the_forget_subset_apart_from_the_replay(micro_model, m
     row = run_forgetting(micro_model, micro_data.classes, micro_data, cfg).rows[0]
     assert row["forget_images"] == 2 and row["replay_images"] == 3 * row["n_remain"]
     assert RunConfig(min_replay=3).forget_minimum == 3 and RunConfig(min_replay=3, min_forget=1).forget_minimum == 1
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_hold_margin_stops_the_margin_ramp_while_the_target_holds(micro_model, micro_data, hold):
+    method = get_method("gslora")
+    ctx = _ctx(micro_model, micro_data, _cfg(max_steps=40, eval_every=5, target_checks=4, hold_margin=hold))
+    work = method.prepare(micro_model, ctx)
+    margins, calls = [], []
+    step = method.train_step
+
+    def recording_step(model, remain, forget, optimizer, state):
+        margins.append(method._margin(state))
+        return step(model, remain, forget, optimizer, state)
+
+    method.train_step = recording_step
+
+    def check(model):
+        calls.append(1)
+        return len(calls) in (2, 4, 5, 6, 7), {}  # met at step 10, missed at 15, met from 20 on (4 in a row at 35)
+
+    summary = train_task(work, method, ctx, check=check)
+    assert summary["steps"] == 35 and summary["stopped_early"]
+    full = [method.args.forget_margin * (s + 1) / 40 for s in range(35)]
+    if not hold:
+        assert margins == pytest.approx(full)
+    else:  # after a met check it keeps the last step's value (steps 10-14, and from 20 on); a miss lets it go on
+        expected = full[:10] + [full[9]] * 5 + full[10:15] + [full[14]] * 15
+        assert margins == pytest.approx(expected)
+        assert margins[-1] < full[-1]
