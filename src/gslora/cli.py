@@ -451,7 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_detection_flags(p, "evaluate")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="pre-train a tiny face ViT on bundled faces, then forget 4 x 20 classes")
+    p = sub.add_parser("demo", help="forget 4 x 20 classes from a tiny face ViT trained on bundled faces (the model "
+                       "comes with the package; --retrain pre-trains it again)")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--epochs", type=int, help="epochs per forgetting task")
     p.add_argument("--device")
