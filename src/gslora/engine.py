@@ -172,7 +172,8 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
             x_f, y_f = x_f.to(device, non_blocking=True), y_f.to(device, non_blocking=True)
             if cfg.augment:
                 x_r, x_f = augment_batch(x_r, augment_gen), augment_batch(x_f, augment_gen)
-            held += cfg.hold_margin and bool(checks) and checks[-1].met  # the ramp stays at the last step's value
+            # the ramp stays at the last step's value (detection's config has no hold_margin: never held)
+            held += getattr(cfg, "hold_margin", False) and bool(checks) and checks[-1].met
             step_state = StepState(epoch=epoch, step=step, total_steps=base, epochs=cfg.epochs, autocast=autocast,
                                    lr=optimizer.param_groups[0]["lr"], ramp_step=step - held)
             logs = method.train_step(model, (x_r, y_r), (x_f, y_f), optimizer, step_state)
