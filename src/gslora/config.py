@@ -69,7 +69,9 @@ class RunConfig:
     # seed 7, Acc_o 40 after task 2 against 6.7 with 6; README, "Choices made by measurement")
     hold_margin: bool = False  # true: while the forgetting target holds at the periodic checks (the run waits for
     # target_checks consecutive ones), step-driven ramps stop (GS-LoRA's forgetting margin keeps its value), so the
-    # confirming steps keep the forgetting without pushing it further; a missed check lets the ramp go on
+    # confirming steps keep the forgetting without pushing it further; a missed check lets the ramp go on. Not the
+    # default: retention a little better, but forgotten people came back (ORL 4x8 Acc_o 16.7 after task 2 against 0;
+    # README, "Choices made by measurement")
     max_trials: int = 3  # step budgets per task for its trials: when the retention target (acc_r_drop) fails, a new
     # trial from the task's start with half the lr, unless the failing trial needed its whole budget to forget (half
     # the lr would not forget within it); when the forgetting target fails, see extend_trials
