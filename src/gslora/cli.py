@@ -203,9 +203,12 @@ def demo_checkpoint_name(model: str, pcfg: PretrainConfig) -> str:
 def demo_checkpoint_source(name: str, cache_dir: Path, bundled_dir: Path = BUNDLED_DIR) -> Path | None:
     """Where the demo's pre-trained model ``name`` already is: the cache (a model this machine pre-trained), else
     the package's bundled copy (made by the same recipe with ``gslora demo --retrain``); None: pre-train it."""
+    from .models.checkpoint import checkpoint_paths
+
     for folder in (cache_dir, bundled_dir):
-        if (folder / name).is_file() and (folder / name).with_suffix(".json").is_file():
-            return folder / name
+        weights, sidecar = checkpoint_paths(folder / name)
+        if weights.is_file() and sidecar.is_file():
+            return weights
     return None
 
 
