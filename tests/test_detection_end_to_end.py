@@ -88,3 +88,25 @@ def test_demo_detection_pretrains_once_then_uses_the_cache(tmp_path, monkeypatch
     assert (second["ap_o"] is None) == (second["class_ap"][old] is None)
     if second["ap_o"] is not None:
         assert second["ap_o"] == pytest.approx(second["class_ap"][old])
+
+
+def test_a_detectors_history_binds_its_next_request(pretrained, tmp_path, capsys):
+    """Forgetting again from a forgotten detector: the earlier category stays forgotten (never replayed, scored as
+    AP_o), naming it again is refused, and the saved history continues."""
+    root, ckpt = pretrained
+    common = ["--detection", "--data", str(root), "--device", "cpu", "--no-progress", "--set", "replay_ratio=1.0",
+              "--set", "max_steps=5", "--set", "eval_every=0"]
+    assert main(["forget", "--checkpoint", str(ckpt), "--tasks", "two", "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["forget", "--checkpoint", str(tmp_path / "a" / "final"), "--tasks", "1x1",
+                 "--out", str(tmp_path / "b"), *common]) == 0
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    task = results["plan"]["tasks"][0]
+    assert results["plan"]["forgotten_before_names"] == ["two"]
+    assert task["old"] == [2] and 2 not in task["remain"] and task["forget_names"] != ["two"]
+    assert results["tasks"][0]["n_old"] == 1 and results["tasks"][0]["ap_o"] is not None
+    history = json.loads((tmp_path / "b" / "final" / "gslora_detection.json").read_text())["history"]
+    assert [h["forgotten"] for h in history] == [["two"], task["forget_names"]]
+    capsys.readouterr()
+    assert main(["forget", "--checkpoint", str(tmp_path / "b" / "final"), "--tasks", "two",
+                 "--out", str(tmp_path / "c"), *common]) == 2
+    assert "already forgotten" in capsys.readouterr().err

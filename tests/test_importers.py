@@ -17,6 +17,7 @@ from gslora.errors import GsloraError
 from gslora.models import create_model, load_checkpoint, locate_ffn, save_checkpoint
 from gslora.models.exporters import export_native
 from gslora.models.importers import import_model, read_state_dict
+from gslora.record import MASK_LOGIT
 
 SIZE, PATCH, WIDTH = 16, 4, 32
 FORGET_CFG = dict(tasks="1x2", epochs=2, batch_size=16, replay_ratio=0.3, lr=3e-3, device="cpu",
@@ -180,7 +181,14 @@ def test_hf_forget_export_reloads_with_transformers(micro_data, tmp_path):
     assert sorted(again.config.gslora["forgotten"]) == sorted(forgot)
     assert again.config.id2label[0] == classes[0] and (folder / "preprocessor_config.json").is_file()
     changed = [k for k, v in again.state_dict().items() if k in before and not torch.equal(v, before[k])]
-    assert changed and all(".mlp.fc" in k for k in changed)  # only the FFN linears moved (LoRA merged)
+    head = [k for k in changed if k.startswith("classifier.")]
+    assert changed and all(".mlp.fc" in k for k in changed if k not in head)  # the FFN linears moved (LoRA merged)
+    rows = [classes.index(c) for c in forgot]  # and the head only where it masks the forgotten classes
+    w, b = again.classifier.weight, again.classifier.bias
+    keep = [i for i in range(len(classes)) if i not in rows]
+    assert (w[rows] == 0).all() and (b[rows] == MASK_LOGIT).all()
+    assert torch.equal(w[keep], before["classifier.weight"][keep])
+    assert torch.equal(b[keep], before["classifier.bias"][keep])
 
 
 def test_torchvision_forget_export_reloads_with_torchvision(micro_data, tmp_path):

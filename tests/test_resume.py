@@ -32,10 +32,14 @@ def _killed_run(ckpt, data, out, point, *extra):
     assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL at the named point
 
 
+UNREPEATABLE = ("time", "request", "entry_sha256", "previous")  # the record's clock and ids (its weight hashes stay)
+
+
 def _numbers(obj):
-    """results.json without wall-clock seconds (everything else must be equal, number for number)."""
+    """results.json without wall-clock seconds and the record's times and ids (everything else must be equal, number
+    for number, the record's weight hashes included)."""
     if isinstance(obj, dict):
-        return {k: _numbers(v) for k, v in obj.items() if not k.endswith("seconds")}
+        return {k: _numbers(v) for k, v in obj.items() if not k.endswith("seconds") and k not in UNREPEATABLE}
     if isinstance(obj, list):
         return [_numbers(v) for v in obj]
     return obj

@@ -41,7 +41,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .data.base import DataBundle
+from .config import DEFAULT_DEPTH_TARGET, parse_depth_target
+from .data.base import DataBundle, check_data_matches
 from .data.plan import Task, select_per_class
 from .errors import GsloraError
 from .files import atomic_write_json, atomic_write_text
@@ -187,15 +188,20 @@ def recovery_test(model, train_emb, train_y, test_emb, test_y, subset_idx, forge
 # 2. Linear probe
 
 
-def linear_probe(train_emb, train_y, test_emb, test_y, forget, remain, cfg: AuditConfig) -> dict:
-    """Logistic regression on standardised embeddings of the train split (all classes); accuracy on the test split."""
+def _probe_predict(fit_emb, fit_y, emb, cfg: AuditConfig) -> torch.Tensor:
+    """Predictions on ``emb`` of a logistic regression fit on standardised ``fit_emb`` (the audit's probe)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     probe = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.probe_c, max_iter=cfg.probe_max_iter))
-    probe.fit(train_emb.numpy(), train_y.numpy())
-    pred = torch.as_tensor(probe.predict(test_emb.numpy()), dtype=torch.long)
+    probe.fit(fit_emb.numpy(), fit_y.numpy())
+    return torch.as_tensor(probe.predict(emb.numpy()), dtype=torch.long)
+
+
+def linear_probe(train_emb, train_y, test_emb, test_y, forget, remain, cfg: AuditConfig) -> dict:
+    """Logistic regression on standardised embeddings of the train split (all classes); accuracy on the test split."""
+    pred = _probe_predict(train_emb, train_y, test_emb, cfg)
     return {
         "split": f"probe fit on train split ({len(train_y)} images, all classes); accuracy on test split",
         "acc_f": _acc(pred, test_y, forget),
@@ -472,6 +478,102 @@ def audit(model, original, data: DataBundle, forget, remain, retrained=None, com
 
 
 # ---------------------------------------------------------------------------------------------------------------------
+# The gate: the cheap part of the audit after each task of a run (``gslora forget --audit``)
+
+def _folds(labels: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """A fold number per image: each class's images (seeded order) dealt round-robin over ``k`` folds."""
+    fold = torch.zeros(len(labels), dtype=torch.long)
+    for c in labels.unique().tolist():
+        idx = (labels == c).nonzero().flatten()
+        perm = torch.as_tensor(np.random.default_rng([seed, 13, int(c)]).permutation(len(idx)))
+        fold[idx[perm]] = torch.arange(len(idx)) % k
+    return fold
+
+
+def _cross_validated(model, emb, y, forget, remain, cfg: AuditConfig, device, k: int) -> dict:
+    """Probe and head-retraining predictions for every image, each from a fit on the other folds."""
+    fold = _folds(y, k, cfg.seed)
+    probe_pred = torch.full_like(y, -1)
+    recovered = 0.0
+    fset = torch.as_tensor(sorted(forget), dtype=torch.long)
+    for j in range(k):
+        fit, score = fold != j, fold == j
+        if not score.any() or len(y[fit].unique()) < 2:
+            continue
+        probe_pred[score] = _probe_predict(emb[fit], y[fit], emb[score], cfg)
+        n_f = int(torch.isin(y[score], fset).sum())
+        if n_f:
+            rec = recovery_test(model, emb[fit], y[fit], emb[score], y[score], torch.arange(int(fit.sum())), forget,
+                                remain, None, cfg, device)
+            recovered += rec["final_acc_f"] * n_f
+    n_forget = int(torch.isin(y, fset).sum())
+    return {"probe_f": _acc(probe_pred, y, forget), "probe_r": _acc(probe_pred, y, remain),
+            "recovered_acc_f": recovered / n_forget if n_forget else None}
+
+
+def depth_gate(start, model, dataset, forget, remain, spec: str = DEFAULT_DEPTH_TARGET, retrained=None,
+               config: AuditConfig | None = None, device="cpu", folds: int = 3) -> dict:
+    """The gate of ``gslora forget --audit`` for one task: how deep the forgetting of ``model`` (the task's result)
+    goes on ``dataset`` (the task's check images: its validation split and training images outside the task's
+    replay / forget subsets, none of them trained on), measured against ``start`` (the model at the task's start)
+    and, when given, ``retrained`` (a model never taught the forgotten classes).
+
+    Every image is scored by fits on the other ``folds`` (cross-validation, folds dealt per class): a logistic-
+    regression probe on the embeddings (probe Acc_f), and the head retrained for ``config.epochs`` epochs (recovery:
+    Acc_f after it, as % of the task-start model's plain Acc_f on the same images). ``spec`` sets the targets
+    (:data:`DEPTH_TARGETS`); ``certified`` is whether all of them hold."""
+    cfg = (config or AuditConfig()).validate()
+    targets = parse_depth_target(spec)
+    t0 = time.perf_counter()
+    keep = set(int(c) for c in forget) | set(int(c) for c in remain)
+
+    def measure(m):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            m = copy.deepcopy(m).to(device).eval()
+            emb, y = embed_dataset(m, dataset, device, cfg.batch_size)
+            mask = torch.isin(y, torch.as_tensor(sorted(keep), dtype=torch.long))
+            emb, y = emb[mask], y[mask]
+            plain = set_accuracy(m.head, emb, y, forget, remain, device)
+            return {**_cross_validated(m, emb, y, forget, remain, cfg, device, folds), "acc_f": plain["acc_f"],
+                    "acc_r": plain["acc_r"], "images": int(len(y)),
+                    "forget_images": int(torch.isin(y, torch.as_tensor(sorted(forget))).sum())}
+
+    before, after = measure(start), measure(model)
+
+    def recovery(m):
+        base = before["acc_f"]
+        return 100.0 * m["recovered_acc_f"] / base if base and m["recovered_acc_f"] is not None else None
+
+    out = {
+        "images": after["images"], "forget_images": after["forget_images"], "folds": folds,
+        "split": "the task's check images (validation split + training images outside its subsets), "
+                 f"{folds}-fold cross-validated",
+        "probe_f_before": before["probe_f"], "probe_f": after["probe_f"], "probe_r": after["probe_r"],
+        "probe_drop": (None if before["probe_f"] is None or after["probe_f"] is None
+                       else before["probe_f"] - after["probe_f"]),
+        "acc_f_before": before["acc_f"], "recovered_acc_f": after["recovered_acc_f"], "recovery": recovery(after),
+        "retrained": None, "probe_gap": None, "recovery_gap": None,
+    }
+    if retrained is not None:
+        ref = measure(retrained)
+        out["retrained"] = {"probe_f": ref["probe_f"], "recovery": recovery(ref)}
+        if ref["probe_f"] is not None and after["probe_f"] is not None:
+            out["probe_gap"] = after["probe_f"] - ref["probe_f"]
+        if out["retrained"]["recovery"] is not None and out["recovery"] is not None:
+            out["recovery_gap"] = out["recovery"] - out["retrained"]["recovery"]
+    met = {}
+    for name, (op, bound) in targets.items():
+        value = out.get(name)
+        if value is None:
+            met[name] = name not in ("probe_gap", "recovery_gap")  # no forgotten image to score: nothing to read
+            continue
+        met[name] = bool(value >= bound if op == ">=" else value <= bound)
+    out.update(target=spec, met=met, certified=all(met.values()), seconds=time.perf_counter() - t0)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------------
 # Run folders
 
 
@@ -514,7 +616,6 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
     The recovery / relearn images are drawn outside the run's replay / forget subsets.
     """
     from .data import load_data
-    from .forget import check_data_matches
     from .models.importers import is_gslora_checkpoint, load_original
 
     finished = RunFolder.load(run_dir)

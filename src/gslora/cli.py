@@ -1,5 +1,5 @@
-"""Command line: ``gslora pretrain | forget | evaluate | demo | audit | benchmark | tune | list``. The only module that
-prints."""
+"""Command line: ``gslora pretrain | forget | evaluate | demo | audit | benchmark | tune | history | verify | list``.
+The only module that prints."""
 
 from __future__ import annotations
 
@@ -38,7 +38,10 @@ def _run_config(args, data: str | None = None) -> RunConfig:
     """--config, then --set, then the flags; resolved against the method's preset (the same path as the API)."""
     return resolve(build_config(RunConfig, args.config, args.overrides, tasks=args.tasks, method=args.method,
                                 epochs=args.epochs, seed=args.seed, device=args.device, data=data,
-                                missing_check_data=getattr(args, "missing_check_data", None)))
+                                missing_check_data=getattr(args, "missing_check_data", None),
+                                audit=getattr(args, "audit", None) or None,
+                                audit_target=getattr(args, "audit_target", None),
+                                audit_retrain_full=getattr(args, "retrain_full", None) or None))
 
 
 def _model_input_args(p: argparse.ArgumentParser, classes_flags: tuple[str, ...] = ("--class-names",)) -> None:
@@ -137,8 +140,15 @@ def cmd_forget(args) -> int:
     classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
     result = run_forgetting(model, classes, data, cfg, out_dir=args.out, history=meta.get("history"),
                             overwrite=args.overwrite, progress=not args.no_progress, method=method,
-                            source_checkpoint=args.checkpoint, resume=args.resume)
+                            source_checkpoint=args.checkpoint, resume=args.resume, record=meta.get("record"),
+                            request_id=args.request_id)
     _print_run(result.results, Path(args.out))
+    if result.results.get("certified") is False:
+        missed = [f"task {r['task']} ({', '.join(k for k, v in r['audit']['met'].items() if not v)})"
+                  for r in result.rows if not r["audit"]["certified"]]
+        print(f"gslora: not certified: the depth gate ({cfg.audit_target}) missed on {'; '.join(missed)}; the run "
+              f"folder and model are written and the record marks those requests certified: false.", file=sys.stderr)
+        return 4
     return 0
 
 
@@ -154,8 +164,13 @@ def _print_run(results: dict, out: Path) -> None:
     print(task_table(results))
     native = results.get("final_native")
     native = f", {native}/ (the model in its own library's format)" if native else ""
-    print(f"\nrun folder: {out}  (results.md, results.json, results.csv, plots/, final.safetensors, adapters/"
-          f"{native})")
+    masked = results.get("masked_classes") or []
+    certified = {True: "; every request passed the depth gate", False: "; NOT certified: a request missed the depth "
+                 "gate", None: ""}[results.get("certified")]
+    print(f"\nrecord: {len(results.get('record') or [])} request(s) in the model's erasure record (record.md)"
+          f"{certified}; the deployed model masks {len(masked)} forgotten class(es)")
+    print(f"run folder: {out}  (results.md, results.json, results.csv, record.md, plots/, final.safetensors, "
+          f"adapters/{native})")
 
 
 def cmd_evaluate(args) -> int:
@@ -172,8 +187,10 @@ def cmd_evaluate(args) -> int:
 
     check_data_matches(classes, data)
     from .data.plan import evaluation_sets
+    from .record import forgotten_names
 
-    sets = evaluation_sets(classes, meta.get("history", []), args.classes)
+    forgotten = forgotten_names(meta.get("record"), meta.get("history"))
+    sets = evaluation_sets(classes, [{"forgotten": forgotten}] if forgotten else [], args.classes)
     device = resolve_device(args.device or "auto")
     correct, total = class_counts(model.to(device), getattr(data, args.split), len(classes), device)
     report = {name: {"classes": len(c), "accuracy": accuracy(correct, total, c)} for name, c in sets.items()}
@@ -183,6 +200,10 @@ def cmd_evaluate(args) -> int:
         for name, r in report.items():
             acc = "-" if r["accuracy"] is None else f"{r['accuracy']:.2f}%"
             print(f"{name:<22} {r['classes']:>5} classes  {args.split} accuracy {acc}")
+        masked = model.config.get("masked_classes") or []
+        if masked:
+            print(f"(as deployed: the outputs of {len(masked)} forgotten classes are masked, so they are never "
+                  "predicted)")
     return 0
 
 
@@ -368,6 +389,35 @@ def cmd_tune(args) -> int:
     return 0 if any(e["status"] == "ok" for e in tuned["methods"].values()) else 1
 
 
+def _record_of(args):
+    """history / verify: the model (any format forget reads) and its erasure record."""
+    args.checkpoint = args.model_path
+    model, meta = _load_model_input(args)
+    return model, list(meta.get("record") or [])
+
+
+def cmd_history(args) -> int:
+    from .record import history_table, record_markdown
+
+    _, record = _record_of(args)
+    if args.json:
+        print(json.dumps(record, indent=2))
+    elif args.markdown:
+        print(record_markdown(record, f"`{args.model_path}`"))
+    else:
+        print(history_table(record))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from .record import verify, weights_sha256
+
+    model, record = _record_of(args)
+    ok, sentence = verify(record, weights_sha256(model))
+    print(f"{args.model_path}: {'OK' if ok else 'FAILED'}: {sentence}", file=sys.stdout if ok else sys.stderr)
+    return 0 if ok else 1
+
+
 def cmd_list(args) -> int:
     from dataclasses import fields
 
@@ -436,6 +486,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="'faces' or an image folder (default: the config's data)")
     p.add_argument("--out", required=True, help="run folder")
     _common_run_args(p)
+    p.add_argument("--request-id", dest="request_id",
+                   help="the id of this erasure request in the model's record (each task's entry gets ID/task<i>; "
+                   "default: the start time and a random suffix)")
+    p.add_argument("--audit", action="store_true",
+                   help="the audit as a gate: after each task a linear probe and head retraining on images the run "
+                   "did not train on; a missed depth target marks the request certified: false and the command "
+                   "exits with status 4 after writing everything")
+    p.add_argument("--audit-target", dest="audit_target",
+                   help="the gate's depth targets (default probe_drop>=10: the probe reads the forgotten classes at "
+                   "least 10 points below the task-start model; also probe_f<=N, recovery<=N)")
+    p.add_argument("--retrain-full", dest="retrain_full", action="store_true",
+                   help="with --audit: also train, per task, a model from scratch without the forgotten classes and "
+                   "require probe_gap<=5,recovery_gap<=10 against it (slow: one pre-training per task)")
     add_detection_flags(p, "forget")
     p.set_defaults(func=cmd_forget)
 
@@ -530,6 +593,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the unfinished tuning in --out")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("history", help="a model's erasure record, oldest request first")
+    p.add_argument("model_path", metavar="MODEL", help="a gslora checkpoint, a Hugging Face or timm folder, or a "
+                   "state dict gslora exported (its gslora.json beside it)")
+    _model_input_args(p)
+    fmt = p.add_mutually_exclusive_group()
+    fmt.add_argument("--markdown", action="store_true", help="one Markdown page a non-engineer can read")
+    fmt.add_argument("--json", action="store_true", help="the record as JSON")
+    p.set_defaults(func=cmd_history)
+
+    p = sub.add_parser("verify", help="check a model's erasure record: the hash chain and that the weights are the "
+                       "ones its last entry describes (exit 0), else one sentence and exit 1")
+    p.add_argument("model_path", metavar="MODEL", help="as for history")
+    _model_input_args(p)
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("list", help="models, methods and config keys")
     p.set_defaults(func=cmd_list)

@@ -24,6 +24,19 @@ TARGET_METRICS = {
                   "trial that misses it is retried with half the lr (unless it needed its whole step budget to "
                   "forget)",
 }
+DEPTH_TARGETS = {
+    "probe_drop": (">=", "points the linear probe's accuracy on the forgotten classes fell from the task-start "
+                         "model's"),
+    "probe_f": ("<=", "the linear probe's accuracy (%) on the forgotten classes"),
+    "recovery": ("<=", "Acc_f after retraining the head, as % of the task-start model's Acc_f"),
+    "probe_gap": ("<=", "points the probe reads the forgotten classes above a model retrained without them "
+                        "(with --retrain-full)"),
+    "recovery_gap": ("<=", "points of recovery above the retrained model's (with --retrain-full)"),
+}
+DEFAULT_DEPTH_TARGET = "probe_drop>=10"
+RETRAIN_DEPTH_TARGET = "probe_gap<=5,recovery_gap<=10"
+
+
 _NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -97,6 +110,16 @@ class RunConfig:
     missing_ratio: float = 0.0  # missing classes (SPEC §4): this share of the classes remaining after the first task
     # gets no replay data at all (seeded draw); their accuracy is reported as acc_m, apart from acc_r
     missing_classes: list = field(default_factory=list)  # or the missing classes by name or id (instead of the ratio)
+    mask_outputs: bool = True  # the finished model masks every forgotten class's output (never predicted), in the
+    # gslora checkpoint and baked into Hugging Face / timm / torchvision exports; results report both the unmasked
+    # (paper) metrics and the deployed ones
+    audit: bool = False  # the audit as a gate: after each task, a linear probe and head retraining on the task's
+    # check images (not trained on); a request missing audit_target is recorded as certified: false and
+    # `gslora forget` exits with status 4 after writing everything
+    audit_target: str = DEFAULT_DEPTH_TARGET  # the gate's depth targets (probe_drop>=N, probe_f<=N, recovery<=N;
+    # with audit_retrain_full also probe_gap<=N, recovery_gap<=N against the retrained model)
+    audit_retrain_full: bool = False  # the gate also trains, per task, a model from scratch without the forgotten
+    # classes (slow: a whole pre-training per task) and adds the targets of RETRAIN_DEPTH_TARGET
     check_train_images: int = 4  # per class: training images outside the task's subsets added to the validation
     # split for every check and choice (0: validation split only; not with shots, whose setting has no more data).
     # 4: with one validation photo per person the forgetting target held on validation while 20% of the forgotten
@@ -143,6 +166,10 @@ class RunConfig:
         if self.protocol not in _PROTOCOLS:
             raise GsloraError(f"protocol must be one of {', '.join(_PROTOCOLS)}, got {self.protocol!r}.")
         parse_target(self.target)
+        depth = parse_depth_target(self.audit_target)
+        if not self.audit_retrain_full and {"probe_gap", "recovery_gap"} & set(depth):
+            raise GsloraError("audit targets probe_gap and recovery_gap compare with a retrained model; add "
+                              "--retrain-full (audit_retrain_full) or drop them.")
         for name in ("warmup_epochs", "shots", "old_forget_shots", "num_workers", "checkpoint_every", "max_steps",
                      "min_replay", "min_forget",
                      "eval_every", "check_train_images"):
@@ -270,6 +297,20 @@ def parse_target(text: str) -> dict[str, float]:
             raise GsloraError(f"target {part!r} must look like METRIC<=NUMBER with METRIC one of {names} "
                               "(e.g. acc_f<=2,acc_r_drop<=2).")
         out[m.group(1)] = float(m.group(2))
+    return out
+
+
+def parse_depth_target(text: str) -> dict[str, tuple[str, float]]:
+    """``"probe_drop>=10,recovery<=50"`` → ``{"probe_drop": (">=", 10.0), "recovery": ("<=", 50.0)}``."""
+    out = {}
+    for part in (p.strip() for p in str(text or "").split(",")):
+        if not part:
+            continue
+        m = re.fullmatch(r"([a-z_]+)\s*(<=|>=)\s*([+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?)", part)
+        if not m or m.group(1) not in DEPTH_TARGETS or m.group(2) != DEPTH_TARGETS[m.group(1)][0]:
+            names = ", ".join(f"{k}{op}N" for k, (op, _) in DEPTH_TARGETS.items())
+            raise GsloraError(f"audit target {part!r} must be one of {names} (e.g. {DEFAULT_DEPTH_TARGET}).")
+        out[m.group(1)] = (m.group(2), float(m.group(3)))
     return out
 
 

@@ -28,7 +28,7 @@ from . import distributed as dist
 from ._crash import crash_point
 from ._version import __version__
 from .config import RunConfig, parse_target, to_dict
-from .data.base import DataBundle
+from .data.base import DataBundle, check_data_matches  # noqa: F401 (re-exported)
 from .data.plan import Task, TaskPlan, make_plan, select_per_class
 from .engine import autocast_dtype, train_task
 from .errors import GsloraError
@@ -38,6 +38,7 @@ from .missing import MissingCheck
 from .models.registry import Classifier, count_parameters
 from .practical import check_method_fits, data_constraint, missing_classes
 from .presets import resolve
+from .record import append_entry, forgotten_names, new_request_prefix, weights_sha256
 from .rundir import RunFolder
 
 log = logging.getLogger(__name__)
@@ -88,16 +89,6 @@ def task_seed(seed: int, task_index: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def check_data_matches(classes: list[str], data: DataBundle) -> None:
-    if len(data.classes) != len(classes):
-        raise GsloraError(f"the data has {len(data.classes)} classes but the model has {len(classes)}; use the data "
-                          "the model was trained on.")
-    if list(data.classes) != list(classes):
-        diff = next(i for i, (a, b) in enumerate(zip(data.classes, classes)) if a != b)
-        raise GsloraError(f"data class {diff} is {data.classes[diff]!r} but the model's class {diff} is "
-                          f"{classes[diff]!r}; use the data the model was trained on.")
-
-
 def _accuracies(model, data: DataBundle, split, num_classes: int, cfg: RunConfig, device) -> tuple:
     dataset = getattr(data, split) if isinstance(split, str) else split
     return class_counts(model, dataset, num_classes, device, cfg.eval_batch_size,
@@ -108,18 +99,28 @@ def _accuracies(model, data: DataBundle, split, num_classes: int, cfg: RunConfig
 def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, config: RunConfig,
                    out_dir: str | Path | None = None, history: list | None = None, overwrite: bool = False,
                    progress: bool = False, method: Method | None = None,
-                   source_checkpoint: str | Path | None = None, resume: bool = False) -> RunResult:
+                   source_checkpoint: str | Path | None = None, resume: bool = False, record: list | None = None,
+                   request_id: str | None = None) -> RunResult:
     """Run the task sequence of ``config`` on ``model`` (modified in place and returned as ``result.model``).
 
     ``config`` is resolved first (:func:`gslora.presets.resolve`: unset training settings come from the method's
     preset). ``resume``: continue the unfinished run in ``out_dir`` (started fresh when there is none); without it
     an unfinished run there is an error, as is a finished one without ``overwrite``. ``source_checkpoint`` (the path
     the model was loaded from) is recorded so audits can find the original model.
+
+    ``history`` / ``record``: what the model went through before (the ``history`` and ``record`` of its checkpoint's
+    meta, :func:`gslora.models.importers.load_any`). Every class they name stays forgotten: it is never replayed, it
+    is scored as Acc_o in every task, an ``NxK`` plan draws from the other classes, and naming it again is an error.
+    Each task appends one entry to the record (:mod:`gslora.record`), its request id ``request_id/task<i>``
+    (default: the start time and a random suffix). With ``config.mask_outputs`` the returned model masks every
+    forgotten class's output (``model.config["masked_classes"]``).
     """
     config = resolve(config)
     method = method or get_method(config.method, **config.method_args)
     check_data_matches(classes, data)
-    plan = make_plan(classes, config.tasks, seed=config.seed)
+    record = list(record or [])
+    prior = [class_id_in_record(c, classes) for c in forgotten_names(record, history)]
+    plan = make_plan(classes, config.tasks, seed=config.seed, forgotten=prior)
     # few-shot / missing classes: a method needing more data than the setting gives is refused before the run folder
     check_method_fits(method, data_constraint(config, missing_classes(config, plan, classes)))
     missing = MissingCheck.setup(model, config.missing_check_data)  # its errors come before the run folder
@@ -133,6 +134,14 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     if folder is not None and resume:
         state = folder.load_task_state(config)
 
+    # the model as it came (masked classes included) is what the record's first new entry starts from; the run itself
+    # works on the unmasked model (training and the paper's metrics), and masks again when it finishes
+    start_hash = weights_sha256(model)
+    if record and record[-1].get("weights_after") != start_hash:
+        log.warning("the model's weights are not the ones the last entry of its record describes; `gslora verify` "
+                    "will report the record broken at the first entry of this run")
+    model.config.pop("masked_classes", None)
+    prefix = request_id or new_request_prefix()
     model = model.to(device)
     original = copy.deepcopy(model).eval().requires_grad_(False)
     missing_before = _missing_check(missing, model, config, device)  # the model as given (also when resuming)
@@ -141,11 +150,14 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     if state is None:
         counts_orig = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
         counts_now, rows, history, spent = dict(counts_orig), [], list(history or []), 0.0
+        weights_before = start_hash
     else:
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"], device)
         counts_orig, counts_now = state["counts_orig"], state["counts_now"]
         rows, history, spent = state["rows"], state["history"], state["wall_seconds"]
+        record, prefix, weights_before = state.get("record", record), state.get("request_prefix", prefix), \
+            state.get("weights_after", start_hash)
     run_start = time.perf_counter()
     for position, task in enumerate(plan.tasks):
         if position < len(rows):
@@ -156,6 +168,12 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
                                              folder if writes else None, progress, epoch_state)
         if missing.active:
             row["missing_check"] = _missing_check(missing, model, config, device, missing_before)
+        masked = _masked_after(plan, position) if config.mask_outputs else []
+        row["deployed"] = _deployed_metrics(model, data, task, masked, row, config, device)
+        weights_after = weights_sha256(model, masked)
+        record = append_entry(record, _entry(f"{prefix}/task{task.index}", task, row, classes, config, method,
+                                             weights_before, weights_after, masked))
+        weights_before = weights_after
         rows.append(row)
         counts_now = counts_after
         history.append({"task": task.index, "method": method.name, "forgotten": row["forget"]})
@@ -166,6 +184,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
                 "config": to_dict(config), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "method": method.state_dict(), "rows": rows, "history": history, "counts_orig": counts_orig,
                 "counts_now": counts_now, "wall_seconds": spent + time.perf_counter() - run_start,
+                "record": record, "request_prefix": prefix, "weights_after": weights_before,
             })
             crash_point(f"after-task{task.index}")
 
@@ -182,9 +201,73 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         "tasks": rows,
         "wall_seconds": spent + time.perf_counter() - run_start,
     }
+    if config.mask_outputs:
+        model.config["masked_classes"] = _masked_after(plan, len(plan.tasks) - 1)
+    results["masked_classes"] = [classes[c] for c in model.config.get("masked_classes", [])]
+    results["record"] = record
+    results["certified"] = (None if not config.audit else all(r["audit"]["certified"] for r in rows))
     if writes:
-        folder.finish(results, model, classes, history)
+        folder.finish(results, model, classes, history, record)
     return RunResult(results=results, model=model, plan=plan, out_dir=folder.path if folder is not None else None)
+
+
+def class_id_in_record(name: str, classes: list[str]) -> int:
+    """The class id of a class a model's record names as forgotten; a name the model does not have is an error."""
+    if name not in classes:
+        raise GsloraError(f"the model's record names {name!r} as forgotten, but the model has no class of that name; "
+                          "use the model with the class list it was exported with.")
+    return classes.index(name)
+
+
+def _masked_after(plan: TaskPlan, position: int) -> list[int]:
+    """Every class forgotten once task ``position`` (0-based) is done: earlier requests' and this run's so far."""
+    return sorted(set(plan.forgotten_before) | {c for t in plan.tasks[:position + 1] for c in t.forget})
+
+
+def _deployed_metrics(model, data: DataBundle, task: Task, masked: list[int], row: dict, config: RunConfig,
+                      device) -> dict:
+    """Test-split Acc_f / Acc_r / Acc_o of the model as deployed: the ``masked`` classes' outputs masked."""
+    from .evaluate import set_accuracies
+
+    model.config["masked_classes"] = masked
+    try:
+        counts = _accuracies(model, data, "test", len(data.classes), config, device)
+    finally:
+        model.config.pop("masked_classes", None)
+    gone = {data.classes.index(m) for m in row["missing"]}
+    acc_r = [c for c in task.remain if c not in gone]
+    return {"masked": len(masked), **set_accuracies(*counts, {"acc_f": task.forget, "acc_r": acc_r,
+                                                               "acc_o": task.old})}
+
+
+def _entry(request: str, task: Task, row: dict, classes: list[str], config: RunConfig, method: Method,
+           weights_before: str, weights_after: str, masked: list[int]) -> dict:
+    """The record entry of one finished task (:func:`gslora.record.append_entry` adds time, version and hashes)."""
+    defaults = to_dict(resolve(RunConfig(method=config.method)))
+    settings = {k: v for k, v in to_dict(config).items() if v != defaults.get(k)}
+    info = row.get("method_info") or {}
+    audit = row.get("audit")
+    return {
+        "request": request,
+        "task": task.index,
+        "classes": [{"name": classes[c], "index": int(c)} for c in task.forget],
+        "weights_before": weights_before,
+        "weights_after": weights_after,
+        "method": method.name,
+        "settings": settings,
+        "blocks_changed": info.get("selected_blocks"),
+        "trainable_share": row["tunable_ratio"],
+        "targets": {"spec": row["targets"]["spec"], "check": row["targets"]["val"], "test": row["targets"]["test"]},
+        "metrics": {k: row[k] for k in ("acc_f", "acc_r", "acc_o", "h_mean")},
+        "deployed": row.get("deployed"),
+        "steps": row["steps"],
+        "wall_seconds": row["wall_seconds"],
+        "masked": [int(c) for c in masked],
+        "audit": ({k: audit[k] for k in ("target", "met", "probe_f_before", "probe_f", "probe_drop", "recovery",
+                                          "probe_gap", "recovery_gap", "retrained", "images", "forget_images",
+                                          "seconds")} if audit else None),
+        "certified": audit["certified"] if audit else None,
+    }
 
 
 def _missing_check(check: MissingCheck, model, config: RunConfig, device, before: dict | None = None) -> dict | None:
@@ -359,7 +442,30 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         "wall_seconds": time.perf_counter() - t0,
         "method_info": info,
     }
+    if config.audit:
+        row["audit"] = _gate(model, start_weights, data, check_set, task, replayed, config, device, progress)
+        log.info("task %d: depth gate %s (probe Acc_f %s -> %s, recovery %s%%)", task.index,
+                 "met" if row["audit"]["certified"] else "MISSED", row["audit"]["probe_f_before"],
+                 row["audit"]["probe_f"], row["audit"]["recovery"])
     return row, model, counts_after
+
+
+def _gate(model, start_weights: dict, data: DataBundle, check_set, task: Task, replayed: list[int],
+          config: RunConfig, device, progress: bool) -> dict:
+    """``--audit``: the cheap depth check of the task on its check images (:func:`gslora.audit.depth_gate`), with
+    a model retrained from scratch without the forgotten classes when ``audit_retrain_full``."""
+    from .audit import AuditConfig, depth_gate, retrain_full_reference
+    from .config import RETRAIN_DEPTH_TARGET
+
+    start = copy.deepcopy(model)
+    start.load_state_dict(start_weights)
+    spec, retrained = config.audit_target, None
+    if config.audit_retrain_full:
+        retrained, _ = retrain_full_reference(model, data, task.remain, config.seed, {}, str(device), progress)
+        spec = ",".join(p for p in (spec, RETRAIN_DEPTH_TARGET) if p)
+    images = _subset_of_classes(data, check_set, set(task.forget) | set(replayed))
+    return depth_gate(start, model, images, task.forget, replayed, spec, retrained=retrained,
+                      config=AuditConfig(seed=config.seed), device=device)
 
 
 FORGETTING_TARGETS = ("acc_f", "acc_o")

@@ -10,6 +10,7 @@ the paths inside a run folder.
         epoch-task<i>.pt     inside task i, when checkpoint_every > 0: the engine's state at an epoch boundary
       final.safetensors      the final merged model (+ final.json)
       final/                 an imported model (HF / torchvision / timm) in its own library's format
+      record.md              the model's erasure record, one section per request (gslora.record)
       results.md|csv|json    the results; results.json is written last and marks a finished run
       plots/*.png
 
@@ -35,6 +36,7 @@ from .files import atomic_write, atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 CONFIG, PLAN, RESULTS, FINAL = "config.yaml", "plan.json", "results.json", "final.safetensors"
+RECORD = "record.md"  # the model's erasure record, for people (gslora.record)
 NATIVE = "final"  # folder: the final model in the format it was imported from (models.exporters)
 REPORT_FILES = ("results.csv", "results.md")
 STATE, ADAPTERS, PLOTS = "state", "adapters", "plots"
@@ -131,7 +133,7 @@ class RunFolder:
 
     def clear(self) -> None:
         """Remove what a run writes here (other files are left alone)."""
-        for name in (RESULTS, *REPORT_FILES, FINAL, "final.json", PLAN, CONFIG):
+        for name in (RESULTS, *REPORT_FILES, FINAL, "final.json", PLAN, CONFIG, RECORD):
             (self.path / name).unlink(missing_ok=True)
         for name in (ADAPTERS, PLOTS, STATE, NATIVE):
             shutil.rmtree(self.path / name, ignore_errors=True)
@@ -154,17 +156,21 @@ class RunFolder:
                 raise GsloraError(f"the unfinished run in {self.path} used {key} = {saved.get(key)!r}, not "
                                   f"{now[key]!r}; resume it with the same settings, or pass --overwrite to start over.")
 
-    def finish(self, results: dict, model, classes: list[str], history: list) -> None:
-        """Final model, plots, CSV and Markdown, then ``results.json`` (the finish marker); then drop resume state."""
+    def finish(self, results: dict, model, classes: list[str], history: list, record: list | None = None) -> None:
+        """Final model (with its erasure record), ``record.md``, plots, CSV and Markdown, then ``results.json`` (the
+        finish marker); then drop resume state."""
         from .models.checkpoint import save_checkpoint
         from .models.exporters import export_native, is_imported
+        from .record import record_markdown
         from .report import write_run_report
 
-        save_checkpoint(model, self.final_checkpoint, classes, history)
+        save_checkpoint(model, self.final_checkpoint, classes, history, record=record)
         results["final_checkpoint"] = FINAL
         if is_imported(model):
-            export_native(model, self.path / NATIVE, classes, history)
+            export_native(model, self.path / NATIVE, classes, history, record=record)
             results["final_native"] = NATIVE
+        atomic_write_text(self.path / RECORD, record_markdown(record or [], f"`{FINAL}`"))
+        results["record_file"] = RECORD
         files = write_run_report(results, self.path, plots_dir=self.plots_dir)
         results["plots"] = [self.relative(p) for p in files if p.suffix == ".png"]
         atomic_write_json(self.results_file, results)

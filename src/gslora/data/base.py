@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import Dataset
 
+from ..errors import GsloraError
+
 
 class ImageDataset(Dataset):
     """Images as float tensors in [0, 1] of shape (3, H, W) with integer labels.
@@ -65,3 +67,13 @@ class DataBundle:
             "val": len(self.val),
             "test": len(self.test),
         }
+
+
+def check_data_matches(classes: list[str], data: DataBundle) -> None:
+    if len(data.classes) != len(classes):
+        raise GsloraError(f"the data has {len(data.classes)} classes but the model has {len(classes)}; use the data "
+                          "the model was trained on.")
+    if list(data.classes) != list(classes):
+        diff = next(i for i, (a, b) in enumerate(zip(data.classes, classes)) if a != b)
+        raise GsloraError(f"data class {diff} is {data.classes[diff]!r} but the model's class {diff} is "
+                          f"{classes[diff]!r}; use the data the model was trained on.")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import random
 import re
-from dataclasses import asdict, dataclass
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -26,9 +27,14 @@ class TaskPlan:
     num_classes: int
     class_order: list[int]
     tasks: list[Task]
+    forgotten_before: list[int] = field(default_factory=list)  # forgotten by earlier requests (the model's record)
 
     def to_dict(self, class_names: list[str] | None = None) -> dict:
         out = {"num_classes": self.num_classes, "class_order": self.class_order, "tasks": []}
+        if self.forgotten_before:
+            out["forgotten_before"] = list(self.forgotten_before)
+            if class_names is not None:
+                out["forgotten_before_names"] = [class_names[c] for c in self.forgotten_before]
         for t in self.tasks:
             d = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(t).items()}
             if class_names is not None:
@@ -69,7 +75,7 @@ def evaluation_sets(class_names: list[str], history: list[dict], specs: list[str
     """The class sets ``gslora evaluate`` reports: all classes, the forgotten and remaining ones of a run's
     ``history`` (when it has one), and each comma-separated ``specs`` entry as "set 1", "set 2", ..."""
     sets = {"all": list(range(len(class_names)))}
-    forgotten = [class_id(c, class_names) for h in history for c in h["forgotten"]]
+    forgotten = list(dict.fromkeys(class_id(c, class_names) for h in history for c in h["forgotten"]))
     if forgotten:
         sets["forgotten (history)"] = forgotten
         sets["remaining (history)"] = [c for c in range(len(class_names)) if c not in set(forgotten)]
@@ -94,24 +100,41 @@ def class_id(c, class_names: list[str]) -> int:
     )
 
 
-def make_plan(class_names: list[str], tasks_spec, seed: int = 1337, class_order: list[int] | None = None) -> TaskPlan:
+def make_plan(class_names: list[str], tasks_spec, seed: int = 1337, class_order: list[int] | None = None,
+              forgotten: Iterable[int] = ()) -> TaskPlan:
     """Build the plan. ``NxK`` forgets backwards through the seeded class order, as the paper does:
-    task i (0-based) forgets ``order[C-K(i+1) : C-Ki]``."""
+    task i (0-based) forgets ``order[C-K(i+1) : C-Ki]``.
+
+    ``forgotten``: classes earlier requests erased (the model's record). They stay forgotten: an ``NxK`` plan draws
+    from the other classes only (the order without them), naming one of them is an error, and every task counts them
+    among its old classes (scored as Acc_o, never replayed)."""
     num_classes = len(class_names)
     order = list(class_order) if class_order is not None else default_class_order(num_classes, seed)
+    before = sorted(set(int(c) for c in forgotten))
+    available = [c for c in order if c not in set(before)]
+    earlier = f" ({len(before)} were forgotten by earlier requests)" if before else ""
     parsed = parse_tasks(tasks_spec)
     if isinstance(parsed, tuple):
         n, k = parsed
         if n < 1 or k < 1:
             raise GsloraError(f"tasks {tasks_spec!r} must name at least one task of at least one class.")
-        if n * k >= num_classes:
+        if n * k >= len(available):
             raise GsloraError(
-                f"tasks {tasks_spec!r} would forget {n * k} of the model's {num_classes} classes; at least one class "
-                "must remain (forgetting every class is not a forgetting problem)."
+                f"tasks {tasks_spec!r} would forget {n * k} of the model's {len(available)} classes still known"
+                f"{earlier}; at least one class must remain (forgetting every class is not a forgetting problem)."
             )
-        forget_sets = [order[num_classes - k * (i + 1) : num_classes - k * i] for i in range(n)]
+        size = len(available)
+        forget_sets = [available[size - k * (i + 1) : size - k * i] for i in range(n)]
     else:
         forget_sets = [[class_id(c, class_names) for c in task] for task in parsed]
+        again = [c for fs in forget_sets for c in fs if c in set(before)]
+        if again:
+            names = ", ".join(repr(class_names[c]) for c in dict.fromkeys(again))
+            one = len(set(again)) == 1
+            raise GsloraError(
+                f"{names} {'was' if one else 'were'} already forgotten by an earlier request (the model's record) and "
+                f"{'stays' if one else 'stay'} forgotten; leave {'it' if one else 'them'} out of the tasks."
+            )
     seen: dict[int, int] = {}
     for i, fs in enumerate(forget_sets, start=1):
         for c in fs:
@@ -121,18 +144,19 @@ def make_plan(class_names: list[str], tasks_spec, seed: int = 1337, class_order:
                     f"class {class_names[c]!r} is forgotten in {where}; each class may be forgotten once."
                 )
             seen[c] = i
-    if len(seen) >= num_classes:
+    if len(seen) >= len(available):
         raise GsloraError(
-            f"the tasks forget all {num_classes} classes of the model; leave at least one class to remain."
+            f"the tasks forget all {len(available)} classes the model still knows{earlier}; leave at least one "
+            "class to remain."
         )
-    tasks, gone = [], []
+    tasks, gone = [], list(before)
     for i, fs in enumerate(forget_sets, start=1):
         forget = tuple(sorted(fs))
         old = tuple(sorted(gone))
         gone.extend(fs)
         remain = tuple(c for c in range(num_classes) if c not in set(gone))
         tasks.append(Task(index=i, forget=forget, remain=remain, old=old))
-    return TaskPlan(num_classes=num_classes, class_order=order, tasks=tasks)
+    return TaskPlan(num_classes=num_classes, class_order=order, tasks=tasks, forgotten_before=before)
 
 
 def select_per_class(targets: list[int], classes, seed: int, ratio: float = 0.1, shots: int = 0,

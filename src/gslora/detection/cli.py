@@ -107,7 +107,8 @@ def cmd_forget(args) -> int:
     cfg = _run_config(args)
     cfg = dataclasses.replace(cfg, data=args.data, image_size=data.train.image_size)
     result = run_detection_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, overwrite=args.overwrite,
-                                      progress=not args.no_progress, source_checkpoint=args.checkpoint)
+                                      progress=not args.no_progress, source_checkpoint=args.checkpoint,
+                                      history=meta.get("history"))
     print_results(result.results, Path(args.out))
     return 0
 

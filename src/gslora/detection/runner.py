@@ -102,15 +102,21 @@ def available_images(n: int, ratio: float, seed: int) -> list[int]:
 def run_detection_forgetting(model: torch.nn.Module, classes: list[str], data: DetectionData, config: DetRunConfig,
                              out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = False,
                              method: Method | None = None, source_checkpoint: str | Path | None = None,
-                             figure_images: int = 4) -> DetRunResult:
+                             figure_images: int = 4, history: list | None = None) -> DetRunResult:
     """Run the task sequence of ``config`` on ``model`` (modified in place). The results are also ``results.json``
-    when ``out_dir`` is given."""
+    when ``out_dir`` is given. ``history``: the detector's earlier requests (its sidecar's ``history``); their
+    categories stay forgotten (never replayed, scored as AP_o, not named again) and the saved history continues it."""
     config.validate()
     method = method or get_detection_method(config.method, **config.method_args)
     if list(classes) != list(data.classes):
         raise GsloraError(f"the data's categories ({', '.join(data.classes[:5])}, ...) differ from the model's "
                           f"({', '.join(classes[:5])}, ...); use the data the detector was trained on.")
-    plan = make_plan(classes, config.tasks, seed=config.seed)
+    history = list(history or [])
+    earlier = list(dict.fromkeys(c for h in history for c in h.get("forgotten", [])))
+    unknown = [c for c in earlier if c not in classes]
+    if unknown:
+        raise GsloraError(f"the detector's history names {unknown[0]!r} as forgotten, but it has no such category.")
+    plan = make_plan(classes, config.tasks, seed=config.seed, forgotten=[classes.index(c) for c in earlier])
     folder = Path(out_dir) if out_dir is not None else None
     if folder is not None:
         if (folder / "results.json").exists() and not overwrite:
@@ -164,7 +170,7 @@ def run_detection_forgetting(model: torch.nn.Module, classes: list[str], data: D
         test_now = test_after
         pictures.append((f"after task {task.index}", predict(model, shown, device)))
         rows.append({
-            "task": task.index, "setting": f"{nc - len(task.old)}-{len(task.forget)}",
+            "task": task.index, "setting": f"{nc - len(task.old)}-{len(task.forget)}", "n_old": len(task.old),
             "forget": [classes[c] for c in task.forget], **metrics,
             "ap_all": sets_from_classes(test_after, sets)["all"]["ap"],
             "class_ap": {classes[c]: (r or {}).get("ap") for c, r in enumerate(test_after)},
@@ -188,7 +194,7 @@ def run_detection_forgetting(model: torch.nn.Module, classes: list[str], data: D
     if folder is not None:
         from .report import boxes_figure, results_markdown
 
-        history = [{"task": r["task"], "method": method.name, "forgotten": r["forget"]} for r in rows]
+        history += [{"task": r["task"], "method": method.name, "forgotten": r["forget"]} for r in rows]
         save_detector(model, folder / "final", classes,
                       extra={"history": history, "image_size": data.train.image_size})
         (folder / "plots").mkdir(exist_ok=True)

@@ -31,8 +31,10 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
 
 
 def save_checkpoint(model: Classifier, path: str | Path, classes: list[str], history: list | None = None,
-                    extra: dict | None = None) -> Path:
-    """Write weights then sidecar, each atomically. Returns the ``.safetensors`` path."""
+                    extra: dict | None = None, record: list | None = None) -> Path:
+    """Write weights then sidecar, each atomically. Returns the ``.safetensors`` path. ``record``: the model's erasure
+    record (:mod:`gslora.record`); the masked classes (``model.config["masked_classes"]``) are kept in the sidecar's
+    model config and masked again on loading, the weights are stored unmasked."""
     weights, sidecar = checkpoint_paths(path)
     if len(classes) != model.config["num_classes"]:
         raise GsloraError(f"{len(classes)} class names given for a model with {model.config['num_classes']} classes.")
@@ -45,6 +47,7 @@ def save_checkpoint(model: Classifier, path: str | Path, classes: list[str], his
         "image_size": model.image_size,
         "classes": list(classes),
         "history": list(history or []),
+        **({"record": list(record)} if record else {}),
         **(extra or {}),
     }
     atomic_write_json(sidecar, meta)
@@ -94,4 +97,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {weights} does not match its declared architecture {meta['model']['arch']!r} ({detail})."
         )
     model.load_state_dict(state, strict=True)
+    if meta["model"].get("masked_classes"):
+        model.config["masked_classes"] = [int(c) for c in meta["model"]["masked_classes"]]
     return model, meta

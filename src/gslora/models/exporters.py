@@ -8,8 +8,10 @@
   ``timm.create_model("local-dir:FOLDER", ...)`` with timm's pretrained flag also loads it (from the local folder;
   nothing is downloaded).
 
-Each comes with ``gslora.json``: the architecture, classes, forgotten classes and history.
-The model must be merged (no LoRA layers), as every finished task leaves it.
+Each comes with ``gslora.json``: the architecture, classes, forgotten classes, history and the erasure record
+(:mod:`gslora.record`; an HF folder also keeps it in ``config.json``). The classes in ``model.config["masked_classes"]``
+are masked in the exported weights (head weight row 0, bias :data:`~gslora.record.MASK_LOGIT`), so no library ever
+predicts a forgotten class. The model must be merged (no LoRA layers), as every finished task leaves it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import GsloraError
 from ..files import atomic_write_dir
+from ..record import MASK_LOGIT
 from .importers import _put_classifier
 from .registry import Classifier
 
@@ -49,6 +52,14 @@ def native_model(model: Classifier) -> nn.Module:
         linear.weight.copy_(head.weight.detach().cpu())
         if head.bias is not None:
             linear.bias.copy_(head.bias.detach().cpu())
+    masked = sorted(int(c) for c in model.config.get("masked_classes") or [])
+    if masked:
+        if linear.bias is None:
+            raise GsloraError("the model's classifier has no bias, so its forgotten classes cannot be masked in the "
+                              "exported weights; run with --set mask_outputs=false to export it unmasked.")
+        with torch.no_grad():
+            linear.weight[masked] = 0.0
+            linear.bias[masked] = MASK_LOGIT
     _put_classifier(library_model, model.config["imported"]["classifier"], linear)
     return library_model
 
@@ -57,7 +68,8 @@ def forgotten_classes(history: list | None) -> list[str]:
     return [c for entry in history or [] for c in entry.get("forgotten", [])]
 
 
-def export_native(model: Classifier, folder: str | Path, classes: list[str], history: list | None = None) -> Path:
+def export_native(model: Classifier, folder: str | Path, classes: list[str], history: list | None = None,
+                  record: list | None = None) -> Path:
     """Write ``model`` (merged) to ``folder`` in its library's format; returns the folder. Atomic (whole folder)."""
     imported = model.config["imported"] if is_imported(model) else None
     if imported is None:
@@ -65,9 +77,13 @@ def export_native(model: Classifier, folder: str | Path, classes: list[str], his
     if len(classes) != model.config["num_classes"]:
         raise GsloraError(f"{len(classes)} class names for a model with {model.config['num_classes']} classes.")
     library_model = native_model(model)
-    note = {"format": f"{imported['library']} (exported by gslora {__version__})", "arch": imported["arch"],
+    masked = sorted(int(c) for c in model.config.get("masked_classes") or [])
+    note = {"format": f"{imported['library']} (exported by gslora {__version__})", "library": imported["library"],
+            "arch": imported["arch"],
+            "model_args": {k: v for k, v in (imported.get("kwargs") or {}).items() if k != "num_classes"},
             "source": imported.get("source"), "classes": list(classes), "forgotten": forgotten_classes(history),
-            "history": list(history or []), "preprocessing": model.config.get("preprocessing")}
+            "masked_classes": masked, "history": list(history or []), "record": list(record or []),
+            "preprocessing": model.config.get("preprocessing")}
 
     def write(tmp: Path) -> None:
         if imported["library"] == "hf":
@@ -75,7 +91,8 @@ def export_native(model: Classifier, folder: str | Path, classes: list[str], his
             conf.num_labels = len(classes)
             conf.id2label = {i: c for i, c in enumerate(classes)}
             conf.label2id = {c: i for i, c in enumerate(classes)}
-            conf.gslora = {"forgotten": note["forgotten"], "history": note["history"], "gslora_version": __version__}
+            conf.gslora = {"forgotten": note["forgotten"], "masked_classes": masked, "history": note["history"],
+                           "record": note["record"], "gslora_version": __version__}
             library_model.save_pretrained(str(tmp))
             if imported.get("preprocessor_config"):
                 (tmp / "preprocessor_config.json").write_text(json.dumps(imported["preprocessor_config"], indent=2))

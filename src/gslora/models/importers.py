@@ -769,18 +769,60 @@ def load_any(path: str | Path, model: str | None = None, model_args: dict | None
                                   f"{len(meta['classes'])} outputs.")
             meta = {**meta, "classes": names}
         return loaded, meta
+    note, where = read_note(path)
+    if note is not None and model is None and not Path(path).is_dir():
+        model = note.get("arch")  # a state dict gslora exported: its note names the architecture and input
+        model_args = {**(note.get("model_args") or {}), **(model_args or {})}
+        if preprocessing is None and note.get("preprocessing"):
+            preprocessing = {k: note["preprocessing"][k] for k in ("mean", "std") if k in note["preprocessing"]}
     loaded, names = import_model(path, model, model_args, preprocessing)
     if classes_file is not None:
         names = read_class_file(classes_file)
         if len(names) != loaded.config["num_classes"]:
             raise GsloraError(f"class file {classes_file} names {len(names)} classes for a model with "
                               f"{loaded.config['num_classes']} outputs.")
-    history = []
-    note = Path(path) / "gslora.json" if Path(path).is_dir() else None
-    if note is not None and note.is_file():
-        history = json.loads(note.read_text(encoding="utf-8")).get("history", [])
-    return loaded, {"classes": names, "history": history, "imported_from": str(Path(path).resolve()),
-                    "model": loaded.config, "image_size": loaded.image_size}
+    note = note or {}
+    if "classes" in note and len(note["classes"] or []) != loaded.config["num_classes"]:
+        raise GsloraError(f"{where} describes a model with {len(note.get('classes') or [])} classes, but {path} has "
+                          f"{loaded.config['num_classes']} outputs; keep the gslora.json that came with the model.")
+    if names is None and note.get("classes"):
+        names = list(note["classes"])
+    if note.get("masked_classes"):  # baked into the exported weights already; kept so the model hashes as exported
+        loaded.config["masked_classes"] = [int(c) for c in note["masked_classes"]]
+    return loaded, {"classes": names, "history": note.get("history", []), "record": note.get("record", []),
+                    "imported_from": str(Path(path).resolve()), "model": loaded.config,
+                    "image_size": loaded.image_size}
+
+
+NOTE = "gslora.json"  # written beside every exported model (models.exporters)
+
+
+def read_note(path: str | Path) -> tuple[dict | None, str]:
+    """What gslora wrote beside a model it exported: for a Hugging Face folder the ``gslora`` field of its
+    ``config.json`` (it travels with the folder), else ``gslora.json`` in the folder, or beside a state dict file.
+    (None, "") when there is none."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    note_file = folder / NOTE
+    config_file = folder / "config.json"
+    note = None
+    if note_file.is_file():
+        try:
+            note = json.loads(note_file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise GsloraError(f"{note_file} is not valid JSON ({e}).") from None
+        if not isinstance(note, dict):
+            raise GsloraError(f"{note_file} is not a gslora note (a JSON object).")
+    if path.is_dir() and config_file.is_file():
+        try:
+            hf = json.loads(config_file.read_text(encoding="utf-8")).get("gslora")
+        except (json.JSONDecodeError, AttributeError):
+            hf = None
+        if isinstance(hf, dict) and ("record" in hf or "history" in hf):
+            base = note or {}
+            return {**base, **{k: hf[k] for k in ("history", "record", "masked_classes", "forgotten") if k in hf}}, \
+                f"{config_file} (field gslora)"
+    return note, str(note_file)
 
 
 def classes_for_run(model: Classifier, meta: dict, data_classes: list[str], head_subset: bool = False) -> list[str]:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import GsloraError
+from ..record import MASK_LOGIT
 from .heads import make_head
 
 # The paper's Face Transformer: 112 px, patch 8, width 512, depth 6, 8 heads, FFN 2048, qkv without bias.
@@ -41,7 +42,11 @@ MODEL_CONFIGS: dict[str, dict] = {
 
 
 class Classifier(nn.Module):
-    """backbone(x) → embedding; head(embedding, labels) → logits."""
+    """backbone(x) → embedding; head(embedding, labels) → logits.
+
+    ``config["masked_classes"]`` (set on a finished run's model; the deployed model): without labels the output of
+    those classes is :data:`gslora.record.MASK_LOGIT`, so a forgotten class is never predicted. With labels
+    (training) nothing is masked."""
 
     def __init__(self, backbone: nn.Module, head: nn.Module, image_size: int, config: dict):
         super().__init__()
@@ -54,7 +59,12 @@ class Classifier(nn.Module):
         return self.backbone(x)
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        return self.head(self.backbone(x), labels)
+        logits = self.head(self.backbone(x), labels)
+        masked = self.config.get("masked_classes") if labels is None else None
+        if masked:
+            index = torch.as_tensor(masked, dtype=torch.long, device=logits.device)
+            logits = logits.index_fill(-1, index, MASK_LOGIT)
+        return logits
 
 
 def list_models() -> list[str]:

@@ -68,7 +68,8 @@ CSV_FIELDS = ["task", "setting", "n_forget", "n_remain", "n_old", "n_missing", "
               "acc_r_change_vs_pretrained", "val_acc_f", "val_acc_r", "val_acc_m", "val_acc_o", "val_h_mean",
               "tunable_ratio", "trainable_params", "selected_blocks", "group_norms", "relative_delta_norms",
               "replay_images", "forget_images", "steps", "train_seconds", "wall_seconds", "missing_check_acc",
-              "missing_check_change"]
+              "missing_check_change", "deployed_acc_f", "deployed_acc_r", "deployed_acc_o", "gate_probe_f_before",
+              "gate_probe_f", "gate_recovery", "certified", "request"]
 
 
 def results_csv(results: dict) -> str:
@@ -89,6 +90,12 @@ def results_csv(results: dict) -> str:
         if r.get("missing_check"):
             flat["missing_check_acc"] = r["missing_check"]["acc"]
             flat["missing_check_change"] = r["missing_check"].get("change")
+        for k in ("acc_f", "acc_r", "acc_o"):
+            flat[f"deployed_{k}"] = (r.get("deployed") or {}).get(k)
+        gate = r.get("audit") or {}
+        flat.update(gate_probe_f_before=gate.get("probe_f_before"), gate_probe_f=gate.get("probe_f"),
+                    gate_recovery=gate.get("recovery"), certified=gate.get("certified"))
+        flat["request"] = _request_of(results, r["task"])
         w.writerow(flat)
     return buf.getvalue()
 
@@ -117,7 +124,41 @@ def results_markdown(results: dict) -> str:
     missing = missing_check_section(results)
     if missing:
         parts += [missing, ""]
+    parts += [record_section(results), ""]
     return "\n".join(parts)
+
+
+def _request_of(results: dict, task: int) -> str | None:
+    """The record entry id of a task of this run (the last entries of the record are this run's tasks)."""
+    record, n = results.get("record") or [], len(results["tasks"])
+    mine = record[-n:] if len(record) >= n else []
+    return next((e.get("request") for e in mine if e.get("task") == task), None)
+
+
+def record_section(results: dict) -> str:
+    """The model as deployed (forgotten classes masked) next to the paper's unmasked metrics, the depth gate's
+    figures when it ran, and the record entries this run appended."""
+    rows = results["tasks"]
+    gate = any(r.get("audit") for r in rows)
+    masked = results.get("masked_classes") or []
+    head = ["Task", "Request", "Acc_f (paper)", "Acc_o (paper)", "Acc_r deployed", "Acc_f deployed", "Acc_o deployed"]
+    if gate:
+        head += ["Probe Acc_f before → after", "Recovery %", "Certified"]
+    lines = [head]
+    for r in rows:
+        d, g = r.get("deployed") or {}, r.get("audit") or {}
+        line = [str(r["task"]), _request_of(results, r["task"]) or "-", fmt(r["acc_f"]), fmt(r["acc_o"]),
+                fmt(d.get("acc_r")), fmt(d.get("acc_f")), fmt(d.get("acc_o"))]
+        if gate:
+            line += [f"{fmt(g.get('probe_f_before'))} → {fmt(g.get('probe_f'))}", fmt(g.get("recovery"), 0),
+                     {True: "yes", False: "NO", None: "-"}[g.get("certified")]]
+        lines.append(line)
+    what = (f"The finished model masks the outputs of the {len(masked)} forgotten classes (never predicted), in every "
+            "format it is written in; \"deployed\" columns score it so. The paper's columns score it unmasked."
+            if masked else "The finished model does not mask the forgotten classes' outputs (mask_outputs false).")
+    return "\n".join(["## The model as deployed, and its erasure record", "", what, "", markdown(lines), "",
+                      f"The record ({len(results.get('record') or [])} entries, this run's last) is in `record.md`, in "
+                      "the final model's sidecar and in every export; `gslora verify final.safetensors` checks it."])
 
 
 def missing_check_section(results: dict) -> str:
