@@ -451,9 +451,12 @@ def audit(model, original, data: DataBundle, forget, remain, retrained=None, com
     for label, m, deep in jobs:
         bar.set_postfix_str(label)
         t0 = time.perf_counter()
+        work = copy.deepcopy(m)
+        if hasattr(work, "config"):  # the audit reads the model itself, not its deployed output mask
+            work.config.pop("masked_classes", None)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
-            models[label] = _audit_one(copy.deepcopy(m), data, forget, remain, cfg, device, original_acc_f,
+            models[label] = _audit_one(work, data, forget, remain, cfg, device, original_acc_f,
                                        recovery_idx, forget_idx, deep, unseen_note)
         models[label]["seconds"] = time.perf_counter() - t0
         if label == "original":
