@@ -156,7 +156,7 @@ def test_import_errors_are_clear(tmp_path):
 
 # --- load → forget → export → reload with the original library ------------------------------------------------------
 def _forget_and_export(model, classes, micro_data, tmp_path):
-    res = run_forgetting(model, classes, micro_data, RunConfig(**FORGET_CFG))
+    res = run_forgetting(model, classes, micro_data, RunConfig(**FORGET_CFG), force=True)  # an untrained model
     forgotten = res.model.eval()
     assert res.rows[0]["steps"] > 0
     merged = [n for n, _ in forgotten.named_parameters() if "lora_" in n]
@@ -341,7 +341,7 @@ def test_every_method_runs_with_a_linear_head(micro_data, tmp_path):
         model = copy.deepcopy(base)
         res = run_forgetting(model, micro_data.classes, micro_data,
                              RunConfig(tasks="1x2", epochs=1, batch_size=16, replay_ratio=0.2, device="cpu",
-                                       method=name))
+                                       method=name), force=True)  # an untrained model
         row = res.rows[0]
         assert row["acc_r"] is not None and math.isfinite(row["acc_r"]), name
         assert type(res.model.head).__name__ == "LinearHead", name
@@ -398,7 +398,7 @@ def _cli(capsys, *argv):
 
 def _forget(ckpt, data, out, *extra):
     return ("forget", "--checkpoint", ckpt, "--data", data, "--out", out, "--epochs", "1", "--no-progress",
-            "--set", "batch_size=8", "--device", "cpu", "--tasks", "1x2", *extra)
+            "--set", "batch_size=8", "--device", "cpu", "--tasks", "1x2", "--force", *extra)  # untrained models
 
 
 def _folder_classes(folder):

@@ -45,7 +45,7 @@ from .config import DEFAULT_DEPTH_TARGET, parse_depth_target
 from .data.base import DataBundle, check_data_matches
 from .data.plan import Task, select_per_class
 from .errors import GsloraError
-from .files import atomic_write_json, atomic_write_text
+from .files import atomic_write_json, atomic_write_text, check_writable
 from .report import save_figure
 from .report.audit import (  # noqa: F401 (rendering lives in gslora.report; re-exported here)
     audit_markdown,
@@ -237,9 +237,11 @@ def membership_inference(member_losses, nonmember_losses, folds: int = 5, seed: 
     y = np.concatenate([np.ones(k), np.zeros(k)])
     cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     proba = cross_val_predict(LogisticRegression(), x, y, cv=cv, method="predict_proba")[:, 1]
+    auc = float(roc_auc_score(y, proba))
     return {
         "accuracy": float(((proba >= 0.5) == y).mean()),
-        "auc": float(roc_auc_score(y, proba)),
+        "auc": auc,
+        "advantage": abs(auc - 0.5),  # the signal either way: an AUC of 0.2 separates members as well as 0.8
         "members": int(k),
         "non_members": int(k),
         "mean_loss_members": float(m.mean()),
@@ -607,22 +609,26 @@ def run_classes(results: dict) -> tuple[list[int], list[int]]:
 def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original: str | Path | None = None,
               compare: dict | None = None, config: AuditConfig | None = None, data: DataBundle | None = None,
               out_dir: str | Path | None = None, write: bool = True, progress: bool = False,
-              retrain_full: bool | dict = False) -> dict:
+              retrain_full: bool | dict = False, data_spec: str | None = None) -> dict:
     """Audit the final model of a finished run folder; write ``audit.json``, ``audit.md`` and plots to ``out_dir``
     (default ``RUN/audit``) when ``write``.
 
     ``original`` defaults to the run's recorded source checkpoint; ``data`` defaults to reloading the run's data spec
-    and seed; ``compare`` maps labels to run folders, checkpoints or models (e.g. a head-forgetting run).
+    (or ``data_spec``, e.g. the folder moved since the run) and seed; ``compare`` maps labels to run folders,
+    checkpoints or models (e.g. a head-forgetting run).
     The retrain gap's reference: ``retrained`` (a checkpoint, or the folder of a ``retrain-full`` run), or with
     ``retrain_full`` (True, or a dict of :class:`~gslora.config.PretrainConfig` overrides) a ``retrain-full`` model
     trained here: from scratch on every training image of the run's remaining classes with the pre-training recipe.
     The recovery / relearn images are drawn outside the run's replay / forget subsets.
     """
     from .data import load_data
+    from .data.sources import BUNDLED
     from .models.importers import is_gslora_checkpoint, load_original
 
     finished = RunFolder.load(run_dir)
     run, results, rcfg = finished.folder.path, finished.results, finished.config
+    if write:  # before any work: an unwritable output folder is said now, not after minutes of auditing
+        check_writable(Path(out_dir) if out_dir is not None else run / "audit", "audit folder")
     if not finished.final_checkpoint.is_file():
         raise GsloraError(f"run folder {run} has no final model (final.safetensors); the run was interrupted or its "
                           "model was removed, so there is nothing to audit; rerun `gslora forget`.")
@@ -641,7 +647,10 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
         raise GsloraError(f"the original model {src} has other classes than the run's final model; pass the "
                           "checkpoint the run started from with --original.")
     if data is None:
-        data = load_data(rcfg.data, image_size=model.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
+        spec = data_spec or rcfg.data
+        if spec not in BUNDLED and not Path(spec).expanduser().exists():
+            raise GsloraError(f"the run's data folder {spec} does not exist (from here); pass it with --data.")
+        data = load_data(spec, image_size=model.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
                          val_ratio=rcfg.val_ratio, preprocessing=model.config.get("preprocessing"))
     check_data_matches(classes, data)
     forget, remain = run_classes(results)

@@ -9,19 +9,22 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from pathlib import Path
 
 from ._version import __version__
-from .config import PretrainConfig, RunConfig, build_config, config_data, from_dict
+from .config import PRESET_KEYS, PretrainConfig, RunConfig, build_config, config_data, from_dict
 from .errors import GsloraError
 from .presets import demo_preset, resolve
 
 
 def _common_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML file with run settings (see `gslora list --config` for all keys)")
-    p.add_argument("--tasks", help="'NxK' (e.g. 4x20, 1x10) or class lists 'a,b;c,d' (';' between tasks)")
+    p.add_argument("--config", help="YAML file with run settings (`gslora list --config` lists every key with its "
+                   "default)")
+    p.add_argument("--tasks", help="'NxK' (e.g. 4x20, 1x10) or class lists 'a,b;c,d' (';' between tasks); default "
+                   "4x20 (said when used)")
     p.add_argument("--method", help="forgetting method (default gslora)")
     p.add_argument("--epochs", type=int, help="epochs per task")
     p.add_argument("--seed", type=int, help="seed for class order, subsets and initialisation (default 1337)")
@@ -91,7 +94,7 @@ def cmd_pretrain(args) -> int:
     print(f"pre-training {args.model} on {data.name}: {data.describe()}\n"
           f"budget {plan['max_steps']} steps ({plan['rule']}), validation every {plan['eval_every']} steps, "
           f"early stop after {cfg.patience} checks without improvement")
-    stats = pretrain(model, data, cfg, progress=not args.no_progress)
+    stats = pretrain(model, data, cfg, progress=_progress(args))
     path = save_checkpoint(model, weights, data.classes, extra={"pretrain": {**stats, "data": args.data}})
     early = f", stopped early, best at step {stats['best_step']}" if stats["stopped_early"] else ""
     val = f"{stats['val_acc']:.1f}%" if stats.get("val_acc") is not None else "-"
@@ -125,6 +128,41 @@ def _image_size(model_name: str) -> int:
     return create_model(model_name, 1).image_size
 
 
+def _progress(args) -> bool:
+    """Bars only on a terminal: in a log file or a pipe their carriage-return updates are noise; the task lines
+    (printed either way) say what happened."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def _print_task(row: dict, num_tasks: int) -> None:
+    from .report.tables import task_line, task_warnings
+
+    print(task_line(row, num_tasks), flush=True)
+    for warning in task_warnings(row):
+        print(f"gslora: warning: {warning}", file=sys.stderr, flush=True)
+
+
+def _absolute_data(data: str | None) -> str | None:
+    """A data folder as an absolute path (stored in the run's config, so audits find it from any directory)."""
+    from .data.sources import BUNDLED
+
+    return data if data is None or data in BUNDLED else str(Path(data).expanduser().resolve())
+
+
+def _defaults_in_sight(args, cfg: RunConfig) -> None:
+    """Say which settings came from defaults the user did not write: the data and the tasks."""
+    said = {item.split("=", 1)[0].strip() for item in getattr(args, "overrides", [])}
+    from_config = {}
+    if getattr(args, "config", None):
+        import yaml
+
+        from_config = yaml.safe_load(Path(args.config).read_text(encoding="utf-8")) or {}
+    if args.data is None and "data" not in said and "data" not in from_config:
+        print(f"no --data: using the default data {cfg.data!r} (the bundled faces)", file=sys.stderr)
+    if args.tasks is None and "tasks" not in said and "tasks" not in from_config:
+        print(f"no --tasks: using the default tasks {cfg.tasks!r}", file=sys.stderr)
+
+
 def cmd_forget(args) -> int:
     from .data import load_data
     from .forget import run_forgetting
@@ -132,6 +170,8 @@ def cmd_forget(args) -> int:
     from .models.importers import classes_for_run
 
     cfg = _run_config(args, data=args.data)
+    cfg = dataclasses.replace(cfg, data=_absolute_data(cfg.data))
+    _defaults_in_sight(args, cfg)
     method = get_method(cfg.method, **cfg.method_args)  # bad method settings fail before any data is read
     model, meta = _load_model_input(args, cfg.preprocessing)
     _warn_if_not_learned(meta, args.checkpoint)
@@ -139,9 +179,10 @@ def cmd_forget(args) -> int:
                      val_ratio=cfg.val_ratio, preprocessing=model.config.get("preprocessing"))
     classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
     result = run_forgetting(model, classes, data, cfg, out_dir=args.out, history=meta.get("history"),
-                            overwrite=args.overwrite, progress=not args.no_progress, method=method,
+                            overwrite=args.overwrite, progress=_progress(args), method=method,
                             source_checkpoint=args.checkpoint, resume=args.resume, record=meta.get("record"),
-                            request_id=args.request_id)
+                            request_id=args.request_id, force=args.force,
+                            on_task=_print_task)
     _print_run(result.results, Path(args.out))
     if result.results.get("certified") is False:
         missed = [f"task {r['task']} ({', '.join(k for k, v in r['audit']['met'].items() if not v)})"
@@ -180,6 +221,9 @@ def cmd_evaluate(args) -> int:
     from .models.importers import classes_for_run
 
     model, meta = _load_model_input(args)
+    if args.data is None:
+        print("no --data: scoring on the bundled faces", file=sys.stderr)
+        args.data = "faces"
     data = load_data(args.data, image_size=model.image_size, seed=args.seed, split_ratio=args.split_ratio,
                      preprocessing=model.config.get("preprocessing"))
     classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
@@ -259,7 +303,7 @@ def cmd_demo(args) -> int:
         print(f"pre-training {demo['model']} on the bundled faces ({data.describe()['train']} training views of "
               f"{data.num_classes} photos)...")
         model = create_model(demo["model"], data.num_classes, seed=pcfg.seed)
-        stats = pretrain(model, data, pcfg, progress=not args.no_progress)
+        stats = pretrain(model, data, pcfg, progress=_progress(args))
         save_checkpoint(model, ckpt, data.classes, extra={"pretrain": stats})
         print(f"pre-trained: test accuracy {stats['test_acc']:.1f}% ({stats['steps']} steps) in "
               f"{stats['train_seconds']:.0f} s -> {ckpt}")
@@ -272,7 +316,7 @@ def cmd_demo(args) -> int:
     print(f"forgetting {cfg.tasks} with {cfg.method} ({budget} per task, stopping at the target {cfg.target!r} on "
           f"{where})...")
     result = run_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, overwrite=True,
-                            progress=not args.no_progress, source_checkpoint=ckpt)
+                            progress=_progress(args), source_checkpoint=ckpt, on_task=_print_task)
     _print_run(result.results, Path(args.out))
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return 0
@@ -290,7 +334,7 @@ def cmd_audit(args) -> int:
         compare[label if sep else Path(spec).name] = Path(path if sep else spec)
     out = Path(args.out) if args.out else Path(args.run) / "audit"
     report = audit_run(args.run, retrained=args.retrained, original=args.original, compare=compare, config=cfg,
-                       out_dir=out, progress=not args.no_progress, retrain_full=args.retrain_full)
+                       out_dir=out, progress=_progress(args), retrain_full=args.retrain_full, data_spec=args.data)
     for table in audit_tables(report).values():
         print(table)
         print()
@@ -325,7 +369,7 @@ def cmd_benchmark(args) -> int:
         load_tuned(args.tuned)
     comparison = run_comparison(model, classes, data, args.setting, args.methods, base_config=base,
                                 method_args=method_args, out_dir=args.out, overwrite=args.overwrite,
-                                progress=not args.no_progress, on_method_done=done,
+                                progress=_progress(args), on_method_done=done,
                                 source_checkpoint=args.checkpoint, resume=args.resume, tuned=args.tuned)
     print()
     print(comparison_markdown_table(comparison))
@@ -375,7 +419,7 @@ def cmd_tune(args) -> int:
           f"{args.methods}")
     tuned = run_tuning(model, classes, data, args.setting, args.methods, budget=args.budget, sampler=args.sampler,
                        base_config=base, method_args=method_args, tasks=args.tasks, out_dir=args.out,
-                       overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                       overwrite=args.overwrite, resume=args.resume, progress=_progress(args),
                        on_trial_done=trial_done, source_checkpoint=args.checkpoint)
     print()
     for name, e in tuned["methods"].items():
@@ -419,15 +463,24 @@ def cmd_verify(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from dataclasses import fields
-
-    from .config import RunConfig
+    from .config import config_reference
     from .methods import list_methods
     from .models import list_models
 
+    if args.config:
+        resolved = dataclasses.asdict(resolve(RunConfig()))
+        print("Run settings (`gslora forget --config FILE` or `--set KEY=VALUE`): key, default, what it does.")
+        for name, default, text in config_reference(RunConfig):
+            preset = name in PRESET_KEYS and resolved[name] != default
+            where = f" (the {resolved['method']} preset; {default!r} without one)" if preset else ""
+            print(f"\n{name} = {resolved[name]!r}{where}\n    {text or '-'}")
+        return 0
     print("models:  " + ", ".join(list_models()) + ", timm:<name>")
     print("methods: " + ", ".join(list_methods()))
-    print("config keys: " + ", ".join(f.name for f in fields(RunConfig)))
+    resolved = dataclasses.asdict(resolve(RunConfig()))
+    print("config keys (default; `gslora list --config` says what each does):")
+    for name, _, _ in config_reference(RunConfig):
+        print(f"  {name} = {resolved[name]!r}")
     return 0
 
 
@@ -499,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain-full", dest="retrain_full", action="store_true",
                    help="with --audit: also train, per task, a model from scratch without the forgotten classes and "
                    "require probe_gap<=5,recovery_gap<=10 against it (slow: one pre-training per task)")
+    p.add_argument("--force", action="store_true",
+                   help="go on with a model that scores no better than chance on the data (refused otherwise: its "
+                   "preprocessing, architecture arguments or class order are likely wrong)")
     add_detection_flags(p, "forget")
     p.set_defaults(func=cmd_forget)
 
@@ -508,11 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
     _model_input_args(p)
     p.add_argument("--split-ratio", dest="split_ratio", type=float, default=0.7,
                    help="train fraction per class of a folder without train/ and test/ (as the run used)")
-    p.add_argument("--data", default="faces")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data", help="'faces' (the bundled set) or an image folder: the data the model was trained on "
+                   "(default faces, said when used)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"], help="the split to score (default "
+                   "test)")
     p.add_argument("--classes", action="append", help="a class set 'a,b,c' (names or ids); repeatable")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device")
+    p.add_argument("--seed", type=int, default=1337, help="the seed the run split the data with (default 1337)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--json", action="store_true", help="print JSON")
     add_detection_flags(p, "evaluate")
     p.set_defaults(func=cmd_evaluate)
@@ -539,6 +597,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train the gap's reference here: a fresh model on every training image of the remaining "
                      "classes with the pre-training recipe (as method retrain-full; slow: a whole pre-training)")
     p.add_argument("--original", help="the pre-trained checkpoint (default: the run's recorded source checkpoint)")
+    p.add_argument("--data", help="the run's data (default: the folder the run recorded; pass it when that folder "
+                   "moved or the run stored a relative path)")
     p.add_argument("--compare", action="append", metavar="[LABEL=]PATH",
                    help="another forgotten model (run folder or checkpoint) to recovery-test alongside; repeatable")
     p.add_argument("--epochs", type=int, help="epochs of head retraining in the recovery test (default 20)")
@@ -609,9 +669,18 @@ def build_parser() -> argparse.ArgumentParser:
     _model_input_args(p)
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("list", help="models, methods and config keys")
+    p = sub.add_parser("list", help="models, methods and config keys with their defaults")
+    p.add_argument("--config", action="store_true", help="every run setting with its default and what it does")
     p.set_defaults(func=cmd_list)
     return parser
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]")
+
+
+def plain(text: str) -> str:
+    """``text`` without terminal escape codes (colours, bold) when stderr is not a terminal (a log file, a pipe)."""
+    return text if sys.stderr.isatty() else _ANSI.sub("", text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -621,10 +690,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _detection(args) if getattr(args, "detection", False) else args.func(args)
     except GsloraError as e:
-        print(f"gslora: error: {e}", file=sys.stderr)
+        print(f"gslora: error: {plain(str(e))}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `gslora list --config | head`: the reader left, nothing more to say
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
-        print("gslora: interrupted", file=sys.stderr)
+        out = getattr(args, "out", None)
+        again = (f"; run the same command with --resume to continue in {out} from its last finished "
+                 f"{'task' if args.command == 'forget' else 'method'}" if hasattr(args, "resume") and out else "")
+        print(f"gslora: interrupted{again}.", file=sys.stderr)
         return 130
 
 

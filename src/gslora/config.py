@@ -63,9 +63,9 @@ class RunConfig:
     split_ratio: float = 0.7  # train fraction per class when the folder has no train/ and test/ split
     val_ratio: float = 0.1  # fraction of each class's training images carved out for validation (model selection)
     tasks: Any = "4x20"  # "NxK", or a list of tasks, each a list of class names or ids
-    method: str = "gslora"
+    method: str = "gslora"  # the forgetting method (`gslora list` names them); its preset fills the training settings
     method_args: dict = field(default_factory=dict)  # overrides of configs/methods/<method>.yaml
-    seed: int = 1337
+    seed: int = 1337  # one seed for the class order, the subsets, the initialisation and the data order
     epochs: int | None = _preset(100, "per task when max_steps is 0; an epoch is one pass over the replay (remain) "
                                       "subset")
     max_steps: int | None = _preset(0, "step budget per task (each trial); 0: epochs × steps per epoch")
@@ -74,7 +74,9 @@ class RunConfig:
     min_lr: float | None = _preset(1e-5, "learning rate at the end of the cosine schedule")
     weight_decay: float | None = _preset(0.05, "AdamW weight decay")
     warmup_epochs: int | None = _preset(0, "linear warm-up epochs before the cosine decay")
-    target: str = "acc_f<=2,acc_r_drop<=2"  # what each task must reach on the validation split (see `targets`)
+    target: str = "acc_f<=2,acc_r_drop<=2"  # what each task must reach on its check set (validation images + unused
+    # training images): acc_f<=N, acc_o<=N (forgetting), acc_r_drop<=N (retention; met within one check image of N,
+    # since one image is the finest step the check set can show)
     eval_every: int = 10  # steps between validation checks; training stops at the first check meeting the forgetting
     # target (acc_f, acc_o); 0: never check, train the whole budget
     target_checks: int = 6  # consecutive checks the forgetting target must hold before training stops (one check on
@@ -131,7 +133,8 @@ class RunConfig:
     eval_batch_size: int = 256
     margin_at_test: bool = False  # the authors' protocol (CosFace margin at test time); for comparison only
     save_adapters: bool = True  # write each task's LoRA adapter in PEFT format
-    checkpoint_every: int = 0  # epochs between in-task resume checkpoints (0: resume from the last finished task)
+    checkpoint_every: int = 0  # steps between in-task resume checkpoints, saved at the first end of a pass over the
+    # replay subset after that many steps (0: resume from the last finished task)
     preprocessing: dict = field(default_factory=dict)  # override of an imported model's input: mean, std, crop_pct
     # (shorter side to input / crop_pct, then the centre crop; null: resize straight), interpolation
     missing_check_data: str = ""  # a folder of class folders named like the original head's classes: with a head
@@ -473,3 +476,40 @@ def build_config(cls, path: str | Path | None = None, overrides: list[str] | Non
 
 def to_dict(obj) -> dict:
     return dataclasses.asdict(obj)
+
+
+def config_reference(cls=None) -> list[tuple[str, object, str]]:
+    """(key, default, one line of help) for every field of a config dataclass (default :class:`RunConfig`), in
+    order: the help is the field's metadata, else the comment written beside it in this file (the comments are the
+    documentation, so the reference is generated from them)."""
+    import inspect
+
+    cls = cls or RunConfig
+    comments: dict[str, str] = {}
+    current = None
+    for line in inspect.getsource(cls).splitlines():
+        stripped = line.strip()
+        field_line = re.match(r"^ {4}(\w+)\s*:\s*[^=#]+(=|#|$)", line)
+        if field_line and not stripped.startswith("#"):
+            current = field_line.group(1)
+            comments[current] = line.split("  # ", 1)[1].strip() if "  # " in line else ""
+        elif stripped.startswith("#") and current is not None:
+            comments[current] = (comments[current] + " " + stripped.lstrip("#").strip()).strip()
+        else:
+            current = None
+    out = []
+    for f in dataclasses.fields(cls):
+        default = f.metadata.get("default", f.default)
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        out.append((f.name, default, f.metadata.get("help") or comments.get(f.name, "")))
+    return out
+
+
+def config_for_file(config: RunConfig) -> dict:
+    """The config as a run folder's ``config.yaml`` shows it: every key, but only the step budget that applies
+    (``epochs`` is left out when ``max_steps`` sets the budget)."""
+    data = to_dict(config)
+    if data.get("max_steps"):
+        data.pop("epochs", None)
+    return data

@@ -117,8 +117,10 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
     the trial goes on instead of starting over. The summary's ``extensions`` says how many were used.
 
     Resumable: with ``ctx.config.checkpoint_every = k > 0`` the engine hands ``on_checkpoint`` its state (trainable
-    weights, optimizer, schedule, step, RNG and data-order state, the method's state) after every k-th pass over the
-    remain subset; passing such a dict back as ``state`` continues from there with the same numbers. A non-finite loss
+    weights, optimizer, schedule, step, RNG and data-order state, the method's state) at the first end of a pass over
+    the remain subset at least k steps after the last one (steps, because budgets are in steps: with a small replay
+    subset a pass can be a single step); passing such a dict back as ``state`` continues from there with the same
+    numbers. A non-finite loss
     stops the task with a :class:`TrainingDiverged` error naming the task, epoch and loss term.
     """
     cfg, device = ctx.config, ctx.device
@@ -148,10 +150,12 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
     model.train()
     forget_iter = passes(forget_loader)
     first_epoch, step, spent, checks, held = 0, 0, 0.0, [], 0
+    saved_at = 0  # the step of the last in-task checkpoint
     if state is not None:
         for _ in range(state["step"]):  # the forget stream's position: replay its seeded order up to the step
             next(forget_iter)
         first_epoch, step, spent = state["epoch"], state["step"], state["train_seconds"]
+        saved_at = step
         checks = [Check(**c) for c in state.get("checks", [])]
         held = state.get("held", 0)
         used = state.get("extensions", 0)
@@ -198,7 +202,8 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
                 break
         epoch += 1
         k = cfg.checkpoint_every
-        if on_checkpoint is not None and k and epoch % k == 0 and step < total and not stopped:
+        if on_checkpoint is not None and k and step - saved_at >= k and step < total and not stopped:
+            saved_at = step
             on_checkpoint({**_engine_state(epoch, step, spent + time.perf_counter() - start, model, method, optimizer,
                                            schedule, remain_loader),
                            "checks": [asdict(c) for c in checks], "augment_rng": augment_gen.get_state(),

@@ -16,6 +16,7 @@ import hashlib
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NotRequired
@@ -33,6 +34,7 @@ from .data.plan import Task, TaskPlan, make_plan, select_per_class
 from .engine import autocast_dtype, train_task
 from .errors import GsloraError
 from .evaluate import TaskMetrics, accuracy, class_counts, task_metrics, tunable_ratio
+from .files import check_writable
 from .methods import Method, TaskContext, get_method
 from .missing import MissingCheck
 from .models.registry import Classifier, count_parameters
@@ -100,7 +102,8 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
                    out_dir: str | Path | None = None, history: list | None = None, overwrite: bool = False,
                    progress: bool = False, method: Method | None = None,
                    source_checkpoint: str | Path | None = None, resume: bool = False, record: list | None = None,
-                   request_id: str | None = None) -> RunResult:
+                   request_id: str | None = None, force: bool = False,
+                   on_task: Callable[[dict, int], None] | None = None) -> RunResult:
     """Run the task sequence of ``config`` on ``model`` (modified in place and returned as ``result.model``).
 
     ``config`` is resolved first (:func:`gslora.presets.resolve`: unset training settings come from the method's
@@ -114,6 +117,13 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     Each task appends one entry to the record (:mod:`gslora.record`), its request id ``request_id/task<i>``
     (default: the start time and a random suffix). With ``config.mask_outputs`` the returned model masks every
     forgotten class's output (``model.config["masked_classes"]``).
+
+    Before anything is written, the data is checked (every class has a training, a validation or second training,
+    and a test image), the run folder is checked to be writable, and a new run's model is scored on the data: a
+    model no better than chance (one-sided binomial test, p > 0.001) is refused with the likely causes, unless
+    ``force`` (then it goes on with a warning, recorded in ``results["warnings"]``).
+
+    ``on_task(row, number of tasks)`` is called with each finished task's row (the CLI prints a line from it).
     """
     config = resolve(config)
     method = method or get_method(config.method, **config.method_args)
@@ -128,11 +138,10 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     dist.init_from_env(device)
     folder = RunFolder(out_dir) if out_dir is not None else None
     writes = folder is not None and dist.is_main()
-    state = None
-    if writes:  # under torchrun, rank 0 alone checks and writes the folder
-        folder.start(config, plan.to_dict(classes), overwrite=overwrite, resume=resume)
-    if folder is not None and resume:
-        state = folder.load_task_state(config)
+    check_class_images(data, classes)
+    if writes:
+        folder.check(overwrite, resume)
+        check_writable(folder.path, "run folder")
 
     # the model as it came (masked classes included) is what the record's first new entry starts from; the run itself
     # works on the unmasked model (training and the paper's metrics), and masks again when it finishes
@@ -143,12 +152,27 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     model.config.pop("masked_classes", None)
     prefix = request_id or new_request_prefix()
     model = model.to(device)
+    nc = len(classes)
+    warnings: list[str] = []
+    counts_start = None
+    if not (resume and folder is not None and folder.is_unfinished()):  # a new run: does the model fit the data?
+        counts_start = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
+        fit = model_fit_problem(counts_start, nc)
+        if fit and not force:
+            raise GsloraError(fit + " Pass --force (force=True) to go on anyway.")
+        if fit:
+            log.warning("%s Going on (forced).", fit)
+            warnings.append(fit)
+    state = None
+    if writes:  # under torchrun, rank 0 alone checks and writes the folder
+        folder.start(config, plan.to_dict(classes), overwrite=overwrite, resume=resume)
+    if folder is not None and resume:
+        state = folder.load_task_state(config)
     original = copy.deepcopy(model).eval().requires_grad_(False)
     missing_before = _missing_check(missing, model, config, device)  # the model as given (also when resuming)
     total_params = count_parameters(model)
-    nc = len(classes)
     if state is None:
-        counts_orig = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
+        counts_orig = counts_start or {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
         counts_now, rows, history, spent = dict(counts_orig), [], list(history or []), 0.0
         weights_before = start_hash
     else:
@@ -175,6 +199,8 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
                                              weights_before, weights_after, masked))
         weights_before = weights_after
         rows.append(row)
+        if on_task is not None and dist.is_main():
+            on_task(row, len(plan.tasks))
         counts_now = counts_after
         history.append({"task": task.index, "method": method.name, "forgotten": row["forget"]})
         log.info("task %d: acc_f %.2f acc_r %.2f acc_o %s H %.2f", task.index, row["acc_f"], row["acc_r"],
@@ -200,6 +226,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         "missing_check": missing.summary(missing_before),
         "tasks": rows,
         "wall_seconds": spent + time.perf_counter() - run_start,
+        "warnings": warnings,
     }
     if config.mask_outputs:
         model.config["masked_classes"] = _masked_after(plan, len(plan.tasks) - 1)
@@ -209,6 +236,40 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     if writes:
         folder.finish(results, model, classes, history, record)
     return RunResult(results=results, model=model, plan=plan, out_dir=folder.path if folder is not None else None)
+
+
+def check_class_images(data: DataBundle, classes: list[str]) -> None:
+    """Every class needs a training image, a validation image (or a second training image, for the check set) and a
+    test image, or its tasks cannot be scored: a one-sentence error naming the first class short of them."""
+    nc = len(classes)
+    count = {s: np.bincount(np.asarray(getattr(data, s).targets, dtype=np.int64), minlength=nc)
+             for s in ("train", "val", "test")}
+    short = [c for c in range(nc) if count["train"][c] < 1 or count["test"][c] < 1
+             or (count["val"][c] < 1 and count["train"][c] < 2)]
+    if short:
+        c = short[0]
+        more = f" (and {len(short) - 1} more classes)" if len(short) > 1 else ""
+        raise GsloraError(
+            f"class {classes[c]!r}{more} has {count['train'][c]} training, {count['val'][c]} validation and "
+            f"{count['test'][c]} test image(s); forgetting needs at least 1 training, 1 validation and 1 test image "
+            "per class (a class folder of 3 or more images: gslora splits it into train / validation / test).")
+
+
+def model_fit_problem(counts: dict, num_classes: int) -> str | None:
+    """One sentence when the model scores no better than chance on the data (test and validation images together;
+    one-sided binomial test against 1 / classes, p > 0.001); None when it fits."""
+    from scipy.stats import binom
+
+    correct = int(counts["test"][0].sum() + counts["val"][0].sum())
+    total = int(counts["test"][1].sum() + counts["val"][1].sum())
+    chance = 1.0 / max(num_classes, 1)
+    if total == 0 or binom.sf(correct - 1, total, chance) <= 1e-3:
+        return None
+    return (f"the model scores {100.0 * correct / total:.1f}% on the data's {total} test and validation images, no "
+            f"better than chance ({100 * chance:.1f}% for {num_classes} classes), so it does not fit this data; "
+            "likely causes: its preprocessing (mean / std, resizing; a Hugging Face folder without "
+            "preprocessor_config.json), its architecture arguments (a torchvision VisionTransformer needs "
+            "--model-arg num_heads=N), or its class order (--classes FILE names each output).")
 
 
 def class_id_in_record(name: str, classes: list[str]) -> int:

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from .config import RunConfig, from_dict, to_dict
+from .config import RunConfig, config_for_file, from_dict, to_dict
 from .errors import GsloraError
 from .files import atomic_write, atomic_write_json, atomic_write_text
 
@@ -128,7 +128,7 @@ class RunFolder:
         elif resume and self.config_file.is_file():
             self._check_same_config(config)
         self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.config_file, yaml.safe_dump(to_dict(config), sort_keys=False))
+        atomic_write_text(self.config_file, yaml.safe_dump(config_for_file(config), sort_keys=False))
         atomic_write_json(self.path / PLAN, plan)
 
     def clear(self) -> None:
@@ -150,6 +150,8 @@ class RunFolder:
         for key in now:
             if key in RESUME_MAY_CHANGE:
                 continue
+            if key == "epochs" and key not in saved and saved.get("max_steps"):
+                continue  # config.yaml shows only the budget that applies (max_steps)
             if key not in saved and now[key] == defaults.get(key):
                 continue  # a setting added after the run started, left at its default
             if saved.get(key) != now[key]:

@@ -102,11 +102,11 @@ def _scan(root: Path) -> dict[str, list[Path]]:
         files = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
         if not files:
             raise GsloraError(f"class folder {d} holds no image files ({', '.join(sorted(IMAGE_EXTENSIONS))}).")
-        for f in files:  # a header check: cheap, catches non-images early with the path
+        for f in files:  # every image decoded once, before anything is written: a truncated file is named here
             try:
                 with Image.open(f) as im:
-                    im.size  # noqa: B018
-            except (UnidentifiedImageError, OSError) as e:
+                    im.load()
+            except (UnidentifiedImageError, OSError, ValueError) as e:
                 raise GsloraError(f"cannot read image {f}: {e}; remove or replace the file.") from None
         found[d.name] = files
     return found
@@ -141,6 +141,11 @@ def folder_data(root: Path, image_size: int, seed: int = 1337, split_ratio: floa
         extra = sorted(set(test_files) - set(train_files))
         if extra:
             raise GsloraError(f"test class {extra[0]!r} in {root / 'test'} has no folder in {root / 'train'}.")
+        absent = sorted(set(train_files) - set(test_files))
+        if absent:
+            more = f" (and {len(absent) - 1} more)" if len(absent) > 1 else ""
+            raise GsloraError(f"class {absent[0]!r}{more} has a folder in {root / 'train'} but none in "
+                              f"{root / 'test'}; every class needs test images to be scored.")
         test = ([f for c in classes for f in test_files.get(c, [])],
                 [i for i, c in enumerate(classes) for _ in test_files.get(c, [])])
     else:

@@ -212,7 +212,8 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            text = re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]", "", str(e)).strip()  # torch's message carries colour codes
+            first = text.splitlines()[0] if text else type(e).__name__
             raise GsloraError(f"refusing to load {path}: it needs unpickling arbitrary Python objects, which gslora "
                               f"never does ({first}); save a plain state dict (torch.save(model.state_dict())) or "
                               "safetensors.") from None

@@ -15,6 +15,45 @@ def has_missing(rows: list[dict]) -> bool:
     return any(r.get("n_missing") for r in rows)
 
 
+def names_text(names: list[str], limit: int = 4) -> str:
+    """Class names, shortened past ``limit``: ``a, b, c, d (+16 more)``."""
+    return ", ".join(names[:limit]) + (f" (+{len(names) - limit} more)" if len(names) > limit else "")
+
+
+def target_results(row: dict) -> list[tuple[str, float, float | None, bool]]:
+    """Per target of the task: (metric, bound, value reached on the check set, met on the check set)."""
+    from ..config import parse_target
+
+    spec = (row.get("targets") or {}).get("spec") or ""
+    met = (row.get("targets") or {}).get("val") or {}
+    reached = row.get("check") or row.get("val") or {}
+    return [(k, bound, reached.get(k), bool(met.get(k, True))) for k, bound in parse_target(spec).items()]
+
+
+def task_line(row: dict, num_tasks: int) -> str:
+    """One line saying what a task did: the classes forgotten, the trials and their lr, each target on the check set
+    (met or missed, with the value reached), the blocks changed and the time."""
+    trials = row.get("trials") or []
+    lrs = ", ".join(f"{t['lr']:.3g}" for t in trials)
+    chosen = f", kept {row.get('chosen_trial')}" if len(trials) > 1 else ""
+    trial_text = f"{len(trials)} trial{'s' if len(trials) != 1 else ''} (lr {lrs}{chosen})" if trials else "no trial"
+    targets = "; ".join(f"{k} {fmt(v)} {'met' if ok else 'MISSED'} (≤ {bound:g})" for k, bound, v, ok
+                        in target_results(row)) or "no target"
+    info = row.get("method_info") or {}
+    blocks = info.get("selected_blocks")
+    blocks_text = "" if blocks is None else f" | blocks changed: {','.join(map(str, blocks)) or 'none'}"
+    return (f"task {row['task']}/{num_tasks}: forgot {names_text(row['forget'])} | {trial_text} | check set: "
+            f"{targets}{blocks_text} | Acc_f {fmt(row['acc_f'])} Acc_r {fmt(row['acc_r'])} (test) | "
+            f"{row['wall_seconds']:.0f} s")
+
+
+def task_warnings(row: dict) -> list[str]:
+    """A sentence per target the task missed on its check set, with the value it reached."""
+    return [f"task {row['task']} missed its target {k} ≤ {bound:g} on the check set: it reached {fmt(v)} "
+            f"(after {len(row.get('trials') or [])} trial(s); the best one was kept)"
+            for k, bound, v, ok in target_results(row) if not ok]
+
+
 def paper_table(results: dict, label: str | None = None) -> str:
     """The paper's Table 3 layout: a Pre-train row and a method row; per task H, Acc_r (Acc_m with missing classes),
     Acc_f (Acc_o from task 2)."""
@@ -113,6 +152,13 @@ def results_markdown(results: dict) -> str:
         paper_table(results),
         "",
         task_table(results),
+        "",
+        "What each task did (targets scored on the task's check set: validation images and training images outside "
+        "its subsets; `acc_r_drop` counts as met within one check image of the bound):",
+        "",
+        *[f"- {task_line(r, len(results['tasks']))}" for r in results["tasks"]],
+        *[f"- **Warning**: {w}" for r in results["tasks"] for w in task_warnings(r)],
+        *[f"- **Warning**: {w}" for w in results.get("warnings") or []],
         "",
         "Validation split (carved from training data; use it, not the test split, for any model selection):",
         "",
