@@ -5,7 +5,8 @@ paper's Fig. 6 shows such forgetting comes back within 20 epochs of retraining t
 model of a run with the original pre-trained model (and, when given, a model retrained without the forgotten classes
 and other forgotten models such as head forgetting):
 
-1. **Recovery test** (SPEC §8): backbone frozen, only the head retrained with CE on ``ratio`` of each forgotten and
+1. **Recovery test** (the paper's Fig. 6): backbone frozen, only the head retrained with CE on ``ratio`` of each
+forgotten and
    remaining class's training images; forget / remain test accuracy per epoch.
 2. **Linear probe**: logistic regression on frozen penultimate features (embeddings) of the train split, all classes;
    its test accuracy on the forgotten classes.

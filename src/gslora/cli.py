@@ -48,7 +48,7 @@ def _run_config(args, data: str | None = None) -> RunConfig:
 
 
 def _model_input_args(p: argparse.ArgumentParser, classes_flags: tuple[str, ...] = ("--class-names",)) -> None:
-    """The flags that let a command read a model gslora did not write (see "Bring your own model" in the README)."""
+    """The flags that let a command read a model gslora did not write (see docs/models.md)."""
     p.add_argument("--model", help="architecture of a state-dict checkpoint: torchvision:<arch> (vit_b_16, ..., "
                    "VisionTransformer), timm:<name>, or vit_face (the authors' Face Transformer; detected anyway)")
     p.add_argument("--model-arg", dest="model_args", action="append", default=[], metavar="KEY=VALUE",
@@ -497,8 +497,8 @@ def _shared_run_args(p, config_help: str, method_set_help: str) -> None:
     """The shared-settings flags of benchmark and tune (the same keys, so a tuning matches its comparison)."""
     p.add_argument("--config", help=config_help)
     p.add_argument("--epochs", type=int, help="epochs per task, for every method")
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
+    p.add_argument("--seed", type=int, help="random seed (default 1337)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a shared run setting, e.g. --set replay_ratio=0.2")
     p.add_argument("--method-set", dest="method_overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
@@ -519,15 +519,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint path (.safetensors; a .json sidecar is written beside)")
     p.add_argument("--config", help="YAML file with pre-training settings")
     p.add_argument("--max-steps", dest="max_steps", type=int,
-                   help="optimiser steps (default: sized by the training set, see README)")
+                   help="optimiser steps (default: sized by the training set, see docs/pretraining.md)")
     p.add_argument("--epochs", type=int, help="size the budget in epochs instead (passes over the training set)")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--batch-size", dest="batch_size", type=int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--overwrite", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the pre-training recipe's)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, help="batch size (default: the recipe's)")
+    p.add_argument("--seed", type=int, help="random seed (default 1337)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set lr=1e-3 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal anyway)")
     add_detection_flags(p, "pretrain")
     p.set_defaults(func=cmd_pretrain)
 
@@ -577,13 +578,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="forget 4 x 20 classes from a tiny face ViT trained on bundled faces (the model "
                        "comes with the package; --retrain pre-trains it again)")
-    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
     p.add_argument("--epochs", type=int, help="epochs per forgetting task")
-    p.add_argument("--device")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
     p.add_argument("--retrain", action="store_true",
                    help="pre-train the demo model again instead of using the cached or bundled one")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set lr=1e-3 (repeatable)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal anyway)")
     add_detection_flags(p, "demo")
     p.set_defaults(func=cmd_demo)
 
@@ -604,10 +606,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="epochs of head retraining in the recovery test (default 20)")
     p.add_argument("--relearn-epochs", dest="relearn_epochs", type=int,
                    help="cap of the relearn-time fine-tuning (default 20; 0 skips it)")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="random seed (default 1337)")
     p.add_argument("--out", help="output folder (default RUN/audit)")
-    p.add_argument("--device")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal anyway)")
     p.set_defaults(func=cmd_audit)
 
     p = sub.add_parser("benchmark", help="compare forgetting methods from one checkpoint (the paper's tables)")
@@ -629,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "each method with its chosen values; the table states the budget and the values")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished comparison in --out")
     p.add_argument("--resume", action="store_true", help="continue the unfinished comparison in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal anyway)")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("tune", help="give every method the same number of trials over its search space, chosen by "
@@ -651,7 +653,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "fix one method's argument in every trial (it leaves the search space)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished tuning in --out")
     p.add_argument("--resume", action="store_true", help="continue the unfinished tuning in --out")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal anyway)")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("history", help="a model's erasure record, oldest request first")

@@ -2,7 +2,7 @@
 
 - ``single``: the paper's 100−Y settings scaled to the class count C (Y = 5%, 10%, 50%, 90% of C), one run each;
 - ``continual``: 4 tasks of 20% of the classes each;
-- ``few-shot`` and ``missing``: the continual plan under a data constraint of GS-LoRA++ (SPEC §4,
+- ``few-shot`` and ``missing``: the continual plan under a data constraint of GS-LoRA++ (the GS-LoRA++ paper,
   :mod:`gslora.practical`): 4 images per class with batch 4, or half of the remaining classes without any data
   (Acc_m). A method that needs data the constraint withholds is marked "not run" in the table instead of running on
   more data than the others.

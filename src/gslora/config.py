@@ -81,20 +81,19 @@ class RunConfig:
     # target (acc_f, acc_o); 0: never check, train the whole budget
     target_checks: int = 6  # consecutive checks the forgetting target must hold before training stops (one check on
     # a small validation split can pass by luck; 3 let forgotten people come back in the next task: ORL 4x5 with
-    # seed 7, Acc_o 40 after task 2 against 6.7 with 6; README, "Choices made by measurement")
+    # seed 7, Acc_o 40 after task 2 against 6.7 with 6; docs/results/DECISIONS.md)
     hold_margin: bool = False  # true: while the forgetting target holds at the periodic checks (the run waits for
     # target_checks consecutive ones), step-driven ramps stop (GS-LoRA's forgetting margin keeps its value), so the
     # confirming steps keep the forgetting without pushing it further; a missed check lets the ramp go on. Not the
     # default: retention a little better, but forgotten people came back (ORL 4x8 Acc_o 16.7 after task 2 against 0;
-    # README, "Choices made by measurement")
+    # docs/results/DECISIONS.md)
     max_trials: int = 3  # step budgets per task for its trials: when the retention target (acc_r_drop) fails, a new
     # trial from the task's start with half the lr, unless the failing trial needed its whole budget to forget (half
     # the lr would not forget within it); when the forgetting target fails, see extend_trials
     extend_trials: bool = False  # true: a trial (at the configured lr or above) that ends its budget short of the
     # forgetting target goes on for another budget at twice the peak lr (a warm restart) while budgets are left,
     # instead of a new trial from the task's start with twice the lr. Not the default: on the bundled faces it cost
-    # the remaining classes more (ΔAcc_r −6.0 / −7.0 on tasks 1-2 against −5.4 / −3.8; README, "Choices made by
-    # measurement")
+    # the remaining classes more (ΔAcc_r −6.0 / −7.0 on tasks 1-2 against −5.4 / −3.8; docs/results/ARCHIVE.md)
     relax_sparsity: bool = False  # true: after a trial (at the configured lr or above) that missed the forgetting
     # target, the next trial keeps its lr but drops the method's sparsity term (GS-LoRA: alpha 0, every block may
     # move) before the lr is doubled
@@ -105,12 +104,12 @@ class RunConfig:
     replay_ratio: float = 0.1  # fraction of each class's training images available (replay and forget subsets)
     min_replay: int = 4  # with replay_ratio: at least this many images per class (2 instead of 4 left the remaining
     # classes 2-5 points lower per task on every dataset measured; one image per class 4-14 points lower than two;
-    # README, "Choices made by measurement")
+    # docs/results/DECISIONS.md)
     min_forget: int | None = None  # the forget subset: at least this many images per class (None: min_replay)
     shots: int = 0  # if > 0: k images per class instead of replay_ratio, for both the replay and the forget subsets
-    # (few-shot forgetting, SPEC §4; the paper's k = 4 with batch 4: protocol few_shot)
-    missing_ratio: float = 0.0  # missing classes (SPEC §4): this share of the classes remaining after the first task
-    # gets no replay data at all (seeded draw); their accuracy is reported as acc_m, apart from acc_r
+    # (few-shot forgetting, the GS-LoRA++ paper; the paper's k = 4 with batch 4: protocol few_shot)
+    missing_ratio: float = 0.0  # missing classes (the GS-LoRA++ paper): this share of the classes remaining after the
+    # first task gets no replay data at all (seeded draw); their accuracy is reported as acc_m, apart from acc_r
     missing_classes: list = field(default_factory=list)  # or the missing classes by name or id (instead of the ratio)
     mask_outputs: bool = True  # the finished model masks every forgotten class's output (never predicted), in the
     # gslora checkpoint and baked into Hugging Face / timm / torchvision exports; results report both the unmasked
@@ -125,12 +124,12 @@ class RunConfig:
     check_train_images: int = 4  # per class: training images outside the task's subsets added to the validation
     # split for every check and choice (0: validation split only; not with shots, whose setting has no more data).
     # 4: with one validation photo per person the forgetting target held on validation while 20% of the forgotten
-    # people's test photos were still recognised (README, "Choices made by measurement")
+    # people's test photos were still recognised (docs/results/DECISIONS.md)
     old_forget_shots: int = 0  # images per earlier-forgotten class kept in the forget batch (0: off, the paper)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "fp32"  # fp32 | bf16 (autocast; bf16 is meant for GPUs)
-    num_workers: int = 0
-    eval_batch_size: int = 256
+    num_workers: int = 0  # DataLoader worker processes (0: load in the main process)
+    eval_batch_size: int = 256  # batch size for every evaluation (accuracy checks, the test split)
     margin_at_test: bool = False  # the authors' protocol (CosFace margin at test time); for comparison only
     save_adapters: bool = True  # write each task's LoRA adapter in PEFT format
     checkpoint_every: int = 0  # steps between in-task resume checkpoints, saved at the first end of a pass over the

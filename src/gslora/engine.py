@@ -163,7 +163,8 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
         augment_gen.set_state(state["augment_rng"])
         _load_engine_state(state, model, method, optimizer, schedule, remain_loader, device)
     every = cfg.eval_every if check is not None else 0
-    bar = tqdm(total=total, initial=step, desc=f"task {ctx.task.index}/{ctx.num_tasks}",
+    # a trial restarting the task shows as a new bar labelled with its lr
+    bar = tqdm(total=total, initial=step, desc=f"task {ctx.task.index}/{ctx.num_tasks} (lr {cfg.lr:.3g})",
                disable=not (ctx.progress and dist.is_main()), leave=False, dynamic_ncols=True)
     logs: dict = {}
     start = time.perf_counter()

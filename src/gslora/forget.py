@@ -595,8 +595,8 @@ def next_trial(trials: list[dict], relax_sparsity: bool = False) -> tuple[float,
     trial had it and ran at the configured lr or above); after one that met them but missed the retention target,
     half the lr, unless it needed its whole step budget to get there (it ran periodic checks and did not stop early):
     a trial at half the lr forgets more slowly, so it would not meet the forgetting target within the same budget,
-    and the search ends (no such half-lr trial was kept on the five benchmark task plans or in the demo: README,
-    "Choices made by measurement"). None (the search ends) also when the pair was already tried, i.e. the search
+    and the search ends (no such half-lr trial was kept on the five benchmark task plans or in the demo:
+    docs/results/DECISIONS.md). None (the search ends) also when the pair was already tried, i.e. the search
     turned back. The geometric midpoint it used to try then was kept on 1 of 20 tasks over the five benchmark task
     plans, and that one still missed its retention target."""
     if not trials:

@@ -1,4 +1,4 @@
-"""The loss terms of GS-LoRA (SPEC §3) and GS-LoRA++ (SPEC §4), as pure functions."""
+"""The loss terms of GS-LoRA (the paper's method) and GS-LoRA++ (the GS-LoRA++ paper), as pure functions."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def prototype_kl(emb: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
 
 def prototype_terms(emb_f, proto_f, emb_r, proto_r, w_forget: float, w_remain: float,
                     bound: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(L_pro, mean KL over the forget batch, mean KL over the remain batch) of GS-LoRA++ (SPEC §4):
+    """(L_pro, mean KL over the forget batch, mean KL over the remain batch) of GS-LoRA++ (the GS-LoRA++ paper):
 
         L_pro = w_f · max(0, BND_pro − mean KL(forget)) + w_r · mean KL(remain)
 

@@ -1,4 +1,4 @@
-"""The missing-class check of the ImageNet-100 protocol (SPEC §1, issue 10).
+"""The missing-class check of the ImageNet-100 protocol (the paper's setting).
 
 When ``--head-subset`` cut a model's head to the data's classes (e.g. the 100 ImageNet-100 rows of a 1000-way head),
 the classes cut away are in no task: neither forgotten nor replayed. The check scores images of those classes with

@@ -1,4 +1,4 @@
-"""The practical settings of GS-LoRA++ (SPEC §4): few-shot forgetting and missing classes.
+"""The practical settings of GS-LoRA++ (the GS-LoRA++ paper): few-shot forgetting and missing classes.
 
 - **Few-shot** (``RunConfig.shots = k``): k images per class for both the replay and the forget subsets, batch 4 (the
   ``few_shot`` protocol preset); the engine's epoch follows the longer of the two loaders.

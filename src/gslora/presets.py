@@ -126,7 +126,8 @@ def _check_knob(spec, where: str) -> dict:
 
 def protocol_of(config: RunConfig) -> str:
     """``config.protocol``, with ``auto`` read from the data budget and the tasks: ``shots`` > 0 is the few-shot
-    setting (SPEC §4: k images per class, batch 4), else one task (e.g. ``1x10``) is the single-step setting."""
+    setting (the GS-LoRA++ paper: k images per class, batch 4), else one task (e.g. ``1x10``) is the single-step
+    setting."""
     if config.protocol != "auto":
         return config.protocol
     if config.shots > 0:

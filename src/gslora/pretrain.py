@@ -1,4 +1,5 @@
-"""Pre-training a classifier from scratch (SPEC §2): AdamW, linear warm-up then cosine decay, CE on head logits.
+"""Pre-training a classifier from scratch (the paper's face model): AdamW, linear warm-up then cosine decay, CE on
+head logits.
 
 The settings are :class:`gslora.config.PretrainConfig` (re-exported here). The defaults aim at a usable model on any
 small image folder without flags:

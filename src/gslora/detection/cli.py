@@ -19,7 +19,8 @@ from ..presets import packaged_yaml
 
 def add_detection_flags(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--detection", action="store_true",
-                   help="object detection (DETR / Deformable DETR, COCO-format folders or 'digits'); see README")
+                   help="object detection (DETR / Deformable DETR, COCO-format folders or 'digits'); see "
+                   "docs/detection.md")
     if command in ("pretrain", "forget", "evaluate"):
         p.add_argument("--image-size", dest="image_size", type=int,
                        help="with --detection: side images are resized to (default 64 for tiny models; keep the size "

@@ -106,7 +106,8 @@ class DetectionSet(Dataset):
         return out
 
     def restrict(self, classes) -> DetectionSet:
-        """The images holding at least one box of ``classes``, each with only those boxes (SPEC §9: training images
+        """The images holding at least one box of ``classes``, each with only those boxes (the paper's detection
+        protocol: training images
         keep only the annotations of their set)."""
         kept = [im.keep(classes) for im in self.images]
         return self._like([im for im in kept if len(im.labels)])

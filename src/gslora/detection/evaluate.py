@@ -142,7 +142,7 @@ def class_set_aps(model: nn.Module, dataset: DetectionSet, sets: dict[str, Itera
 
 
 def det_task_metrics(before: dict, after: dict, original: dict) -> dict:
-    """Per task (SPEC §5 on AP): AP_f / AP_r / AP_o after the task, Drop = AP_f(before) − AP_f(after),
+    """Per task (the paper's metrics on AP): AP_f / AP_r / AP_o after the task, Drop = AP_f(before) − AP_f(after),
     H-Mean = 2·AP_r·Drop / (AP_r + Drop), and AP_r's change against the pre-trained model on the same classes."""
     def g(d, s, k="ap"):
         return (d.get(s) or {}).get(k)

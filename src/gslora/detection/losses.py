@@ -1,4 +1,5 @@
-"""The detection losses of SPEC §9, on top of the matcher and set loss transformers ships for DETR-family models.
+"""The detection losses of the paper's detection protocol, on top of the matcher and set loss transformers ships for
+DETR-family models.
 
 - retention: the standard DETR set loss (Hungarian matching; focal classification for Deformable DETR, CE with the
   no-object weight for DETR; L1; GIoU), summed over the final and the auxiliary decoder layers, with the original
@@ -140,7 +141,8 @@ def overlapping_indices(out: dict, targets: list[dict], iou: float = 0.5):
 
 def forget_loss(criterion: nn.Module, layers: list[dict], targets: list[dict], bound: float,
                 focal: bool, queries: str = "matched") -> tuple[torch.Tensor, dict]:
-    """SPEC §9's forgetting loss on a forget batch (targets: forget-class boxes only): Hungarian matching as in the
+    """The forgetting loss of the paper's detection protocol on a forget batch (targets: forget-class boxes only):
+    Hungarian matching as in the
     set loss, L_cls = Σ_layers matched-query classification loss, then max(0, BND − 2·L_cls) + 5·L1 + 2·GIoU.
 
     ``queries="overlapping"``: L_cls also covers every other query whose box overlaps a forget box (IoU ≥ 0.5), so

@@ -78,10 +78,12 @@ class DetGSLoRAArgs:
     lora_rank: int = 8
     lora_alpha: float = 8.0  # scaling alpha / rank = 1, as the classification preset
     beta: float | list[float] = 0.2  # weight of the forgetting loss, per task (the last value repeats)
-    bound: float = 15.0  # BND of max(0, BND − 2·L_cls) (SPEC §9; L_cls summed over the 6 decoder layers)
+    bound: float = 15.0  # BND of max(0, BND − 2·L_cls) (the paper's detection protocol; L_cls summed over the 6
+    # decoder layers)
     sparsity: str = "prox"  # prox: proximal group soft-thresholding of each layer's B; penalty: α·group lasso term
     alpha: float = 0.3  # prox: share of a full Adam step a group's update must exceed to move; penalty: loss weight
-    forget_queries: str = "matched"  # L_cls over the Hungarian-matched queries (SPEC §9) or every "overlapping" one
+    forget_queries: str = "matched"  # L_cls over the Hungarian-matched queries (the paper's detection protocol) or
+    # every "overlapping" one
 
     def validate(self):
         if self.lora_rank < 1:
@@ -220,7 +222,8 @@ class DetFinetune(DetectionMethod):
 @dataclass
 class DetL2Args(DetFinetuneArgs):
     lam: float = 0.01  # weight of Σ_tasks ‖θ − θ*‖² (small: the sum runs over every backbone / transformer weight)
-    forget_boxes: str = field(default="relabel")  # SPEC §7: the regularisation baselines relabel forget samples
+    forget_boxes: str = field(default="relabel")  # the paper's baseline protocol: the regularisation baselines
+    # relabel forget samples
 
 
 @register_detection

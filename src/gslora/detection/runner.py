@@ -52,7 +52,7 @@ class DetRunConfig:
     min_lr: float = 1e-5
     weight_decay: float = 1e-4
     warmup_epochs: int = 0
-    grad_clip: float = 0.1  # DETR's max gradient norm (SPEC §9)
+    grad_clip: float = 0.1  # DETR's max gradient norm (the paper's detection protocol)
     replay_ratio: float = 0.1  # fraction of the training images available to the run (replay and forget images)
     eval_every: int = 25  # steps between validation checks (0: train the whole budget)
     target_checks: int = 1  # consecutive checks the forgetting target must hold before training stops

@@ -1,5 +1,5 @@
-"""Pieces the baselines share (SPEC §7): relabelling of forget samples, distillation, parameter importances, a replay
-stream, and the base class of every method that fine-tunes the whole backbone with the head frozen."""
+"""Pieces the baselines share (the paper's baseline protocol): relabelling of forget samples, distillation, parameter
+importances, a replay stream, and the base class of every method that fine-tunes the whole backbone with the head frozen."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ def random_wrong_labels(labels: torch.Tensor, remain_classes, generator: torch.G
     """A random label per sample drawn uniformly from ``remain_classes``.
 
     Forget samples never belong to a remaining class, so every drawn label is wrong (the authors drew from all K
-    classes, which sometimes gave a forget sample its own label back; SPEC §7 asks for the remaining classes)."""
+    classes, which sometimes gave a forget sample its own label back; the paper's baseline protocol asks for the
+    remaining classes)."""
     pool = torch.as_tensor(list(remain_classes), dtype=torch.long)
     if pool.numel() == 0:
         raise ValueError("relabelling needs at least one remaining class")
@@ -202,8 +203,8 @@ class ReplayStream:
 
 
 class BackboneFinetune(Method):
-    """Fine-tune the whole backbone, head frozen (SPEC §7). Keeps the task's remaining classes and a seeded generator
-    for relabelling; subclasses write ``loss``."""
+    """Fine-tune the whole backbone, head frozen (the paper's baseline protocol). Keeps the task's remaining classes
+    and a seeded generator for relabelling; subclasses write ``loss``."""
 
     def prepare(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         model.requires_grad_(False)

@@ -1,4 +1,5 @@
-"""Distillation baselines (SPEC §7), all with the frozen original model as teacher and the head frozen:
+"""Distillation baselines (the paper's baseline protocol), all with the frozen original model as teacher and the head
+frozen:
 
 - LwF:   CE(relabelled forget) + λ_r·CE(remain) + w_kd·T²·KL(teacher‖student) at T = 2 on remain (a real KD term; the
          authors' was NaN-zeroed);

@@ -1,4 +1,4 @@
-"""GS-LoRA (SPEC §3) and its GS-LoRA++ prototype term (SPEC §4)."""
+"""GS-LoRA (the paper's method) and its GS-LoRA++ prototype term (the GS-LoRA++ paper)."""
 
 from __future__ import annotations
 
@@ -117,7 +117,8 @@ class GSLoRA(Method):
         logs = {"ce_r": float(ce_r.detach()), "forget": float(forget_term.detach()), "gl": float(structure.detach())}
         if distill is not None:
             logs["distill"] = float(distill.detach())
-        if self.prototypes is not None:  # GS-LoRA++ (SPEC §4); on the embedding, so any head (CosFace, linear)
+        if self.prototypes is not None:  # GS-LoRA++ (the GS-LoRA++ paper); on the embedding, so any head (CosFace,
+        # linear)
             protos = self.prototypes.to(emb.device, emb.dtype)
             pro, kl_f, kl_r = prototype_terms(emb[n_r:], protos[y_f], emb[:n_r], protos[y_r], self.w_f, self.w_r,
                                               a.prototype_bound)
@@ -196,7 +197,8 @@ class GSLoRA(Method):
 
 @register
 class GSLoRAPlus(GSLoRA):
-    """GS-LoRA++ (SPEC §4): GS-LoRA with the prototype term on by default (``configs/methods/gslora++.yaml``; its
+    """GS-LoRA++ (the GS-LoRA++ paper): GS-LoRA with the prototype term on by default
+    (``configs/methods/gslora++.yaml``; its
     ``few_shot`` protocol preset holds the journal's few-shot values: w_f per task, BND_pro 50, batch 4)."""
 
     name = "gslora++"

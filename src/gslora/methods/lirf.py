@@ -12,7 +12,7 @@ split, about half of the backbone tunable). Losses, per step:
 - on remain: γ·CE + w_kd·T²·KL(original‖model) (distillation from the frozen original);
 - on forget: w_rm·KL(uniform‖model), pulling the prediction on forget samples to a uniform guess.
 
-A faithful LIRF is left to do (SPEC §7 asks for the published method).
+A faithful LIRF is left to do (the paper's baseline protocol asks for the published method).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""L2, EWC and MAS (SPEC §7): CE on the remain batch and the relabelled forget batch, plus
+"""L2, EWC and MAS (the paper's baseline protocol): CE on the remain batch and the relabelled forget batch, plus
 λ · Σ_tasks Σ_i Ω_i (θ_i − θ*_i)², with θ* the model before each task and Ω computed on that task's remain subset:
 Ω = 1 (L2); for EWC the diagonal empirical Fisher, the mean over samples of the squared *per-sample* CE gradient
 (Kirkpatrick et al.); for MAS the mean over samples of |per-sample gradient of ‖logits‖² / C| (Aljundi et al., with

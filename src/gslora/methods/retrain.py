@@ -1,4 +1,4 @@
-"""Two reference points of SPEC §7:
+"""Two reference points of the paper's baseline protocol:
 
 - ``retrain`` ("retrain (paper)" in tables): the GS-LoRA authors' reference, a freshly initialised model (same
   architecture) trained with CE on the replay subset of R_t for the same epoch budget; all parameters are tunable. Its

@@ -1,4 +1,4 @@
-"""SCRUB and SCRUB-S (Kurmanji et al., NeurIPS 2023; SPEC §7).
+"""SCRUB and SCRUB-S (Kurmanji et al., NeurIPS 2023; the paper's baseline protocol).
 
 The student starts as the model, the teacher is the frozen original. During the first ``max_fraction`` of the epoch
 budget every engine step is a *max step* on the forget batch (ascend the distillation divergence d = T²·KL(teacher‖

@@ -30,7 +30,7 @@ MODEL_CONFIGS: dict[str, dict] = {
     "vit_face_tiny": dict(
         img_size=24, patch_size=4, embed_dim=64, depth=6, num_heads=2, mlp_ratio=4.0, qkv_bias=False, head="cosface",
     ),
-    # 4x the width at 32 px / patch 8 (16 tokens, 1.2 M parameters): issue 8 asked whether width helps retention.
+    # 4x the width at 32 px / patch 8 (16 tokens, 1.2 M parameters): to measure whether width helps retention.
     "vit_face_small": dict(
         img_size=32, patch_size=8, embed_dim=128, depth=6, num_heads=4, mlp_ratio=4.0, qkv_bias=False, head="cosface",
     ),

@@ -1,0 +1,689 @@
+"""Write every table of measured figures in README.md and docs/ from the raw files in docs/results/.
+
+A generated table sits between two marker comments in the Markdown:
+
+    <!-- table:NAME -->
+    | ... the table ... |
+    <!-- /table:NAME -->
+
+and NAME is one entry of ``TABLES`` below: a small function that reads docs/results/*.json(l) and returns the
+Markdown. Nothing else in the Markdown is touched.
+
+    .venv/bin/python benchmarks/make_tables.py            # rewrite the tables in place
+    .venv/bin/python benchmarks/make_tables.py --check    # exit 1 and name every table that differs
+    .venv/bin/python benchmarks/make_tables.py --list     # the table names and the files that hold them
+
+``--root DIR`` (default: the repository) is where README.md and docs/ are read; ``--results DIR`` (default:
+ROOT/docs/results) is where the raw files are read. Only the standard library is used, so the check is fast.
+Tables of settings, options or file layouts are written by hand and have no markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+MARKER = re.compile(r"<!-- table:(?P<name>[\w.+-]+) -->\n(?P<body>.*?)<!-- /table:(?P=name) -->", re.S)
+OPEN = re.compile(r"<!-- table:([\w.+-]+) -->")
+CLOSE = re.compile(r"<!-- /table:([\w.+-]+) -->")
+BAR = {"acc_f": 5.0, "acc_o": 5.0, "acc_r_drop": 3.0}  # the project's bar: Acc_f <= 5, Acc_o <= 5, ΔAcc_r >= -3
+
+
+# --------------------------------------------------------------------------------------------------- raw files
+
+
+class Results:
+    """The raw files of one results folder, each read once."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._cache: dict[str, object] = {}
+
+    def __call__(self, name: str):
+        if name not in self._cache:
+            path = self.folder / name
+            text = path.read_text(encoding="utf-8")
+            if name.endswith(".jsonl"):
+                self._cache[name] = [json.loads(line) for line in text.splitlines() if line.strip()]
+            else:
+                self._cache[name] = json.loads(text)
+        return self._cache[name]
+
+
+# ------------------------------------------------------------------------------------------------- formatting
+
+
+def f1(x, none: str = "-") -> str:
+    """One decimal; None as a dash."""
+    if x is None:
+        return none
+    s = f"{x:.1f}"
+    return "0.0" if s == "-0.0" else s
+
+
+def f0(x, none: str = "-") -> str:
+    return none if x is None else f"{x:.0f}"
+
+
+def signed(x, none: str = "-") -> str:
+    """One decimal with its sign (+1.3, -2.7); zero as 0.0."""
+    if x is None:
+        return none
+    s = f"{x:+.1f}"
+    return "0.0" if s in ("+0.0", "-0.0") else s
+
+
+def per_task(values, fmt=f1, sep=" / ") -> str:
+    return sep.join(fmt(v) for v in values)
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def bar_misses(acc_f, acc_o, delta_r) -> list[str]:
+    """What one task misses of the bar (ΔAcc_r is the change against the pre-trained model)."""
+    miss = []
+    if acc_f > BAR["acc_f"]:
+        miss.append("acc_f")
+    if acc_o is not None and acc_o > BAR["acc_o"]:
+        miss.append("acc_o")
+    if -delta_r > BAR["acc_r_drop"]:
+        miss.append("acc_r_drop")
+    return miss
+
+
+def shared_name(path: str) -> str:
+    """'/work/shared/data/orl-faces' -> '../shared/data/orl-faces' (the benchmark machines' layout)."""
+    return "../shared/data/" + path.split("/shared/data/", 1)[1] if "/shared/data/" in path else path
+
+
+# ---------------------------------------------------------------------------------------- the registered tables
+
+TABLES: dict[str, Callable[[Results], str]] = {}
+
+
+def table(name: str):
+    def register(fn):
+        TABLES[name] = fn
+        return fn
+    return register
+
+
+# --- the demo (README) -------------------------------------------------------------------------------------------
+
+
+@table("demo")
+def demo(r: Results) -> str:
+    """`gslora demo` with the bundled model, per task, from docs/results/demo_time.json."""
+    run = r("demo_time.json")["runs"]["bundled model (default)"]
+    rows = []
+    for t in run["tasks"]:
+        first = 100 - 20 * (t["task"] - 1)
+        rows.append([f"{t['task']} ({first}-20)", f1(t["acc_f"]), f1(t["acc_o"]),
+                     signed(t["acc_r_change_vs_pretrained"]), f1(t["h_mean"]),
+                     f"{t['steps']} ({t['steps_all_trials']})", f0(t["wall_seconds"])])
+    rows.append(["whole run", "", "", "", "", f"({sum(t['steps_all_trials'] for t in run['tasks'])})",
+                 f"{run['printed_demo_seconds']:.0f}"])
+    return md_table(["Task", "Acc_f", "Acc_o", "ΔAcc_r", "H-Mean", "steps (all trials)", "time (s)"], rows)
+
+
+# --- forgetting with the defaults (docs/benchmarks.md) ------------------------------------------------------------
+
+
+def forget_defaults_rows(tasks: list[dict]) -> list[list[str]]:
+    rows = []
+    for t in tasks:
+        miss = [k for k, ok in t["bar_met"].items() if not ok]
+        blocks = "-" if t["selected_blocks"] is None else f"{len(t['selected_blocks'])}/{t['num_blocks']}"
+        rows.append([t["task"], f1(t["acc_f"]), f1(t["acc_o"]), signed(-t["acc_r_drop"]), f1(t["h_mean"] or 0),
+                     blocks, f"{t['steps']} ({t['steps_all_trials']})", t["trials"],
+                     "met" if not miss else "missed " + ", ".join(miss)])
+    return rows
+
+
+def forget_defaults(run: str, key: str, r: Results) -> str:
+    """One run of benchmarks/forget_defaults.py, per task, from docs/results/forget_defaults.json."""
+    entry = r("forget_defaults.json")["runs"][run]
+    pre = entry["pretrain"]
+    caption = (f"*{run}*: pre-trained to {f1(pre['test_acc'])}% test accuracy in {pre['steps']} steps; "
+               f"forgetting took {entry[key]['seconds']:.0f} s.")
+    return caption + "\n\n" + md_table(["task", "Acc_f", "Acc_o", "ΔAcc_r", "H", "blocks", "steps (all trials)",
+                                         "trials", "bar"], forget_defaults_rows(entry[key]["tasks"]))
+
+
+for _run in ("orl-4x5", "orl-4x8", "gt-4x10", "faces-4x20", "omniglot-4x20"):
+    TABLES[f"forget_defaults_{_run.replace('-', '_')}"] = partial(forget_defaults, _run, "defaults")
+
+
+@table("forget_defaults_earlier_orl")
+def forget_defaults_earlier_orl(r: Results) -> str:
+    """The defaults on the earlier ORL checkpoint: ΔAcc_r / Acc_o per task, both plans."""
+    runs = r("forget_defaults.json")["runs"]
+    rows = []
+    for name in ("orl-4x5", "orl-4x8"):
+        ts = runs[name]["defaults, earlier checkpoint"]["tasks"]
+        misses = sum(1 for t in ts if not all(t["bar_met"].values()))
+        rows.append([name.replace("orl-", "ORL ").replace("x", " × "), per_task([t["acc_f"] for t in ts]),
+                     per_task([t["acc_o"] for t in ts[1:]]), per_task([-t["acc_r_drop"] for t in ts], signed),
+                     signed(mean(-t["acc_r_drop"] for t in ts)), misses])
+    return md_table(["plan", "Acc_f", "Acc_o (tasks 2-4)", "ΔAcc_r", "mean ΔAcc_r", "tasks missing the bar"], rows)
+
+
+@table("alpha_sweep")
+def alpha_sweep(r: Results) -> str:
+    """benchmarks/alpha_sweep.py: blocks, Acc_f and ΔAcc_r per task for each α (docs/results/alpha_sweep.json)."""
+    runs = r("alpha_sweep.json")["runs"]
+    rows = []
+    for name, label in (("orl-4x5", "ORL 4 × 5"), ("faces-4x20", "faces 4 × 20")):
+        for alpha, entry in runs[name].items():
+            ts = entry["tasks"]
+            rows.append([f"{label}, α {alpha}" + (" (default)" if alpha == "0.3" else ""),
+                         " ".join(f"{len(t['selected_blocks'])}/{t['num_blocks']}" for t in ts),
+                         per_task([t["acc_f"] for t in ts]), per_task([-t["acc_r_drop"] for t in ts], signed),
+                         f0(entry["seconds"])])
+    return md_table(["α", "blocks selected, tasks 1-4", "Acc_f", "ΔAcc_r", "seconds"], rows)
+
+
+SEED7 = (("ORL 4 × 5", "orl", "tc6"), ("ORL 4 × 8", "orl8", "tc6s7"), ("GT 4 × 10", "gt", "tc6s7"),
+         ("bundled faces 4 × 20", "faces", "tc6s7"))
+
+
+@table("seed7_defaults")
+def seed7_defaults(r: Results) -> str:
+    """The defaults on a second task plan (seed 7), from docs/results/forget_defaults_seed7.jsonl."""
+    lines = r("forget_defaults_seed7.jsonl")
+    rows = []
+    for label, ds, key in SEED7:
+        entry = next(e for e in lines if e["ds"] == ds and e["label"] == key)
+        ts = entry["rows"]
+        misses = sum(1 for t in ts if bar_misses(t["af"], t["ao"], t["dar"]))
+        rows.append([label, per_task([t["af"] for t in ts]), per_task([t["ao"] for t in ts[1:]]),
+                     per_task([t["dar"] for t in ts], signed), signed(mean(t["dar"] for t in ts)), misses])
+    return md_table(["data", "Acc_f", "Acc_o (tasks 2-4)", "ΔAcc_r", "mean ΔAcc_r", "tasks missing the bar"], rows)
+
+
+# --- pre-training (docs/pretraining.md) ---------------------------------------------------------------------------
+
+
+@table("pretrain_defaults")
+def pretrain_defaults(r: Results) -> str:
+    """benchmarks/pretrain_defaults.py, from docs/results/pretrain_defaults.json."""
+    rows = []
+    for run in r("pretrain_defaults.json")["runs"].values():
+        rows.append([f"`{shared_name(run['data'])}`" + (" (bundled)" if run["data"] == "faces" else ""),
+                     run["classes"], run["train_images"], f1(run["train_acc"]), f1(run["val_acc"]),
+                     f1(run["test_acc"]), f"{run['steps']} ({run['max_steps']})", run["best_step"],
+                     f0(run["train_seconds"])])
+    return md_table(["data", "classes", "training images", "train", "val", "test", "steps (budget)", "best step",
+                     "seconds"], rows)
+
+
+# --- the tuned comparisons (docs/benchmarks.md) -------------------------------------------------------------------
+
+LABELS = {"gslora": "GS-LoRA", "gslora++": "GS-LoRA++", "head": "head (fine-tune the head)", "l2": "L2",
+          "mas": "MAS", "lwf": "LwF", "scrub-s": "SCRUB-S", "ewc": "EWC", "uniform-kd": "uniform-KD",
+          "scrub": "SCRUB", "derpp": "DER++", "der": "DER", "fdr": "FDR", "ssd": "SSD", "retrain": "retrain (paper)",
+          "retrain-full": "retrain (full data)"}
+
+
+def comparison_continual(name: str, r: Results) -> str:
+    """Test H / Acc_r / Acc_f per task, Acc_o after the last task, mean H and time, sorted by mean H."""
+    comp = r(f"comparison_{name}_continual_tuned.json")
+    methods = [m for m in comp["methods"] if m["status"] == "ok"]
+    first = methods[0]["runs"][0]["tasks"]
+    n = len(first)
+    header = ["Method", "T1 H / Acc_r / Acc_f"] + [f"T{i}" for i in range(2, n + 1)] + [f"Acc_o T{n}", "mean H",
+                                                                                          "time (s)"]
+    rows = [["pre-trained"] + [f"- / {f1(t['pretrained']['acc_r'])} / {f1(t['pretrained']['acc_f'])}" for t in first]
+            + ["-", "-", "-"]]
+    scored = []
+    for m in methods:
+        ts = m["runs"][0]["tasks"]
+        h = mean(t["h_mean"] or 0.0 for t in ts)
+        scored.append((h, [LABELS.get(m["method"], m["method"])]
+                       + [f"{f1(t['h_mean'] or 0)} / {f1(t['acc_r'])} / {f1(t['acc_f'])}" for t in ts]
+                       + [f1(ts[-1]["acc_o"]), f1(h), f0(m["wall_seconds"])]))
+    rows += [row for _, row in sorted(scored, key=lambda s: -s[0])]
+    return md_table(header, rows)
+
+
+def comparison_single(name: str, r: Results) -> str:
+    """One run per plan (C-Y), each from the pre-trained model: H, Acc_f, Acc_r per run, sorted by mean H."""
+    comp = r(f"comparison_{name}_single_tuned.json")
+    plans = [p["label"] for p in comp["plans"]]
+    scored = []
+    for m in comp["methods"]:
+        if m["status"] != "ok":
+            continue
+        ts = [run["tasks"][0] for run in m["runs"]]
+        h = mean(t["h_mean"] or 0.0 for t in ts)
+        scored.append((h, [LABELS.get(m["method"], m["method"]), per_task([t["h_mean"] or 0.0 for t in ts]), f1(h),
+                           per_task([t["acc_f"] for t in ts]), per_task([t["acc_r"] for t in ts]),
+                           f0(m["wall_seconds"])]))
+    header = ["Method", "H " + " / ".join(plans), "mean H", "Acc_f", "Acc_r", "time (s)"]
+    return md_table(header, [row for _, row in sorted(scored, key=lambda s: -s[0])])
+
+
+for _name in ("orl", "faces"):
+    TABLES[f"comparison_{_name}_continual"] = partial(comparison_continual, _name)
+    TABLES[f"comparison_{_name}_single"] = partial(comparison_single, _name)
+
+
+# --- GS-LoRA++ (docs/gslora_plus.md, previous defaults in docs/results/ARCHIVE.md) ---------------------------------
+
+PLUS_METHODS = ("gslora", "gslora++", "head", "l2")
+
+
+def gslora_plus_mean_h(previous: bool, r: Results) -> str:
+    """Mean H-Mean over the 4 tasks per method, dataset and setting, from docs/results/gslora_plus.json."""
+    datasets = r("gslora_plus.json")["datasets"]
+    suffix = " (previous defaults)" if previous else ""
+    cols = [(ds, s) for ds in ("orl", "faces") for s in ("full", "few-shot", "missing")]
+    rows = []
+    for method in PLUS_METHODS:
+        cells = []
+        for ds, s in cols:
+            ts = datasets[ds + suffix]["settings"][s]["methods"][method]["tasks"]
+            cells.append(f1(mean(t["h_mean"] or 0.0 for t in ts)))
+        rows.append([method] + cells)
+    return md_table(["Method"] + [f"{'ORL' if ds == 'orl' else ds} {s}" for ds, s in cols], rows)
+
+
+def gslora_plus_setting(ds: str, setting: str, r: Results) -> str:
+    """One setting: H per task and its mean, Acc_f, Acc_r (and Acc_m) per task as T1 / T2 / T3 / T4, time."""
+    entry = r("gslora_plus.json")["datasets"][ds]["settings"][setting]
+    missing = any(t["n_missing"] for m in entry["methods"].values() for t in m["tasks"])
+    header = ["Method", "H T1", "H T2", "H T3", "H T4", "mean H", "Acc_f", "Acc_r"] + (["Acc_m"] if missing else [])
+    rows = []
+    for name, m in entry["methods"].items():
+        ts = m["tasks"]
+        hs = [t["h_mean"] or 0.0 for t in ts]
+        cells = [name] + [f1(h) for h in hs] + [f"**{f1(mean(hs))}**", per_task([t["acc_f"] for t in ts], f0),
+                                                 per_task([t["acc_r"] for t in ts], f0)]
+        cells += [per_task([t["acc_m"] for t in ts], f0)] if missing else []
+        rows.append(cells + [f0(m["wall_seconds"])])
+    return md_table(header + ["Time (s)"], rows)
+
+
+def gslora_plus_audit(ds: str, setting: str, r: Results) -> str:
+    """`gslora audit` of the GS-LoRA run with GS-LoRA++ alongside: the evidence and recovery tables it stored."""
+    tables = r("gslora_plus.json")["datasets"][ds][f"audit_{setting.replace('-', '_')}"]["tables"]
+    return "\n\n".join(tables[k].strip() for k in ("evidence", "recovery"))
+
+
+TABLES["gslora_plus_mean_h"] = partial(gslora_plus_mean_h, False)
+TABLES["gslora_plus_mean_h_previous"] = partial(gslora_plus_mean_h, True)
+for _ds in ("orl", "faces"):
+    for _prev in (False, True):
+        _key = _ds + (" (previous defaults)" if _prev else "")
+        _tag = f"gslora_plus_{_ds}" + ("_previous" if _prev else "")
+        for _setting in ("full", "few-shot", "missing"):
+            TABLES[f"{_tag}_{_setting.replace('-', '_')}"] = partial(gslora_plus_setting, _key, _setting)
+            if _prev or _ds == "faces" or _setting == "few-shot":  # the audits that were run
+                TABLES[f"{_tag}_audit_{_setting.replace('-', '_')}"] = partial(gslora_plus_audit, _key, _setting)
+
+
+# --- detection (docs/detection.md) ---------------------------------------------------------------------------------
+
+
+DETECTION_LABELS = {"gslora": "GS-LoRA", "finetune": "fine-tuning (forget boxes removed)", "l2": "L2"}
+
+
+@table("detection_demo")
+def detection_demo(r: Results) -> str:
+    """benchmarks/detection_demo.py: AP per task for each method, from docs/results/detection_demo.json."""
+    rows = []
+    for method, entry in r("detection_demo.json")["methods"].items():
+        ts = entry["tasks"]
+        met = sum(1 for t in ts if t["bar_met"])
+        cfg = entry["config"]
+        args = cfg.get("method_args") or {}
+        settings = ", ".join([f"lr {cfg['lr']:g}"] + [f"{k} {v:g}" for k, v in args.items()])
+        rows.append([DETECTION_LABELS.get(method, method), settings,
+                     ", ".join(f"{f1(t['ap_f_before'])} → {f1(t['ap_f'])}" for t in ts),
+                     ", ".join(f"{f1(t['ap_r_pretrained'])} → {f1(t['ap_r'])}" for t in ts),
+                     ", ".join(f1(t["ap_o"]) for t in ts[1:]),
+                     f"met on {met} of {len(ts)} tasks", f"{ts[0]['tunable_ratio']:.1f}%",
+                     f0(sum(t["wall_seconds"] for t in ts)), f0(entry["demo_seconds"])])
+    return md_table(["method", "settings", "AP_f before → after, tasks 1-4", "AP_r pre-trained → after, tasks 1-4",
+                     "AP_o after tasks 2-4", "bar", "trainable", "tasks (s)", "whole demo (s)"], rows)
+
+
+# --- the paper-size model on a GPU (docs/gpu.md; the previous defaults' run in docs/results/ARCHIVE.md) -------------
+
+
+@table("gpu_throughput")
+def gpu_throughput(r: Results) -> str:
+    """Training-step throughput of `vit_face` on the GPU, from docs/results/gpu_paper_size.json."""
+    rows_in = r("gpu_paper_size.json")["throughput"]["rows"]
+    what = {"gslora": "GS-LoRA, **with adapters** (LoRA r 8 on both FFN linears of every block, base frozen, "
+                      "96 images)",
+            "l2": "L2 fine-tuning, **without adapters** (every backbone weight trainable, 96 images)",
+            "pretrain": "pre-training step, without adapters (whole model, one batch of 48)"}
+    rows = []
+    for case in ("gslora", "l2", "pretrain"):
+        bf, fp = (next(x for x in rows_in if x["case"] == case and x["precision"] == p) for p in ("bf16", "fp32"))
+        share = f" ({100 * bf['trainable_params'] / bf['params']:.2f}%)" if case == "gslora" else ""
+        rows.append([what[case], f"{bf['trainable_params']:,}{share}", f1(bf["ms_per_step"]),
+                     f"{bf['images_per_s']:,.0f}", f1(fp["ms_per_step"]), f"{fp['images_per_s']:,.0f}",
+                     f"{bf['peak_memory_gib']:.1f} GiB"])
+    return md_table(["step", "trainable parameters", "bf16 ms / step", "bf16 images / s", "fp32 ms / step",
+                     "fp32 images / s", "peak memory bf16"], rows)
+
+
+def gpu_run(key: str, r: Results) -> str:
+    """A 4-task forgetting run of `vit_face` on the bundled faces on the GPU, per task."""
+    run = r("gpu_paper_size.json")[key]
+    rows = []
+    for t in run["tasks"]:
+        rows.append([f"{t['task']} ({t['setting']})", f"{f1(t['acc_f'] + t['drop'])} → {f1(t['acc_f'])}",
+                     f1(t["acc_r"]), signed(t["acc_r_change_vs_pretrained"]), f1(t["acc_o"]), f1(t["h_mean"]),
+                     t["steps_all_trials"], f"{t['wall_seconds']:.0f} s"])
+    return md_table(["task", "Acc_f before → after", "Acc_r", "ΔAcc_r vs pre-trained", "Acc_o", "H",
+                     "steps (all trials)", "time"], rows)
+
+
+TABLES["gpu_run_previous_defaults"] = partial(gpu_run, "forget_defaults")
+TABLES["gpu_run_previous_defaults_one_trial"] = partial(gpu_run, "forget_one_trial")
+
+
+# --- the lab notebook (docs/results/DECISIONS.md) -------------------------------------------------------------------
+
+VARIANT_DATASETS = ("faces-4x20", "orl-4x5", "orl-4x8", "gt-4x10", "omniglot-4x20")
+# (row label, key in forget_defaults.json, key for the ORL plans where it differs)
+VARIANTS = (
+    ("defaults (ORL: the earlier checkpoint)", "defaults", "defaults, earlier checkpoint"),
+    ("`target=acc_f<=2,acc_o<=2,acc_r_drop<=2`", "target=acc_f<=2,acc_o<=2,acc_r_drop<=2", None),
+    ("`min_replay=8`", "min_replay=8", None),
+    ("`min_replay=8`, `min_forget=4`", "min_replay=8, min_forget=4", None),
+    ("the same with `method_args.beta=0.5`", "min_replay=8, min_forget=4, method_args.beta=0.5", None),
+    ("`batch_size=32`", "batch_size=32", None),
+    ("`relax_sparsity=true`", "relax_sparsity=true", None),
+    ("defaults, today's ORL checkpoint", None, "defaults"),
+    ("`method_args.retain_distill=10`", "method_args.retain_distill=10", None),
+    ("`max_steps=400` (ORL: today's checkpoint)", "max_steps=400", None),
+    ("`max_steps=300`", "max_steps=300", None),
+    ("`hold_margin=true` (ORL: today's checkpoint)", "hold_margin=true", None),
+    ("`min_replay=6` (ORL: today's checkpoint)", "min_replay=6", None),
+    ("`method_args.forget_pull=true` (ORL: today's checkpoint)", "method_args.forget_pull=true", None),
+)
+
+
+@table("variants")
+def variants(r: Results) -> str:
+    """Mean ΔAcc_r over the 4 tasks, 2 decimals (tasks missing the bar), per setting and dataset."""
+    runs = r("forget_defaults.json")["runs"]
+    rows = []
+    for label, key, orl_key in VARIANTS:
+        cells = [label]
+        for ds in VARIANT_DATASETS:
+            k = orl_key if (ds.startswith("orl") and orl_key) else (None if ds.startswith("orl") and key is None
+                                                                    else key)
+            entry = runs[ds].get(k) if k else None
+            if entry is None:
+                cells.append("-")
+                continue
+            ts = entry["tasks"]
+            misses = sum(1 for t in ts if not all(t["bar_met"].values()))
+            cells.append(f"{mean(-t['acc_r_drop'] for t in ts):+.2f} ({misses})".replace("-0.00", "0.00"))
+        rows.append(cells)
+    return md_table(["settings", "bundled faces", "ORL 4 × 5", "ORL 4 × 8", "GT 4 × 10", "omniglot"], rows)
+
+
+@table("retention_options")
+def retention_options(r: Results) -> str:
+    """Mean ΔAcc_r (worst Acc_f, worst Acc_o) of the retention options, from docs/results/retention_options.json."""
+    data = r("retention_options.json")
+    cols = ("orl-4x5", "orl-4x8", "gt-4x10")
+    rows = [["defaults (then)"] + [f"{mean(data['defaults'][c]):+.2f}" for c in cols]]
+    order: list[str] = []
+    for run in data["runs"]:
+        if run["settings"] not in order:
+            order.append(run["settings"])
+    for settings in order:
+        model = re.fullmatch(r"defaults \((\S+), (.*)\)", settings)  # "defaults (vit_face_small, 84.8% test)"
+        cells = [f"`--model {model.group(1)}` ({model.group(2)})" if model else f"`{settings}`"]
+        for c in cols:
+            run = next((x for x in data["runs"] if x["settings"] == settings and x["dataset"].startswith(c)), None)
+            if run is None:
+                cells.append("-")
+                continue
+            ts = run["tasks"]
+            worst_f = max(t["acc_f"] for t in ts)
+            worst_o = max(t["acc_o"] for t in ts if t["acc_o"] is not None)
+            cells.append(f"{run['mean_acc_r_change']:+.2f} (Acc_f ≤ {f1(worst_f)}, Acc_o ≤ {f1(worst_o)})")
+        rows.append(cells)
+    return md_table(["settings", "ORL 4 × 5", "ORL 4 × 8", "GT 4 × 10"], rows)
+
+
+# --- the erasure record (docs/record.md) --------------------------------------------------------------------------
+
+
+RECORD_RUNS = {"r1": "1: forget 5 from the pre-trained HF folder", "r2": "2: forget 5 more from `r1/final/` (HF)",
+               "r2b": "2b: forget 5 more from `r1/final.safetensors`"}
+
+
+@table("record_chain")
+def record_chain(r: Results) -> str:
+    """benchmarks/record_chain.py: each request of the ORL chain, from docs/results/record_chain.json."""
+    rows = []
+    for key, label in RECORD_RUNS.items():
+        for t in r("record_chain.json")["runs"].get(key, []):
+            d = t.get("deployed") or {}
+            rows.append([label, f1(t["acc_f"]), f1(t["acc_o"]), f1(d.get("acc_o")), signed(t["acc_r_change"]),
+                         f"{f1(t['probe_f_before'])} → {f1(t['probe_f'])}", f0(t["recovery"]),
+                         {True: "yes", False: "no", None: "-"}[t["certified"]],
+                         f"{t['gate_seconds']:.1f} of {t['task_seconds']:.1f} ({100 * t['gate_share_of_task']:.0f}%)"])
+    return md_table(["request", "Acc_f", "Acc_o (paper, unmasked)", "Acc_o deployed", "ΔAcc_r",
+                     "probe Acc_f (gate)", "recovery % (gate)", "certified", "gate s of task s"], rows)
+
+
+@table("record_chain_steps")
+def record_chain_steps(r: Results) -> str:
+    """The commands of benchmarks/record_chain.py with their exit status and what they said."""
+    rows = []
+    for key, step in r("record_chain.json")["steps"].items():
+        said = (step["stderr"] or step["stdout"] or [""])[-1]
+        said = re.sub(r"/\S*/record-chain/", "", said)  # the run's temporary folder, not part of the result
+        rows.append([key.split("_", 1)[0], "`" + re.sub(r"/\S*/record-chain/", "", step["command"].split(" --data")[0])
+                     + "`", str(step["exit"]), said[:150] + ("…" if len(said) > 150 else "")])
+    return md_table(["step", "command", "exit", "last line it printed"], rows)
+
+
+@table("cli_startup")
+def cli_startup(r: Results) -> str:
+    """benchmarks/cli_startup.py: wall time of the command line's help, from docs/results/cli_startup.json."""
+    data = r("cli_startup.json")
+    rows = [[f"`{x['command']}`", f"{x['median_s']:.2f}", f"{x['min_s']:.2f}–{x['max_s']:.2f}", str(x["repeats"])]
+            for x in data["rows"]]
+    return md_table(["command", "median (s)", "range (s)", "runs"], rows)
+
+
+# --- the summary (README) ------------------------------------------------------------------------------------------
+
+
+def _defaults_summary(r: Results, run: str) -> tuple[str, str]:
+    fd = r("forget_defaults.json")["runs"][run]
+    ts = fd["defaults"]["tasks"]
+    misses = sum(1 for t in ts if not all(t["bar_met"].values()))
+    acc_o = [t["acc_o"] for t in ts if t["acc_o"] is not None]
+    pre = fd.get("pretrain", {}).get("test_acc")
+    result = (f"Acc_f ≤ {f1(max(t['acc_f'] for t in ts))}, Acc_o ≤ {f1(max(acc_o))}, mean ΔAcc_r "
+              f"{signed(mean(-t['acc_r_drop'] for t in ts))}; bar met on {len(ts) - misses} of {len(ts)} tasks; "
+              f"{fd['defaults']['seconds']:.0f} s")
+    return (f"pre-trained {f1(pre)}% test" if pre is not None else ""), result
+
+
+@table("summary")
+def summary(r: Results) -> str:
+    """One line per benchmark with its headline figures; the details are on the linked pages."""
+    cpu = "2-core x86_64 CPU"
+    rows = []
+    demo = r("demo_time.json")
+    run = demo["runs"]["bundled model (default)"]
+    ts = run["tasks"]
+    rows.append(["`gslora demo`: bundled faces, 4 × 20, `vit_face_tiny`",
+                 f"{run['printed_demo_seconds']:.0f} s; Acc_f ≤ {f1(max(t['acc_f'] for t in ts))}, Acc_o ≤ "
+                 f"{f1(max(t['acc_o'] for t in ts if t['acc_o'] is not None))}, ΔAcc_r "
+                 f"{signed(min(t['acc_r_change_vs_pretrained'] for t in ts))} to "
+                 f"{signed(max(t['acc_r_change_vs_pretrained'] for t in ts))}",
+                 f"{cpu}, 2 threads", "[above](#the-demo)"])
+    for name, label in (("orl-4x5", "ORL 4 × 5"), ("orl-4x8", "ORL 4 × 8"), ("gt-4x10", "Georgia Tech 4 × 10"),
+                        ("faces-4x20", "bundled faces 4 × 20"), ("omniglot-4x20", "omniglot 4 × 20")):
+        pre, result = _defaults_summary(r, name)
+        rows.append([f"defaults only, {label} ({pre})", result, f"{cpu}, 1 thread, shared",
+                     "[benchmarks](docs/benchmarks.md#forgetting-on-your-own-data-defaults-only)"])
+    for name, label in (("orl", "ORL"), ("faces", "bundled faces")):
+        for setting in ("continual", "single"):
+            comp = r(f"comparison_{name}_{setting}_tuned.json")
+            means = []
+            for m in comp["methods"]:
+                ts = [t for run in m["runs"] for t in run["tasks"]]
+                means.append((mean(t["h_mean"] or 0.0 for t in ts), m["method"]))
+            means.sort(reverse=True)
+            rank = 1 + [m for _, m in means].index("gslora")
+            best = means[0]
+            gs = next(h for h, m in means if m == "gslora")
+            rows.append([f"tuned comparison (previous defaults), {label}, {setting}, {len(means)} methods",
+                         f"GS-LoRA mean H {f1(gs)} (rank {rank}); best: {LABELS[best[1]]} {f1(best[0])}",
+                         f"{cpu}, 1 thread, shared", "[benchmarks](docs/benchmarks.md#the-tuned-comparisons)"])
+    plus = r("gslora_plus.json")["datasets"]
+    cells = []
+    for ds, label in (("orl", "ORL"), ("faces", "faces")):
+        for s in ("full", "few-shot", "missing"):
+            m = plus[ds]["settings"][s]["methods"]
+            g, gp = (mean(t["h_mean"] or 0.0 for t in m[k]["tasks"]) for k in ("gslora", "gslora++"))
+            cells.append(f"{label} {s} {f1(gp)} vs {f1(g)}")
+    rows.append(["GS-LoRA++ vs GS-LoRA, mean H", "; ".join(cells), f"{cpu}, 1 thread, shared",
+                 "[GS-LoRA++](docs/gslora_plus.md)"])
+    det = r("detection_demo.json")
+    g = det["methods"]["gslora"]["tasks"]
+    others = [m for m in det["methods"] if m != "gslora"]
+    rows.append(["detection demo: Deformable DETR, digits, 4 × 2",
+                 f"GS-LoRA meets the bar on {sum(t['bar_met'] for t in g)} of {len(g)} tasks, "
+                 + ", ".join(f"{DETECTION_LABELS.get(m, m)} on {sum(t['bar_met'] for t in det['methods'][m]['tasks'])}"
+                             for m in others)
+                 + f"; pre-trained test AP {f1(det['pretrain']['test_ap'])}",
+                 f"{cpu}, 1 thread, shared", "[detection](docs/detection.md)"])
+    chain = r("record_chain.json")
+    gates = [t for run in chain["runs"].values() for t in run]
+    rows.append(["erasure record on ORL: 2 requests on one HF ViT, `--audit`, `history`, `verify`, tampering",
+                 "verify 0 on the model, 1 on a flipped byte and on an edited entry; gate "
+                 + "–".join(dict.fromkeys((f1(min(t["gate_seconds"] for t in gates)),
+                                           f1(max(t["gate_seconds"] for t in gates)))))
+                 + " s per task; deployed Acc_o "
+                 f"{f1(max(t['deployed']['acc_o'] or 0 for t in gates))}",
+                 chain["machine"], "[record](docs/record.md)"])
+    gpu = r("gpu_paper_size.json")
+    row = {(x["case"], x["precision"]): x for x in gpu["throughput"]["rows"]}
+    rows.append(["paper-size `vit_face` training step (96 images)",
+                 f"GS-LoRA {f1(row['gslora', 'bf16']['ms_per_step'])} ms bf16 / "
+                 f"{f1(row['gslora', 'fp32']['ms_per_step'])} ms fp32; L2 fine-tuning "
+                 f"{f1(row['l2', 'bf16']['ms_per_step'])} / {f1(row['l2', 'fp32']['ms_per_step'])} ms",
+                 gpu["machine"]["gpu"], "[GPU](docs/gpu.md)"])
+    return md_table(["benchmark", "result", "machine", "details"], rows)
+
+
+# ------------------------------------------------------------------------------------------------- the rewriting
+
+
+def markdown_files(root: Path) -> list[Path]:
+    files = [root / "README.md"] if (root / "README.md").is_file() else []
+    return files + sorted((root / "docs").rglob("*.md")) if (root / "docs").is_dir() else files
+
+
+def render(text: str, results: Results, where: str, problems: list[str]) -> tuple[str, list[str], list[str]]:
+    """The text with every table regenerated, the names found, and the names whose committed text differs."""
+    opened, closed = OPEN.findall(text), CLOSE.findall(text)
+    for name in sorted(set(opened) | set(closed)):
+        if opened.count(name) != closed.count(name):
+            problems.append(f"{where}: the markers of table:{name} do not pair up (<!-- table:{name} --> ... "
+                            f"<!-- /table:{name} -->)")
+    names, differ = [], []
+
+    def one(m: re.Match) -> str:
+        name = m.group("name")
+        names.append(name)
+        fn = TABLES.get(name)
+        if fn is None:
+            problems.append(f"{where}: no function makes table:{name}")
+            return m.group(0)
+        try:
+            body = fn(results).rstrip("\n") + "\n"
+        except (OSError, KeyError, ValueError, TypeError, StopIteration, ZeroDivisionError, IndexError) as err:
+            problems.append(f"{where}: table:{name} could not be made from the raw files: {type(err).__name__}: {err}")
+            return m.group(0)
+        if body != m.group("body"):
+            differ.append(name)
+        return f"<!-- table:{name} -->\n{body}<!-- /table:{name} -->"
+
+    return MARKER.sub(one, text), names, differ
+
+
+def run(root: Path, results_dir: Path, check: bool) -> tuple[int, list[str]]:
+    """Regenerate (or, with check, compare) every table under root; the exit status and the lines to print."""
+    results = Results(results_dir)
+    out, problems, differ_all, found = [], [], [], {}
+    for path in markdown_files(root):
+        text = path.read_text(encoding="utf-8")
+        where = str(path.relative_to(root))
+        new, names, differ = render(text, results, where, problems)
+        for name in names:
+            found.setdefault(name, []).append(where)
+        differ_all += [f"{where}: table:{name}" for name in differ]
+        if not check and new != text:
+            path.write_text(new, encoding="utf-8")
+            out.append(f"rewrote {where} ({', '.join(differ)})")
+    for name, wheres in found.items():
+        if len(wheres) > 1:
+            out.append(f"note: table:{name} appears in {', '.join(wheres)}")
+    if check and differ_all:
+        out.append("tables that differ from what benchmarks/make_tables.py makes from the raw files "
+                   "(run it without --check to rewrite them):")
+        out += ["  " + d for d in differ_all]
+    out += problems
+    status = 1 if problems or (check and differ_all) else 0
+    count = sum(len(wheres) for wheres in found.values())
+    if status == 0 and (check or not any(line.startswith("rewrote") for line in out)):
+        out.append(f"{count} tables match the raw files in {results_dir}")
+    return status, out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 naming every table that differs")
+    p.add_argument("--list", action="store_true", help="print the table names and where they are used")
+    p.add_argument("--root", type=Path, default=REPO, help="the folder holding README.md and docs/")
+    p.add_argument("--results", type=Path, default=None, help="the raw files (default: ROOT/docs/results)")
+    args = p.parse_args(argv)
+    results_dir = args.results or args.root / "docs" / "results"
+    if args.list:
+        used: dict[str, list[str]] = {}
+        for path in markdown_files(args.root):
+            for name in OPEN.findall(path.read_text(encoding="utf-8")):
+                used.setdefault(name, []).append(str(path.relative_to(args.root)))
+        for name in TABLES:
+            print(f"{name:40} {', '.join(used.get(name, ['(not used)']))}")
+        return 0
+    status, lines = run(args.root, results_dir, args.check)
+    for line in lines:
+        print(line, file=sys.stderr if status else sys.stdout)
+    return status
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
