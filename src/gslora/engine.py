@@ -16,7 +16,6 @@ from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
 from tqdm.auto import tqdm
 
 from . import distributed as dist
-from ._crash import crash_point
 from .data.augment import augment_batch
 from .errors import GsloraError
 from .methods.base import Method, StepState, TaskContext
@@ -188,7 +187,6 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
             bar.update(1)
             if step % 10 == 0 or step == total:
                 bar.set_postfix({k: f"{v:.3g}" for k, v in logs.items()}, refresh=False)
-            crash_point(f"task{ctx.task.index}.step{step}")
             if every and (step % every == 0 or step == total):
                 met, metrics = check(model)
                 model.train()

@@ -26,7 +26,6 @@ import torch
 from torch.utils.data import ConcatDataset, Subset
 
 from . import distributed as dist
-from ._crash import crash_point
 from ._version import __version__
 from .config import RunConfig, parse_target, to_dict
 from .data.base import DataBundle, check_data_matches  # noqa: F401 (re-exported)
@@ -212,7 +211,6 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
                 "counts_now": counts_now, "wall_seconds": spent + time.perf_counter() - run_start,
                 "record": record, "request_prefix": prefix, "weights_after": weights_before,
             })
-            crash_point(f"after-task{task.index}")
 
     results = {
         "gslora_version": __version__,

@@ -1,5 +1,6 @@
 """Pieces the baselines share (the paper's baseline protocol): relabelling of forget samples, distillation, parameter
-importances, a replay stream, and the base class of every method that fine-tunes the whole backbone with the head frozen."""
+importances, a replay stream, and the base class of every method that fine-tunes the whole backbone with the head
+frozen."""
 
 from __future__ import annotations
 
