@@ -498,9 +498,11 @@ def record_chain_steps(r: Results) -> str:
     rows = []
     for key, step in r("record_chain.json")["steps"].items():
         said = (step["stderr"] or step["stdout"] or [""])[-1]
-        said = re.sub(r"/\S*/record-chain/", "", said)  # the run's temporary folder, not part of the result
-        rows.append([key.split("_", 1)[0], "`" + re.sub(r"/\S*/record-chain/", "", step["command"].split(" --data")[0])
-                     + "`", str(step["exit"]), said[:150] + ("…" if len(said) > 150 else "")])
+        where = re.compile(r"/\S*?/record-chain\d*/")  # the run's temporary folder, not part of the result
+        said = where.sub("", said)
+        command = where.sub("", step["command"].split(" --data")[0]).replace("gslora gslora ", "gslora ")
+        rows.append([key.split("_", 1)[0], f"`{command}`", str(step["exit"]),
+                     said[:150] + ("…" if len(said) > 150 else "")])
     return md_table(["step", "command", "exit", "last line it printed"], rows)
 
 

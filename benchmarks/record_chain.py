@@ -37,7 +37,7 @@ def sh(cmd: list[str]) -> dict:
     t0 = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     p = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env)
-    shown = " ".join(str(c) for c in cmd[2:])
+    shown = " ".join(str(c) for c in cmd[3:])  # after python -m gslora
     print(f"$ gslora {shown}\n  exit {p.returncode} ({time.perf_counter() - t0:.0f} s)", flush=True)
     tail = [line for line in (p.stdout + p.stderr).splitlines() if line.strip()][-3:]
     for line in tail:

@@ -63,3 +63,14 @@ def micro_folder(tmp_path, micro_data):
             d.mkdir(parents=True, exist_ok=True)
             Image.fromarray(img).save(d / f"{i}.png")
     return root
+
+
+@pytest.fixture(autouse=True)
+def _strict_comparisons(monkeypatch):
+    """Every comparison and tuning in the tests runs strict: a method that raises stops the test (a bug in the code
+    is not a "failed" row). A test of the failure handling passes ``strict=False``."""
+    from gslora import compare, tune
+
+    for fn in (compare.run_comparison, tune.run_tuning):
+        assert fn.__code__.co_varnames[fn.__code__.co_argcount - 1] == "strict"  # the last parameter
+        monkeypatch.setattr(fn, "__defaults__", (*fn.__defaults__[:-1], True))

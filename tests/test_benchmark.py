@@ -17,7 +17,7 @@ FAST = {"epochs": 1, "batch_size": 16, "replay_ratio": 0.2, "device": "cpu", "sa
 
 
 class Broken(Method):
-    name = "broken"
+    name = "broken"  # registered by the tests that use it, with an empty preset (_register_broken)
 
     def prepare(self, model, ctx):
         model.requires_grad_(False)
@@ -26,6 +26,16 @@ class Broken(Method):
 
     def loss(self, model, remain, forget, state):
         raise RuntimeError("injected failure")
+
+
+def _register_broken(monkeypatch):
+    import gslora.presets as presets
+
+    real = presets.method_preset
+    monkeypatch.setitem(METHODS, "broken", Broken)
+    fake = lambda name: {} if name == "broken" else real(name)  # noqa: E731
+    monkeypatch.setattr(presets, "method_preset", fake)
+    monkeypatch.setattr("gslora.tune.method_preset", fake)  # tune holds its own reference
 
 
 def test_settings_scale_the_papers_plans_to_the_class_count():
@@ -42,11 +52,11 @@ def test_settings_scale_the_papers_plans_to_the_class_count():
 
 
 def test_benchmark_table_has_a_row_per_method_and_marks_a_failure(micro_model, micro_data, tmp_path, monkeypatch):
-    monkeypatch.setitem(METHODS, "broken", Broken)  # a method whose every step raises, registered for this test only
+    _register_broken(monkeypatch)  # a method whose every step raises, registered for this test only
     head_args = {"head": {"mode": "mask"}}
     before = {n: p.detach().clone() for n, p in micro_model.named_parameters()}
     comp = run_benchmark(micro_model, micro_data.classes, micro_data, "continual", "gslora,broken,head",
-                         base_config=FAST, method_args=head_args, out_dir=tmp_path / "bench")
+                         base_config=FAST, method_args=head_args, out_dir=tmp_path / "bench", strict=False)
     assert all(torch.equal(p, before[n]) for n, p in micro_model.named_parameters())  # each run got its own copy
     by_name = {e["method"]: e for e in comp["methods"]}
     assert list(by_name) == ["gslora", "broken", "head"]
@@ -80,6 +90,20 @@ def test_benchmark_table_has_a_row_per_method_and_marks_a_failure(micro_model, m
     with pytest.raises(GsloraError, match="already holds"):
         run_benchmark(micro_model, micro_data.classes, micro_data, "continual", "head", base_config=FAST,
                       out_dir=out)
+
+
+def test_strict_comparison_and_tuning_raise_the_error(micro_model, micro_data, monkeypatch):
+    from gslora.tune import run_tuning
+
+    _register_broken(monkeypatch)
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_benchmark(micro_model, micro_data.classes, micro_data, "continual", "broken", base_config=FAST,
+                      strict=True)
+    monkeypatch.setattr("gslora.tune.method_tune_space", lambda name: {"run": {"lr": {"log": [1e-3, 1e-2]}},
+                                                                       "args": {}})
+    with pytest.raises(RuntimeError, match="injected failure"):
+        run_tuning(micro_model, micro_data.classes, micro_data, "continual", "broken", budget=1, base_config=FAST,
+                   strict=True)
 
 
 def test_benchmark_cli_single_step(micro_checkpoint, micro_data, tmp_path, capsys, monkeypatch):

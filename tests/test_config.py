@@ -61,3 +61,16 @@ def test_pretrain_warmup_follows_the_epochs_unless_set():
     assert PretrainConfig(epochs=3, warmup_epochs=1).resolved_warmup() == 1
     with pytest.raises(GsloraError, match="warmup_epochs must be in"):
         PretrainConfig(epochs=3, warmup_epochs=3).validate()
+
+
+def test_a_missing_method_preset_is_an_error_and_gslora_plus_inherits_gslora():
+    from gslora.errors import GsloraError
+    from gslora.presets import method_preset
+
+    with pytest.raises(GsloraError, match="unknown method 'nothing': there is no preset"):
+        method_preset("nothing")
+    plus, base = method_preset("gslora++"), method_preset("gslora")
+    assert "inherit" not in plus
+    differs = {k for k in base["args"] if plus["args"][k] != base["args"][k]}
+    assert differs == {"prototype_weight_forget"} and plus["args"]["prototype_weight_forget"] == 0.01
+    assert plus["run"] == base["run"]

@@ -378,7 +378,7 @@ def test_hf_folder_loads_with_4x_and_5x_weight_names(tmp_path):
 
 
 def test_vit_face_checkpoints_written_before_the_face_transformer_keep_their_blocks():
-    from gslora.models.registry import create_from_config
+    from gslora.models.checkpoint import create_from_config
 
     legacy = {"arch": "vit_face", "num_classes": 3, "head": "cosface", "overrides": {"depth": 1}, "head_kwargs": {}}
     model = create_from_config(legacy)

@@ -341,3 +341,37 @@ def test_bad_method_args_name_the_key():
     with pytest.raises(GsloraError, match="mode"):
         get_method("head", mode="erase")
 
+
+
+def test_a_failed_vmap_falls_back_with_one_warning(caplog):
+    """Per-sample gradients: when torch.func.vmap cannot trace the model, the loop gives the same numbers and the
+    fallback is said once (not silently, not once per batch)."""
+    import logging
+
+    from gslora.methods import common
+
+    class Picky(torch.nn.Module):  # a data-dependent branch: vmap cannot batch it
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 2)
+
+        def forward(self, x, labels=None):
+            return self.lin(x) * (2.0 if x.sum() > 0 else 1.0)
+
+    torch.manual_seed(0)
+    model = Picky()
+    data = [(torch.randn(4, 3), torch.tensor([0, 1, 0, 1])) for _ in range(3)]
+    common._VMAP_WARNED.discard("Picky")
+    with caplog.at_level(logging.WARNING, logger="gslora.methods.common"):
+        scores = common.parameter_importance(model, data, "fisher", per_sample=True)
+    warned = [r for r in caplog.records if "vmap failed" in r.getMessage()]
+    assert len(warned) == 1 and "Picky" in warned[0].getMessage()
+    expected = {n: torch.zeros_like(p) for n, p in model.named_parameters()}
+    for x, y in data:
+        for i in range(4):
+            out = model(x[i:i + 1])
+            grads = torch.autograd.grad(torch.nn.functional.cross_entropy(out, y[i:i + 1]), list(model.parameters()))
+            for (n, _), g in zip(model.named_parameters(), grads):
+                expected[n] += g.pow(2)
+    for n in expected:
+        assert torch.allclose(scores[n], expected[n] / 12, atol=1e-6)

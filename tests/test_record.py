@@ -15,7 +15,7 @@ from gslora import RunConfig, run_forgetting
 from gslora.data.plan import evaluation_sets, make_plan
 from gslora.errors import GsloraError
 from gslora.models import create_model, load_checkpoint
-from gslora.models.importers import load_any
+from gslora.models.loading import load_any
 from gslora.record import MASK_LOGIT, append_entry, entry_sha256, verify, weights_sha256
 
 CFG = dict(epochs=2, batch_size=16, replay_ratio=0.3, lr=3e-3, device="cpu",

@@ -585,7 +585,7 @@ def depth_gate(start, model, dataset, forget, remain, spec: str = DEFAULT_DEPTH_
 
 def _load_model(path: Path, what: str):
     from .models.checkpoint import load_checkpoint
-    from .models.importers import load_any
+    from .models.loading import load_any
 
     path = Path(path)
     if path.is_dir() and (path / "config.json").is_file():  # an HF / timm folder (e.g. a run's final/)
@@ -624,7 +624,7 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
     """
     from .data import load_data
     from .data.sources import BUNDLED
-    from .models.importers import is_gslora_checkpoint, load_original
+    from .models.loading import is_gslora_checkpoint, load_original
 
     finished = RunFolder.load(run_dir)
     run, results, rcfg = finished.folder.path, finished.results, finished.config

@@ -69,7 +69,7 @@ def _missing_check_arg(p: argparse.ArgumentParser) -> None:
 def _load_model_input(args, preprocessing: dict | None = None):
     """--checkpoint (a gslora checkpoint, an HF / timm folder or a state dict) → (model, meta)."""
     from .config import parse_override
-    from .models.importers import load_any
+    from .models.loading import load_any
 
     model_args = dict(parse_override(item) for item in args.model_args)
     return load_any(args.checkpoint, model=args.model, model_args=model_args or None,
@@ -167,7 +167,7 @@ def cmd_forget(args) -> int:
     from .data import load_data
     from .forget import run_forgetting
     from .methods import get_method
-    from .models.importers import classes_for_run
+    from .models.loading import classes_for_run
 
     cfg = _run_config(args, data=args.data)
     cfg = dataclasses.replace(cfg, data=_absolute_data(cfg.data))
@@ -218,7 +218,7 @@ def cmd_evaluate(args) -> int:
     from .data import load_data
     from .distributed import resolve_device
     from .evaluate import accuracy, class_counts
-    from .models.importers import classes_for_run
+    from .models.loading import classes_for_run
 
     model, meta = _load_model_input(args)
     if args.data is None:
@@ -345,7 +345,7 @@ def cmd_audit(args) -> int:
 def cmd_benchmark(args) -> int:
     from .compare import run_comparison
     from .data import load_data
-    from .models.importers import classes_for_run
+    from .models.loading import classes_for_run
     from .report.comparison import comparison_markdown_table
 
     base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device,
@@ -370,7 +370,8 @@ def cmd_benchmark(args) -> int:
     comparison = run_comparison(model, classes, data, args.setting, args.methods, base_config=base,
                                 method_args=method_args, out_dir=args.out, overwrite=args.overwrite,
                                 progress=_progress(args), on_method_done=done,
-                                source_checkpoint=args.checkpoint, resume=args.resume, tuned=args.tuned)
+                                source_checkpoint=args.checkpoint, resume=args.resume, tuned=args.tuned,
+                                strict=args.strict)
     print()
     print(comparison_markdown_table(comparison))
     from .report.tuning import comparison_tuning_text
@@ -396,7 +397,7 @@ def _method_overrides(items: list[str] | None) -> dict:
 
 def cmd_tune(args) -> int:
     from .data import load_data
-    from .models.importers import classes_for_run
+    from .models.loading import classes_for_run
     from .report.tuning import values_text
     from .tune import TUNED_FILE, run_tuning
 
@@ -420,7 +421,7 @@ def cmd_tune(args) -> int:
     tuned = run_tuning(model, classes, data, args.setting, args.methods, budget=args.budget, sampler=args.sampler,
                        base_config=base, method_args=method_args, tasks=args.tasks, out_dir=args.out,
                        overwrite=args.overwrite, resume=args.resume, progress=_progress(args),
-                       on_trial_done=trial_done, source_checkpoint=args.checkpoint)
+                       on_trial_done=trial_done, source_checkpoint=args.checkpoint, strict=args.strict)
     print()
     for name, e in tuned["methods"].items():
         c = e["chosen"]
@@ -503,6 +504,8 @@ def _shared_run_args(p, config_help: str, method_set_help: str) -> None:
                    help="override a shared run setting, e.g. --set replay_ratio=0.2")
     p.add_argument("--method-set", dest="method_overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
                    help=method_set_help)
+    p.add_argument("--strict", action="store_true", help="stop at the first method or trial that raises an error "
+                   "(default: record it as failed and go on with the others)")
 
 
 def build_parser() -> argparse.ArgumentParser:

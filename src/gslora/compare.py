@@ -23,14 +23,13 @@ import traceback
 from pathlib import Path
 
 from ._version import __version__
-from .config import RunConfig, from_dict, to_dict
+from .config import RunConfig, to_dict
 from .data.base import DataBundle
 from .errors import GsloraError
 from .files import atomic_write_json, atomic_write_text
 from .forget import run_forgetting
-from .methods import get_method, list_methods
+from .methods import get_method
 from .practical import DataConstraintError
-from .presets import resolve
 from .report import save_figure
 from .report.comparison import (  # noqa: F401 (rendering lives in gslora.report; re-exported here)
     comparison_csv,
@@ -41,62 +40,25 @@ from .report.comparison import (  # noqa: F401 (rendering lives in gslora.report
     tunable_ratio_of,
 )
 from .rundir import RunFolder
+from .settings import (  # noqa: F401 (the settings live in gslora.settings, which gslora.tune reads too)
+    CONTINUAL_FRACTION,
+    CONTINUAL_TASKS,
+    SETTING_CONSTRAINTS,
+    SETTINGS,
+    SINGLE_FRACTIONS,
+    method_config,
+    parse_methods,
+    setting_plans,
+)
 
 log = logging.getLogger(__name__)
-
-SETTINGS = ("single", "continual", "few-shot", "missing")
-# the shared run settings a constrained setting imposes (the user's --set values of the same keys win)
-SETTING_CONSTRAINTS = {"few-shot": {"shots": 4, "batch_size": 4}, "missing": {"missing_ratio": 0.5}}
-SINGLE_FRACTIONS = (0.05, 0.10, 0.50, 0.90)
-CONTINUAL_TASKS, CONTINUAL_FRACTION = 4, 0.20
-
-
-def setting_plans(setting: str, num_classes: int) -> list[tuple[str, str]]:
-    """(label, tasks spec) of each run of a setting. Single step: ``C-Y`` for Y = round(p·C), at least 1 and leaving
-    at least one class; continual (and its constrained variants few-shot, missing): one run ``4xK`` with
-    K = round(0.2·C)."""
-    if setting == "single":
-        out = []
-        for p in SINGLE_FRACTIONS:
-            y = min(max(1, round(p * num_classes)), num_classes - 1)
-            if all(spec != f"1x{y}" for _, spec in out):
-                out.append((f"{num_classes}-{y}", f"1x{y}"))
-        return out
-    if setting in ("continual", *SETTING_CONSTRAINTS):
-        k = max(1, round(CONTINUAL_FRACTION * num_classes))
-        if CONTINUAL_TASKS * k >= num_classes:
-            raise GsloraError(f"the {setting} setting forgets {CONTINUAL_TASKS} x {k} classes, which needs more than "
-                              f"{CONTINUAL_TASKS * k} classes; the model has {num_classes}.")
-        return [(setting, f"{CONTINUAL_TASKS}x{k}")]
-    raise GsloraError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}.")
-
-
-def parse_methods(spec: str | list[str]) -> list[str]:
-    """``"all"`` or a comma-separated list of method names (checked against the registry)."""
-    names = spec if isinstance(spec, list) else [m.strip() for m in spec.split(",") if m.strip()]
-    if names == ["all"]:
-        return list_methods()
-    if not names:
-        raise GsloraError("--methods is empty; pass 'all' or names like gslora,ewc,lwf.")
-    unknown = [m for m in names if m not in list_methods()]
-    if unknown:
-        raise GsloraError(f"unknown method {unknown[0]!r}; choose from {', '.join(list_methods())} or 'all'.")
-    return list(dict.fromkeys(names))
-
-
-def method_config(name: str, base: dict, tasks: str, own: dict | None = None) -> RunConfig:
-    """The run config of one method: the user's shared ``base``, then ``own`` (run settings for this method only),
-    then the task plan, resolved (:func:`gslora.presets.resolve`: what is still unset comes from the method preset)."""
-    data = {**base, **(own or {}), "method": name, "tasks": tasks}
-    return resolve(from_dict(RunConfig, data, where=f"comparison config ({name})"))
-
 
 def run_comparison(model, classes: list[str], data: DataBundle, setting: str, methods: list[str] | str = "all",
                   base_config: dict | None = None, method_args: dict[str, dict] | None = None,
                   out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = False,
                   on_method_done=None, source_checkpoint: str | Path | None = None,
                   method_run: dict[str, dict] | None = None, resume: bool = False,
-                  tuned: dict | str | Path | None = None) -> dict:
+                  tuned: dict | str | Path | None = None, strict: bool = False) -> dict:
     """Run every method of ``methods`` on a fresh copy of ``model`` for each run of ``setting``; return (and write
     to ``out_dir``) the comparison. ``method_args``: per-method overrides of the packaged defaults;
     ``method_run``: per-method run settings (e.g. ``{"gslora": {"lr": 3e-3}}``) over the shared ``base_config``.
@@ -104,7 +66,8 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
     killed comparison in ``out_dir`` (every method run has its own run folder under ``runs/``). ``tuned``: a tuned
     file of ``gslora tune`` (path or the loaded document, :mod:`gslora.tune`) for the same data and setting: each
     method runs with its chosen values (``method_args`` / ``method_run`` still override them); the table states the
-    budget and the values."""
+    budget and the values. A method that raises is a "failed" row and the others still run; with ``strict`` the
+    error is raised instead (a bug in the code is not a result)."""
     names = parse_methods(methods)
     plans = setting_plans(setting, len(classes))
     base = {**SETTING_CONSTRAINTS.get(setting, {}), **(base_config or {})}
@@ -158,7 +121,9 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
             entry["status"] = "not run"
             entry["error"] = str(e)
             log.info("method %s not run: %s", name, e)
-        except Exception as e:  # a failing method is reported, the others still run
+        except Exception as e:  # a failing method is reported, the others still run (strict: a bug stops the run)
+            if strict:
+                raise
             entry["status"] = "failed"
             entry["error"] = f"{type(e).__name__}: {e}"
             entry["traceback"] = traceback.format_exc(limit=8)

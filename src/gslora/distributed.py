@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -76,3 +77,14 @@ def resolve_device(name: str = "auto") -> torch.device:
             raise GsloraError("device 'cuda' was asked for but no CUDA GPU is available; use --device cpu.")
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def seeded(seed: int, device: torch.device | str = "cpu"):
+    """Seed torch's random state for a block and give the caller's state back after it (the CPU's and, on a GPU,
+    that GPU's): library calls never leave the global random state changed."""
+    device = torch.device(device)
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import NotRequired
 
 import numpy as np
-import torch
 from torch.utils.data import ConcatDataset, Subset
 
 from . import distributed as dist
@@ -111,7 +110,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     the model was loaded from) is recorded so audits can find the original model.
 
     ``history`` / ``record``: what the model went through before (the ``history`` and ``record`` of its checkpoint's
-    meta, :func:`gslora.models.importers.load_any`). Every class they name stays forgotten: it is never replayed, it
+    meta, :func:`gslora.models.loading.load_any`). Every class they name stays forgotten: it is never replayed, it
     is scored as Acc_o in every task, an ``NxK`` plan draws from the other classes, and naming it again is an error.
     Each task appends one entry to the record (:mod:`gslora.record`), its request id ``request_id/task<i>``
     (default: the start time and a random suffix). With ``config.mask_outputs`` the returned model masks every
@@ -436,23 +435,23 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
             original_model=original, out_dir=folder.path if folder is not None else None, progress=progress,
             adapter_dir=adapter_dir,
         )
-        torch.manual_seed(task_seed(config.seed, task.index) + k)
-        work = method.prepare(model, ctx)
-        trainable = sum(p.numel() for p in method.trainable_parameters(work))
-        if method.trains:
-            resume_from = epoch_state if epoch_state is not None and epoch_state.get("trial", 0) == k else None
-            on_checkpoint = None
-            if folder is not None:
-                def on_checkpoint(s, k=k, best=best):
-                    folder.save_epoch_state(task.index, {**s, "trial": k, "trials": trials, "best": best})
-            summary = train_task(work, method, ctx, state=resume_from, on_checkpoint=on_checkpoint,
-                                 check=check if use_targets and forgetting and config.eval_every else None,
-                                 seed_offset=7919 * k,
-                                 extensions=left - 1 if config.extend_trials and scale >= 1 else 0)
-        else:
-            summary = {"steps": 0, "budget": 0, "extensions": 0, "train_seconds": 0.0, "checks": [],
-                       "stopped_early": False}
-        model, info = method.finish(work, ctx)
+        with dist.seeded(task_seed(config.seed, task.index) + k, device):  # the trial's own random state
+            work = method.prepare(model, ctx)
+            trainable = sum(p.numel() for p in method.trainable_parameters(work))
+            if method.trains:
+                resume_from = epoch_state if epoch_state is not None and epoch_state.get("trial", 0) == k else None
+                on_checkpoint = None
+                if folder is not None:
+                    def on_checkpoint(s, k=k, best=best):
+                        folder.save_epoch_state(task.index, {**s, "trial": k, "trials": trials, "best": best})
+                summary = train_task(work, method, ctx, state=resume_from, on_checkpoint=on_checkpoint,
+                                     check=check if use_targets and forgetting and config.eval_every else None,
+                                     seed_offset=7919 * k,
+                                     extensions=left - 1 if config.extend_trials and scale >= 1 else 0)
+            else:
+                summary = {"steps": 0, "budget": 0, "extensions": 0, "train_seconds": 0.0, "checks": [],
+                           "stopped_early": False}
+            model, info = method.finish(work, ctx)
         model.eval()
         info = dict(info)
         info.setdefault("trainable_params", trainable)

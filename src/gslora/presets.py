@@ -29,11 +29,25 @@ def packaged_yaml(*parts: str) -> dict:
 
 def method_preset(name: str) -> dict:
     """The versioned defaults file ``configs/methods/<name>.yaml`` (keys ``args``, ``run``, ``protocols`` and
-    ``tune``, the search space of ``gslora tune``: :func:`method_tune_space`); {} when absent."""
-    try:
-        return packaged_yaml("methods", f"{name}.yaml")
-    except GsloraError:  # a method without a defaults file simply has none
-        return {}
+    ``tune``, the search space of ``gslora tune``: :func:`method_tune_space`). Every method ships one: a missing file
+    is an error (it would silently mean "no defaults"). A preset may start with ``inherit: OTHER``: OTHER's preset,
+    with this file's keys on top (``args`` and ``run`` merged key by key)."""
+    folder = resources.files("gslora").joinpath("configs", "methods")
+    ref = folder.joinpath(f"{name}.yaml")
+    if not ref.is_file():
+        known = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+        raise GsloraError(f"unknown method {name!r}: there is no preset configs/methods/{name}.yaml; choose one of "
+                          f"{', '.join(known)} (a method of your own ships its preset too, even an empty one).")
+    preset = yaml.safe_load(ref.read_text(encoding="utf-8")) or {}
+    parent = preset.pop("inherit", None)
+    if parent is None:
+        return preset
+    base = method_preset(parent)
+    merged = {**base, **preset}
+    for key in ("args", "run"):
+        if key in base or key in preset:
+            merged[key] = {**(base.get(key) or {}), **(preset.get(key) or {})}
+    return merged
 
 
 def method_run_preset(name: str) -> dict:

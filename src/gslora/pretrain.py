@@ -161,12 +161,16 @@ def pretrain(model: Classifier, data: DataBundle, cfg: PretrainConfig, progress:
     """Train ``model`` in place on ``data.train`` and keep its best-validation weights. Returns the schedule, the
     steps run, train / val / test accuracy, time, and ``learned`` (False with ``not_learned_reason`` when the model
     did not learn its training data; a warning is logged too)."""
-    from .distributed import resolve_device
+    from .distributed import resolve_device, seeded
 
     cfg.validate()
     device = resolve_device(cfg.device)
+    with seeded(cfg.seed, device):  # the caller's random state is left as it was
+        return _pretrain(model, data, cfg, device, progress)
+
+
+def _pretrain(model: Classifier, data: DataBundle, cfg: PretrainConfig, device, progress: bool) -> dict:
     amp = autocast_dtype(cfg.precision)
-    torch.manual_seed(cfg.seed)
     model.to(device).train()
     plan = cfg.schedule(len(data.train))
     steps, warmup, eval_every = plan["max_steps"], plan["warmup_steps"], plan["eval_every"]

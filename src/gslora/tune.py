@@ -73,7 +73,7 @@ def tuning_plan(setting: str, num_classes: int, tasks: int = 1, protocol: str = 
     (``C-Y``, Y = round(0.1·C)), the second of :func:`gslora.compare.setting_plans`; ``few-shot`` and ``missing`` tune
     on the first task of their continual plan under their data constraint. The protocol is the setting's (continual /
     single_step / few_shot) unless ``protocol`` names one."""
-    from .compare import CONTINUAL_TASKS, SETTING_CONSTRAINTS, setting_plans
+    from .settings import CONTINUAL_TASKS, SETTING_CONSTRAINTS, setting_plans
 
     if not isinstance(tasks, int) or isinstance(tasks, bool) or tasks < 1:
         raise GsloraError(f"the number of tuning tasks must be a positive integer, got {tasks!r}.")
@@ -240,14 +240,16 @@ def run_tuning(model, classes: list[str], data: DataBundle, setting: str = "cont
                methods: list[str] | str = "all", budget: int = DEFAULT_BUDGET, sampler: str = "random",
                base_config: dict | None = None, method_args: dict[str, dict] | None = None, tasks: int = 1,
                out_dir: str | Path | None = None, overwrite: bool = False, resume: bool = False,
-               progress: bool = False, on_trial_done=None, source_checkpoint: str | Path | None = None) -> dict:
+               progress: bool = False, on_trial_done=None, source_checkpoint: str | Path | None = None,
+               strict: bool = False) -> dict:
     """Tune every method of ``methods`` with ``budget`` trials each on the tuning plan (:func:`tuning_plan`) and
     return the tuned document (written to ``out_dir/tuned.yaml`` with ``out_dir/tuning.md`` when given).
 
     ``base_config``: run settings shared by every trial (as the comparison's); ``method_args``: per-method arguments
     fixed in every trial (a fixed knob leaves the search space). ``on_trial_done(method, trial)`` is called after
-    each trial. ``resume``: continue a killed tuning in ``out_dir`` (its finished trials are read back)."""
-    from .compare import method_config, parse_methods
+    each trial. ``resume``: continue a killed tuning in ``out_dir`` (its finished trials are read back). A trial that
+    raises is recorded as failed and ranks last; with ``strict`` the error is raised instead."""
+    from .settings import method_config, parse_methods
 
     t_start = time.perf_counter()
     names = parse_methods(methods)
@@ -260,7 +262,7 @@ def run_tuning(model, classes: list[str], data: DataBundle, setting: str = "cont
         spaces[name] = space
     if sampler not in SAMPLERS:
         raise GsloraError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}.")
-    from .compare import SETTING_CONSTRAINTS
+    from .settings import SETTING_CONSTRAINTS
 
     # the setting's data constraint (few-shot: 4 images per class, batch 4; missing: half the remaining classes
     # without data), as the comparison applies it; the user's shared settings go over it
@@ -312,7 +314,8 @@ def run_tuning(model, classes: list[str], data: DataBundle, setting: str = "cont
                 trials.append(previous[k])
             else:
                 trials.append(_run_trial(model, classes, tuning_data, name, k + 1, over, shared, plan,
-                                         fixed.get(name, {}), spaces[name], progress, source_checkpoint))
+                                         fixed.get(name, {}), spaces[name], progress, source_checkpoint,
+                                         strict=strict))
                 if out is not None:
                     done[name] = trials
                     atomic_write_json(out / PARTIAL_FILE, {"header": header, "trials": done})
@@ -367,8 +370,8 @@ def _prepare_out(out: Path, header: dict, overwrite: bool, resume: bool) -> dict
 
 
 def _run_trial(model, classes, data, name, number, over, shared, plan, fixed, space, progress,
-               source_checkpoint) -> dict:
-    from .compare import method_config
+               source_checkpoint, strict: bool = False) -> dict:
+    from .settings import method_config
 
     t0 = time.perf_counter()
     record = {"trial": number, "overrides": over, "values": None, "status": "ok", "error": None, "score": None,
@@ -387,7 +390,9 @@ def _run_trial(model, classes, data, name, number, over, shared, plan, fixed, sp
     except DataConstraintError as e:  # the setting withholds data the method needs: no trial of it can run
         record["status"] = "not run"
         record["error"] = str(e)
-    except Exception as e:  # a failing trial is recorded and ranks last; the others still run
+    except Exception as e:  # a failing trial is recorded and ranks last; the others still run (strict: re-raised)
+        if strict:
+            raise
         record["status"] = "failed"
         record["error"] = f"{type(e).__name__}: {e}"
         record["traceback"] = traceback.format_exc(limit=6)

@@ -4,6 +4,7 @@ frozen."""
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Iterable, Iterator
 
@@ -13,6 +14,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from .base import Method, TaskContext
+
+log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Relabelling
@@ -143,8 +146,9 @@ def parameter_importance(model: nn.Module, batches: Iterable, kind: str, names: 
                         s += (g.pow(2) if kind == "fisher" else g.abs()).sum(0)
                     count += x.shape[0]
                     continue
-                except Exception:  # noqa: BLE001 - e.g. a data-dependent op vmap cannot batch: loop instead
+                except Exception as e:  # noqa: BLE001 - e.g. a data-dependent op vmap cannot batch: loop instead
                     use_vmap = False
+                    _warn_vmap_once(type(model).__name__, e)
             for i in range(x.shape[0]):
                 obj = _importance_objective(model, x[i:i + 1], y[i:i + 1], kind)
                 accumulate(torch.autograd.grad(obj, params, allow_unused=True))
@@ -154,6 +158,18 @@ def parameter_importance(model: nn.Module, batches: Iterable, kind: str, names: 
             p.requires_grad_(f)
         model.train(was_training)
     return {n: s / max(count, 1) for n, s in zip(names, scores)}
+
+
+_VMAP_WARNED: set[str] = set()
+
+
+def _warn_vmap_once(model_name: str, error: Exception) -> None:
+    """Say once per model class that per-sample gradients fell back to a loop (same numbers, much slower)."""
+    if model_name not in _VMAP_WARNED:
+        _VMAP_WARNED.add(model_name)
+        log.warning("per-sample gradients of %s: torch.func.vmap failed (%s: %s); using one backward pass per sample "
+                    "instead (same numbers, slower)", model_name, type(error).__name__, str(error).splitlines()[0]
+                    if str(error) else "")
 
 
 def dataset_targets(dataset: Dataset) -> list[int]:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import GsloraError
-from ..models.registry import create_from_config
+from ..models.checkpoint import create_from_config
 from .base import Method, StepState, register
 from .common import random_wrong_labels
 

@@ -24,7 +24,7 @@ from torch.utils.data import Dataset
 from ..config import PretrainConfig, from_dict
 from ..data.base import DataBundle, ImageDataset
 from ..errors import GsloraError
-from ..models.registry import create_from_config
+from ..models.checkpoint import create_from_config
 from .base import Method, register
 from .common import dataset_targets, indices_of_classes
 

@@ -14,7 +14,31 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import GsloraError
 from ..files import atomic_write, atomic_write_json
-from .registry import Classifier, create_from_config
+from .importers import build_imported
+from .registry import Classifier, create_model
+
+
+def create_from_config(cfg: dict) -> Classifier:
+    """Rebuild a model from the ``config`` a checkpoint stored (offline: imported models are rebuilt from the
+    library configuration recorded in the sidecar, never downloaded)."""
+    if cfg.get("imported"):
+        return build_imported(cfg)
+    overrides = dict(cfg.get("overrides", {}))
+    if cfg.get("arch") == "vit_face" and "attention_scale" not in overrides and not cfg.get("face_v2"):
+        # written before vit_face reproduced the Face Transformer: keep the timm blocks it was trained with
+        overrides.update(face=False, pos_drop_rate=0.0, attn_drop_rate=0.1)
+        rebuilt = create_model("vit_face", cfg["num_classes"], head=cfg.get("head", "cosface"),
+                               head_kwargs=cfg.get("head_kwargs", {}), **overrides)
+        rebuilt.config = cfg
+        return rebuilt
+    try:
+        return create_model(
+            cfg["arch"], cfg["num_classes"], head=cfg.get("head", "cosface"),
+            head_kwargs=cfg.get("head_kwargs", {}), **overrides,
+        )
+    except KeyError as e:
+        raise GsloraError(f"model config is missing {e.args[0]!r}; the checkpoint sidecar is damaged.") from None
+
 
 FORMAT = "gslora-checkpoint"
 VERSION = 1
