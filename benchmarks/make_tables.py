@@ -549,20 +549,7 @@ def summary(r: Results) -> str:
         pre, result = _defaults_summary(r, name)
         rows.append([f"defaults only, {label} ({pre})", result, f"{cpu}, 1 thread, shared",
                      "[benchmarks](docs/benchmarks.md#forgetting-on-your-own-data-defaults-only)"])
-    for name, label in (("orl", "ORL"), ("faces", "bundled faces")):
-        for setting in ("continual", "single"):
-            comp = r(f"comparison_{name}_{setting}_tuned.json")
-            means = []
-            for m in comp["methods"]:
-                ts = [t for run in m["runs"] for t in run["tasks"]]
-                means.append((mean(t["h_mean"] or 0.0 for t in ts), m["method"]))
-            means.sort(reverse=True)
-            rank = 1 + [m for _, m in means].index("gslora")
-            best = means[0]
-            gs = next(h for h, m in means if m == "gslora")
-            rows.append([f"tuned comparison (previous defaults), {label}, {setting}, {len(means)} methods",
-                         f"GS-LoRA mean H {f1(gs)} (rank {rank}); best: {LABELS[best[1]]} {f1(best[0])}",
-                         f"{cpu}, 1 thread, shared", "[benchmarks](docs/benchmarks.md#the-tuned-comparisons)"])
+    # (the tuned comparisons predate the current defaults: docs/results/ARCHIVE.md, not this summary)
     plus = r("gslora_plus.json")["datasets"]
     cells = []
     for ds, label in (("orl", "ORL"), ("faces", "faces")):

@@ -243,3 +243,30 @@ def test_a_retrained_reference_not_made_by_retrain_full_is_flagged(tmp_path):
     assert "not retrain-full" in _reference_method(tmp_path / "paper")["note"]
     assert "note" not in _reference_method(tmp_path / "full")
     assert _reference_method(tmp_path / "model.safetensors") is None
+
+
+def test_the_audit_reads_the_images_the_run_recorded(micro_model, micro_data, tmp_path):
+    """plan.json records, per task, the exact replay / forget / check images (missing classes get none); the audit
+    draws its recovery images outside the recorded replay and forget images."""
+    import json
+
+    from gslora import RunConfig, run_forgetting
+    from gslora.audit import recorded_subsets, run_subset_indices, run_tasks
+
+    cfg = RunConfig(tasks="2x2", epochs=1, batch_size=16, replay_ratio=0.2, missing_ratio=0.5, device="cpu")
+    run_forgetting(micro_model, micro_data.classes, micro_data, cfg, out_dir=tmp_path / "run")
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["plan"] == plan
+    targets = micro_data.train.targets
+    for task in plan["tasks"]:
+        idx = task["indices"]
+        missing = set(task["missing_classes"])
+        assert {targets[i] for i in idx["replay"]} == set(task["remain"]) - missing  # none of a missing class
+        assert {targets[i] for i in idx["forget"]} == set(task["forget"])
+        assert not set(idx["check_train"]) & (set(idx["replay"]) | set(idx["forget"]))
+    assert plan["tasks"][1]["missing_classes"]  # the second task has missing classes (half of those remaining)
+    seen = recorded_subsets(results)
+    assert seen == {i for t in plan["tasks"] for k in ("replay", "forget") for i in t["indices"][k]}
+    derived = run_subset_indices(targets, run_tasks(results), cfg.seed, cfg.replay_ratio, min_replay=cfg.min_replay)
+    assert seen < derived  # the old re-derivation also counted the missing classes' images, which were never used

@@ -176,22 +176,22 @@ def test_a_crashed_baseline_resumes_with_its_accumulated_state(tmp_path, micro_m
     assert _numbers(resumed.results) == _numbers(reference.results)
 
 
-def test_a_run_killed_inside_an_extended_trial_resumes_to_the_same_numbers(tmp_path, inputs):
-    """extend_trials: the second budget of a trial that never meets its forgetting target is cut by SIGKILL after an
-    epoch checkpoint; the resumed run knows it was in the extension (2x lr, the budget's end) and ends equal."""
-    extra = ["--set", "extend_trials=true", "--set", "max_trials=2", "--set", "target=acc_f<=-1",
-             "--set", "checkpoint_every=1", "--set", "eval_every=2"]
+def test_a_run_killed_inside_a_second_trial_resumes_to_the_same_numbers(tmp_path, inputs):
+    """A trial that never meets its forgetting target is followed by one at twice the lr; SIGKILL inside that second
+    trial, after an epoch checkpoint: the resumed run knows which trial it was in (its lr, the first trial's record)
+    and ends equal."""
+    extra = ["--set", "max_trials=2", "--set", "target=acc_f<=-1", "--set", "checkpoint_every=1",
+             "--set", "eval_every=2"]
     ref_out = tmp_path / "reference"
     assert main(_args(*inputs, ref_out, *extra)) == 0
     ref = _finished(ref_out)
-    trial = ref[0]["tasks"][0]["trials"][0]
-    assert trial["extensions"] == 1 and trial["steps"] == 2 * trial["budget"]
+    trials = ref[0]["tasks"][0]["trials"]
+    assert [t["lr_scale"] for t in trials] == [1.0, 2.0]
     out = tmp_path / "run"
-    _killed_run(*inputs, out, f"task1.step{trial['budget'] + 3}", *extra)
+    last = trials[1]["steps"] - 1  # the second trial's last step but one: after at least one of its checkpoints
+    _killed_run(*inputs, out, f"task1.trial2.step{last}", *extra)
     saved = torch.load(out / "state" / "epoch-task1.pt", weights_only=False)
-    # the last epoch checkpoint: at or past the first budget's end, already extended (at exactly the budget's end
-    # only the saved count tells the resumed run it is in the extension)
-    assert saved["extensions"] == 1 and saved["step"] >= trial["budget"]
+    assert saved["trial"] == 1 and len(saved["trials"]) == 1 and 0 < saved["step"] <= last  # inside the second trial
     assert main(_args(*inputs, out, "--resume", *extra)) == 0
     results, weights = _finished(out)
     assert results == ref[0]

@@ -290,3 +290,12 @@ def test_a_pil_image_decodes_once_at_load(tmp_path):
     (tmp_path / "c" / "b.png").write_bytes(raw[: len(raw) - 20])
     with pytest.raises(GsloraError, match="b.png"):
         _scan(tmp_path)
+
+
+@pytest.mark.parametrize("flag", [["--resume"], ["--head-subset"], ["--missing-check-data", "x"], ["--audit"]])
+def test_a_classification_flag_is_refused_with_detection(capsys, tmp_path, flag):
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "forget", "--detection", "--checkpoint", tmp_path / "det", "--data", "digits",
+                       "--out", out, *flag)
+    assert code == 2 and f"{flag[0]} does not apply to `gslora forget --detection`" in one_sentence(err)
+    assert not out.exists()

@@ -19,9 +19,9 @@ forgotten and
    epochs until forget test accuracy is back to ``relearn_fraction`` of the original model's.
 
 The recovery and relearn images are training images the forgetting run never used (an attacker who wants a person
-back has new photos): outside every task's replay and forget subsets, which are reproduced from the run's plan and
-settings (:func:`run_subset_indices`). A class with no such image left falls back to its images the run used, and the
-report counts those classes (``audit_images``).
+back has new photos): outside every task's replay and forget subsets, read from the run's ``plan.json``
+(:func:`recorded_subsets`; re-derived from its settings for runs written before it recorded them). A class with no
+such image left falls back to its images the run used, and the report counts those classes (``audit_images``).
 
 Library code: returns dicts, never prints; every number carries the split it was computed on.
 """
@@ -340,6 +340,15 @@ def run_subset_indices(targets: list[int], tasks: list[Task], seed: int, replay_
         if old_forget_shots and task.old:
             seen.update(select_per_class(targets, task.old, seed, shots=old_forget_shots))
     return seen
+
+
+def recorded_subsets(results: dict) -> set[int] | None:
+    """The training images a run trained on (every task's replay and forget images), as its plan recorded them
+    (:func:`gslora.forget.plan_with_indices`); None for a run whose plan has no indices."""
+    tasks = (results.get("plan") or {}).get("tasks") or []
+    if not tasks or any("indices" not in t for t in tasks):
+        return None
+    return {int(i) for t in tasks for part in ("replay", "forget") for i in t["indices"][part]}
 
 
 def run_tasks(results: dict) -> list[Task]:
@@ -668,8 +677,10 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
         retrained_model, retrained_by = retrain_full_reference(
             model, data, remain, rcfg.seed, retrain_full if isinstance(retrain_full, dict) else {},
             (config or AuditConfig()).device, progress)
-    seen = run_subset_indices(data.train.targets, run_tasks(results), rcfg.seed, rcfg.replay_ratio, rcfg.shots,
-                              rcfg.min_replay, rcfg.old_forget_shots, rcfg.forget_minimum)
+    seen = recorded_subsets(results)
+    if seen is None:  # a run folder written before plan.json recorded its indices: re-derive them from its settings
+        seen = run_subset_indices(data.train.targets, run_tasks(results), rcfg.seed, rcfg.replay_ratio, rcfg.shots,
+                                  rcfg.min_replay, rcfg.old_forget_shots, rcfg.forget_minimum)
     others = {}
     for label, m in (compare or {}).items():
         if isinstance(m, nn.Module):

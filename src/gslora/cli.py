@@ -485,9 +485,21 @@ def cmd_list(args) -> int:
     return 0
 
 
+# flags of the classification side that detection does not take: refused with one sentence, never silently ignored
+NOT_FOR_DETECTION = {"resume": "--resume", "head_subset": "--head-subset", "missing_check_data": "--missing-check-data",
+                     "audit": "--audit", "audit_target": "--audit-target", "retrain_full": "--retrain-full",
+                     "request_id": "--request-id", "force": "--force", "class_file": "--classes",
+                     "model_args": "--model-arg"}
+
+
 def _detection(args):
     """``--detection``: the command's detection counterpart (gslora.detection.cli)."""
     from .detection import cli as det
+
+    given = [flag for dest, flag in NOT_FOR_DETECTION.items() if getattr(args, dest, None)]
+    if given:
+        raise GsloraError(f"{given[0]} does not apply to `gslora {args.command} --detection` (detection runs have no "
+                          f"{given[0].lstrip('-').replace('-', ' ')} yet); leave it out.")
 
     if args.command == "demo":
         return det.cmd_demo(args, _cache_dir())

@@ -82,21 +82,9 @@ class RunConfig:
     target_checks: int = 6  # consecutive checks the forgetting target must hold before training stops (one check on
     # a small validation split can pass by luck; 3 let forgotten people come back in the next task: ORL 4x5 with
     # seed 7, Acc_o 40 after task 2 against 6.7 with 6; docs/results/DECISIONS.md)
-    hold_margin: bool = False  # true: while the forgetting target holds at the periodic checks (the run waits for
-    # target_checks consecutive ones), step-driven ramps stop (GS-LoRA's forgetting margin keeps its value), so the
-    # confirming steps keep the forgetting without pushing it further; a missed check lets the ramp go on. Not the
-    # default: retention a little better, but forgotten people came back (ORL 4x8 Acc_o 16.7 after task 2 against 0;
-    # docs/results/DECISIONS.md)
     max_trials: int = 3  # step budgets per task for its trials: when the retention target (acc_r_drop) fails, a new
     # trial from the task's start with half the lr, unless the failing trial needed its whole budget to forget (half
-    # the lr would not forget within it); when the forgetting target fails, see extend_trials
-    extend_trials: bool = False  # true: a trial (at the configured lr or above) that ends its budget short of the
-    # forgetting target goes on for another budget at twice the peak lr (a warm restart) while budgets are left,
-    # instead of a new trial from the task's start with twice the lr. Not the default: on the bundled faces it cost
-    # the remaining classes more (ΔAcc_r −6.0 / −7.0 on tasks 1-2 against −5.4 / −3.8; docs/results/ARCHIVE.md)
-    relax_sparsity: bool = False  # true: after a trial (at the configured lr or above) that missed the forgetting
-    # target, the next trial keeps its lr but drops the method's sparsity term (GS-LoRA: alpha 0, every block may
-    # move) before the lr is doubled
+    # the lr would not forget within it); when the forgetting target fails, a new trial at twice the lr
     augment: bool = True  # light augmentation of the task batches (crop, shift, small rotation; gslora.data.augment)
     protocol: str = "auto"  # continual | single_step | few_shot | auto (few_shot when shots > 0, else single_step
     # for one task, e.g. "1x10", else continual); picks the method's protocol preset (configs/methods/<method>.yaml,

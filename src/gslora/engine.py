@@ -101,8 +101,7 @@ def total_steps(cfg, steps_per_epoch: int) -> int:
 
 def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: dict | None = None,
                on_checkpoint: Callable[[dict], None] | None = None,
-               check: Callable[[torch.nn.Module], tuple[bool, dict]] | None = None, seed_offset: int = 0,
-               extensions: int = 0) -> dict:
+               check: Callable[[torch.nn.Module], tuple[bool, dict]] | None = None, seed_offset: int = 0) -> dict:
     """Train ``method`` on ``model`` (already prepared) for the task's step budget. Returns a summary.
 
     Budget: ``ctx.config.max_steps`` steps, or ``epochs`` passes over the remain subset when it is 0; the forget
@@ -110,10 +109,6 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
     metrics)) runs every ``ctx.config.eval_every`` steps and at the end; training stops at the first check that makes
     ``target_checks`` consecutive checks whose target held, so the model returned is the one that check evaluated.
     The summary lists every check.
-
-    ``extensions``: when the budget ends and the last check missed the target, training continues for another budget
-    (at most this many times), each a warm restart of the schedule at twice the previous peak lr, from where it is:
-    the trial goes on instead of starting over. The summary's ``extensions`` says how many were used.
 
     Resumable: with ``ctx.config.checkpoint_every = k > 0`` the engine hands ``on_checkpoint`` its state (trainable
     weights, optimizer, schedule, step, RNG and data-order state, the method's state) at the first end of a pass over
@@ -130,16 +125,14 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
     # an epoch is one pass over the longer loader (few-shot: the forget loader can be the longer one); the shorter
     # one cycles, reshuffled on each pass
     steps_per_epoch = max(len(remain_loader), len(forget_loader))
-    base = total_steps(cfg, steps_per_epoch)  # one budget; an extension adds another
-    total, used = base, 0
+    base = total = total_steps(cfg, steps_per_epoch)
     params = method.trainable_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if dist.is_distributed():  # every process sees its shard of the data; steps use the averaged gradient
         optimizer.register_step_pre_hook(lambda *_: dist.average_gradients(params))
     warmup = min(cfg.warmup_epochs * steps_per_epoch, total // 2)
     phase = warmup_cosine(base, warmup, cfg.min_lr / cfg.lr)
-    # budget k (0 first) runs the same warm-up and cosine at 2^k times the peak lr
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 2.0 ** (s // base) * phase(s % base))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: phase(min(s, base - 1)))
     amp = autocast_dtype(cfg.precision)
     augment_gen = torch.Generator().manual_seed(seed + 2)
 
@@ -148,7 +141,7 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
 
     model.train()
     forget_iter = passes(forget_loader)
-    first_epoch, step, spent, checks, held = 0, 0, 0.0, [], 0
+    first_epoch, step, spent, checks = 0, 0, 0.0, []
     saved_at = 0  # the step of the last in-task checkpoint
     if state is not None:
         for _ in range(state["step"]):  # the forget stream's position: replay its seeded order up to the step
@@ -156,9 +149,6 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
         first_epoch, step, spent = state["epoch"], state["step"], state["train_seconds"]
         saved_at = step
         checks = [Check(**c) for c in state.get("checks", [])]
-        held = state.get("held", 0)
-        used = state.get("extensions", 0)
-        total = base * (used + 1)
         augment_gen.set_state(state["augment_rng"])
         _load_engine_state(state, model, method, optimizer, schedule, remain_loader, device)
     every = cfg.eval_every if check is not None else 0
@@ -176,10 +166,8 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
             x_f, y_f = x_f.to(device, non_blocking=True), y_f.to(device, non_blocking=True)
             if cfg.augment:
                 x_r, x_f = augment_batch(x_r, augment_gen), augment_batch(x_f, augment_gen)
-            # the ramp stays at the last step's value (detection's config has no hold_margin: never held)
-            held += getattr(cfg, "hold_margin", False) and bool(checks) and checks[-1].met
             step_state = StepState(epoch=epoch, step=step, total_steps=base, epochs=cfg.epochs, autocast=autocast,
-                                   lr=optimizer.param_groups[0]["lr"], ramp_step=step - held)
+                                   lr=optimizer.param_groups[0]["lr"])
             logs = method.train_step(model, (x_r, y_r), (x_f, y_f), optimizer, step_state)
             check_finite(logs, ctx.task.index, epoch)
             schedule.step()
@@ -194,9 +182,6 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
                 need = cfg.target_checks
                 if len(checks) >= need and all(c.met for c in checks[-need:]):
                     stopped = True
-            if step >= total and not stopped and used < extensions and checks and not checks[-1].met:
-                total, used = total + base, used + 1  # the target is still missed: one more budget, 2x the lr
-                bar.total = total
             if stopped or step >= total:
                 break
         epoch += 1
@@ -205,10 +190,9 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
             saved_at = step
             on_checkpoint({**_engine_state(epoch, step, spent + time.perf_counter() - start, model, method, optimizer,
                                            schedule, remain_loader),
-                           "checks": [asdict(c) for c in checks], "augment_rng": augment_gen.get_state(),
-                           "extensions": used, "held": held})
+                           "checks": [asdict(c) for c in checks], "augment_rng": augment_gen.get_state()})
     bar.close()
-    return {"steps": step, "budget": base, "extensions": used,
+    return {"steps": step, "budget": base,
             "train_seconds": spent + time.perf_counter() - start, "last_logs": logs,
             "checks": [asdict(c) for c in checks], "stopped_early": stopped and step < total,
             "target_met": bool(checks and checks[-1].met)}

@@ -161,9 +161,10 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         if fit:
             log.warning("%s Going on (forced).", fit)
             warnings.append(fit)
+    plan_record = plan_with_indices(plan, classes, data, config)  # plan.json: what each task used, exactly
     state = None
     if writes:  # under torchrun, rank 0 alone checks and writes the folder
-        folder.start(config, plan.to_dict(classes), overwrite=overwrite, resume=resume)
+        folder.start(config, plan_record, overwrite=overwrite, resume=resume)
     if folder is not None and resume:
         state = folder.load_task_state(config)
     original = copy.deepcopy(model).eval().requires_grad_(False)
@@ -219,7 +220,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         "model": {**model.config, "parameters": total_params},
         "device": str(device),
         "source_checkpoint": str(Path(source_checkpoint).resolve()) if source_checkpoint else None,
-        "plan": plan.to_dict(classes),
+        "plan": plan_record,
         "missing_check": missing.summary(missing_before),
         "tasks": rows,
         "wall_seconds": spent + time.perf_counter() - run_start,
@@ -345,33 +346,21 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     trial evaluated on test. Returns (row, merged model, counts after the task).
 
     The task has ``max_trials`` step budgets. Every trial trains from the task's start; the first uses the configured
-    lr. A trial that missed the forgetting target is followed by one at twice the lr (with ``extend_trials``, a trial
-    at the configured lr or above instead goes on for another budget at twice the peak lr while budgets are left);
-    one that met it but missed the retention target by one at half the lr, unless it needed its whole budget to
-    forget; the search ends when it would turn back to a trial already made (:func:`next_trial`; with
-    ``relax_sparsity`` a missed forgetting target first drops the sparsity term). The first trial meeting every target
+    lr. A trial that missed the forgetting target is followed by one at twice the lr; one that met it but missed the
+    retention target by one at half the lr, unless it needed its whole budget to forget; the search ends when it
+    would turn back to a trial already made (:func:`next_trial`). The first trial meeting every target
     on validation is kept, else the best (:func:`_better`). Only the validation split is ever looked at to choose."""
     t0 = time.perf_counter()
     nc = len(classes)
     missing = missing_classes(config, plan, classes)  # remaining classes without any data (gslora.practical)
+    used = task_subsets(task, data, config, missing)
     replayed = [c for c in task.remain if c not in set(missing)]
-    remain_idx = select_per_class(data.train.targets, replayed, config.seed, config.replay_ratio, config.shots,
-                                  minimum=config.min_replay)
-    forget_idx = select_per_class(data.train.targets, task.forget, config.seed, config.replay_ratio, config.shots,
-                                  minimum=config.forget_minimum)
-    if config.old_forget_shots and task.old:
-        forget_idx += select_per_class(data.train.targets, task.old, config.seed, shots=config.old_forget_shots)
+    remain_idx, forget_idx, extra = used["replay"], used["forget"], used["check_train"]
     vs_pre = method.drop_against_pretrained
     targets = parse_target(config.target)
     forgetting = {k: v for k, v in targets.items() if k in FORGETTING_TARGETS}
     use_targets = method.trains and method.uses_targets
     n_trials = config.max_trials if use_targets and targets else 1
-
-    # the check set every selection looks at: the validation split plus, per class of the task, up to
-    # check_train_images training images outside the task's subsets (never trained on in this task; RunConfig)
-    extra = check_images(data.train.targets, [c for c in task.remain + task.forget + task.old if c not in missing],
-                         set(remain_idx) | set(forget_idx), config.check_train_images if not config.shots else 0,
-                         config.seed)
     if extra:
         check_set = ConcatDataset([data.val, Subset(data.train, extra)])
         check_orig = _accuracies(original, data, check_set, nc, config, device)
@@ -408,21 +397,13 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     if epoch_state is not None and "trial" in epoch_state:
         first_trial, trials, best = epoch_state["trial"], epoch_state["trials"], epoch_state["best"]
     k = first_trial
-    relax = config.relax_sparsity and method.sparsity_arg is not None
-    base_args = method.args
     while True:
-        # max_trials is a number of step budgets: an extended trial spends one per extension
-        left = n_trials - sum(1 + t.get("extensions", 0) for t in trials)
-        nxt = next_trial(trials, relax)
-        if left <= 0 or nxt is None:
+        scale = next_trial(trials)
+        if len(trials) >= n_trials or scale is None:
             break
-        scale, sparsity_scale = nxt
         if k > 0:
             model.load_state_dict(start_weights)
             method.load_state_dict(copy.deepcopy(method_start), device)
-        if relax:  # this trial's sparsity weight (relax_sparsity: 0 after a missed forgetting target)
-            name = method.sparsity_arg
-            method.args = dataclasses.replace(base_args, **{name: getattr(base_args, name) * sparsity_scale})
         trial_cfg = dataclasses.replace(config, lr=config.lr * scale, min_lr=config.min_lr * scale)
         adapter_dir = None
         if folder is not None and config.save_adapters:
@@ -446,20 +427,16 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
                         folder.save_epoch_state(task.index, {**s, "trial": k, "trials": trials, "best": best})
                 summary = train_task(work, method, ctx, state=resume_from, on_checkpoint=on_checkpoint,
                                      check=check if use_targets and forgetting and config.eval_every else None,
-                                     seed_offset=7919 * k,
-                                     extensions=left - 1 if config.extend_trials and scale >= 1 else 0)
+                                     seed_offset=7919 * k)
             else:
-                summary = {"steps": 0, "budget": 0, "extensions": 0, "train_seconds": 0.0, "checks": [],
-                           "stopped_early": False}
+                summary = {"steps": 0, "budget": 0, "train_seconds": 0.0, "checks": [], "stopped_early": False}
             model, info = method.finish(work, ctx)
         model.eval()
         info = dict(info)
         info.setdefault("trainable_params", trainable)
         val = validate(model)
-        record = {"trial": k + 1, "lr": trial_cfg.lr, "lr_scale": scale, "sparsity_scale": sparsity_scale,
-                  "steps": summary["steps"],
-                  "budget": summary["budget"], "extensions": summary["extensions"],
-                  "peak_lr": trial_cfg.lr * 2 ** summary["extensions"], "stopped_early": summary["stopped_early"],
+        record = {"trial": k + 1, "lr": trial_cfg.lr, "lr_scale": scale, "steps": summary["steps"],
+                  "budget": summary["budget"], "stopped_early": summary["stopped_early"],
                   "checks": len(summary["checks"]), "val": _brief(val), "targets_met": targets_met(val, targets)}
         trials.append(record)
         if best is None or _better(record, best[0]):
@@ -468,7 +445,6 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         if all(record["targets_met"].values()) or not use_targets:
             break
         k += 1
-    method.args = base_args
     record, weights, method_state, info, summary = best
     if len(trials) > 1:  # the chosen trial's weights, method state and adapter
         model.load_state_dict(weights)
@@ -524,6 +500,40 @@ def _gate(model, start_weights: dict, data: DataBundle, check_set, task: Task, r
     images = _subset_of_classes(data, check_set, set(task.forget) | set(replayed))
     return depth_gate(start, model, images, task.forget, replayed, spec, retrained=retrained,
                       config=AuditConfig(seed=config.seed), device=device)
+
+
+def task_subsets(task: Task, data: DataBundle, config: RunConfig, missing) -> dict[str, list[int]]:
+    """The training images one task uses, as indices into ``data.train``: ``replay`` (its remaining classes that keep
+    data), ``forget`` (its forgotten classes, plus ``old_forget_shots`` of each earlier-forgotten one), and
+    ``check_train`` (up to ``check_train_images`` per class outside those two, added to the validation split as the
+    task's check set: looked at to stop and choose, never trained on). Seeded: the same for every trial and run."""
+    replayed = [c for c in task.remain if c not in set(missing)]
+    replay = select_per_class(data.train.targets, replayed, config.seed, config.replay_ratio, config.shots,
+                              minimum=config.min_replay)
+    forget = select_per_class(data.train.targets, task.forget, config.seed, config.replay_ratio, config.shots,
+                              minimum=config.forget_minimum)
+    if config.old_forget_shots and task.old:
+        forget += select_per_class(data.train.targets, task.old, config.seed, shots=config.old_forget_shots)
+    # the check set every selection looks at: the validation split plus, per class of the task, up to
+    # check_train_images training images outside the task's subsets (never trained on in this task; RunConfig)
+    check_train = check_images(data.train.targets, [c for c in task.remain + task.forget + task.old
+                                                    if c not in missing],
+                               set(replay) | set(forget), config.check_train_images if not config.shots else 0,
+                               config.seed)
+    return {"replay": replay, "forget": forget, "check_train": check_train}
+
+
+def plan_with_indices(plan: TaskPlan, classes: list[str], data: DataBundle, config: RunConfig) -> dict:
+    """The plan as ``plan.json`` and ``results["plan"]`` hold it: per task its classes and the exact training images
+    it used (:func:`task_subsets`, indices into the train split) and its missing classes (no replay data); the
+    check set is the whole validation split plus ``check_train``. Audits read the images from here."""
+    out = plan.to_dict(classes)
+    missing = missing_classes(config, plan, classes)
+    for task, entry in zip(plan.tasks, out["tasks"]):
+        entry["indices"] = task_subsets(task, data, config, missing)
+        entry["missing_classes"] = sorted(int(c) for c in set(missing) & set(task.remain))
+    out["indices_of"] = "the train split (seeded; check set = the validation split + check_train)"
+    return out
 
 
 FORGETTING_TARGETS = ("acc_f", "acc_o")
@@ -586,10 +596,9 @@ def targets_met(metrics: dict, targets: dict) -> dict[str, bool]:
     return {k: bool(brief[k] is None or brief[k] <= bound(k, v)) for k, v in targets.items()}
 
 
-def next_trial(trials: list[dict], relax_sparsity: bool = False) -> tuple[float, float] | None:
-    """The (lr multiplier, sparsity multiplier) of the next trial: (1, 1) first; then, after a trial that missed a
-    forgetting target, twice the lr, or with ``relax_sparsity`` the same lr without the sparsity term first (when that
-    trial had it and ran at the configured lr or above); after one that met them but missed the retention target,
+def next_trial(trials: list[dict]) -> float | None:
+    """The lr multiplier of the next trial: 1 first; then, after a trial that missed a forgetting target, twice the
+    lr; after one that met them but missed the retention target,
     half the lr, unless it needed its whole step budget to get there (it ran periodic checks and did not stop early):
     a trial at half the lr forgets more slowly, so it would not meet the forgetting target within the same budget,
     and the search ends (no such half-lr trial was kept on the five benchmark task plans or in the demo:
@@ -597,20 +606,17 @@ def next_trial(trials: list[dict], relax_sparsity: bool = False) -> tuple[float,
     turned back. The geometric midpoint it used to try then was kept on 1 of 20 tasks over the five benchmark task
     plans, and that one still missed its retention target."""
     if not trials:
-        return 1.0, 1.0
+        return 1.0
     last = trials[-1]
     met = last["targets_met"]
-    lr, sparsity = last["lr_scale"], last.get("sparsity_scale", 1.0)
     if all(v for k, v in met.items() if k in FORGETTING_TARGETS):
         if last.get("checks", 1) and not last.get("stopped_early", True):
             return None  # forgetting took the whole budget: half the lr would not get there in it (without periodic
             # checks, eval_every 0, no trial can stop early, so the budget says nothing)
-        want = (lr * 0.5, sparsity)
-    elif relax_sparsity and sparsity > 0 and lr >= 1:
-        want = (lr, 0.0)
+        want = last["lr_scale"] * 0.5
     else:
-        want = (lr * 2.0, sparsity)
-    if any(abs(want[0] - t["lr_scale"]) < 1e-9 * want[0] and want[1] == t.get("sparsity_scale", 1.0) for t in trials):
+        want = last["lr_scale"] * 2.0
+    if any(abs(want - t["lr_scale"]) < 1e-9 * want for t in trials):
         return None
     return want
 

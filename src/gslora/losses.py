@@ -13,14 +13,13 @@ def bounded_forget_loss(logits: torch.Tensor, labels: torch.Tensor, bound: float
     return F.relu(bound - F.cross_entropy(logits, labels))
 
 
-def margin_forget_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float, pull: bool = True) -> torch.Tensor:
+def margin_forget_loss(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
     """Per-sample hinge mean(max(0, z_y − max_{c≠y} z_c + margin)) on margin-free logits: each forget sample is pushed
     until its own class trails the best other class by ``margin``, then left alone (the CE hinge keeps pushing the
-    batch mean towards BND, moving samples that are long forgotten)."""
+    batch mean towards BND, moving samples that are long forgotten). Only the own class is pushed down: the best
+    other class is a constant (raising it too cost the remaining classes more; docs/results/DECISIONS.md)."""
     own = logits.gather(1, labels[:, None]).squeeze(1)
-    others = logits.scatter(1, labels[:, None], float("-inf")).amax(1)
-    if not pull:  # push the own class down only, without pulling the sample towards its nearest other class
-        others = others.detach()
+    others = logits.scatter(1, labels[:, None], float("-inf")).amax(1).detach()
     return F.relu(own - others + margin).mean()
 
 

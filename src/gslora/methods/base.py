@@ -78,8 +78,6 @@ class StepState:
     epochs: int
     autocast: Callable[[], AbstractContextManager] = nullcontext  # wrap forward passes (mixed precision) in this
     lr: float = 0.0  # the learning rate of this step (proximal updates scale their threshold by it)
-    ramp_step: int | None = None  # where step-driven ramps (GS-LoRA's forgetting margin) are: ``step`` less the steps
-    # run while the forgetting target held at the last check (RunConfig.hold_margin); None: ``step``
 
 
 class Method:
@@ -92,8 +90,6 @@ class Method:
     drop_against_pretrained: bool = False  # Drop (and H) vs the original model, not the task's start (Retrain)
     data_needs: str | None = None  # data beyond the replay / forget subsets the method cannot run without (e.g.
     # retrain-full: every training image of the remaining classes); a run under a data constraint refuses it
-    sparsity_arg: str | None = None  # the args field weighting a sparsity term, which RunConfig.relax_sparsity sets
-    # to 0 for the next trial after a missed forgetting target (GS-LoRA: alpha)
     uses_targets: bool = True  # stop at the validation forgetting target and retry on a missed retention target;
     # False for methods that forget by construction (Retrain: a fresh model meets acc_f at step 0)
 

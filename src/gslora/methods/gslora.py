@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -39,10 +38,8 @@ class GSLoRAArgs:
     prototype_weight_forget: float | list[float]  # w_f of GS-LoRA++'s L_pro, a number or one per task
     prototype_weight_remain: float | list[float]  # w_r (the released scripts: 0)
     prototype_bound: float  # BND_pro
-    retain_distill: float = 0.0  # weight of 1 - cos(embedding, task-start model's embedding) on the remain batch
     forget_loss: str = "margin"  # margin: per-sample hinge on the logit gap; ce: the paper's max(0, BND - CE)
     forget_margin: float = 64.0  # forget_loss margin: the logit gap own class vs best other to reach
-    forget_pull: bool = False  # margin: also raise the best other class's logit (False: only lower the own class's)
     forget_margin_ramp: bool = True  # grow the margin linearly from 0 to forget_margin over the step budget
 
     def validate(self):
@@ -71,7 +68,6 @@ class GSLoRAArgs:
 class GSLoRA(Method):
     name = "gslora"
     Args = GSLoRAArgs
-    sparsity_arg = "alpha"
 
     def prepare(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         a = self.args
@@ -88,9 +84,6 @@ class GSLoRA(Method):
             # computed once per task (and trial) with the model at the start of the task, before LoRA is attached (the
             # authors' single-step script used a random model): the task's training subsets, remain and forget
             self.prototypes = class_prototypes(model, [ctx.remain_data, ctx.forget_data], ctx.num_classes, ctx.device)
-        self.teacher = None
-        if a.retain_distill > 0:
-            self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
         peft_model, self.groups = attach_lora(model, rank=a.lora_rank, alpha=a.lora_alpha, dropout=a.lora_dropout)
         return peft_model
 
@@ -105,18 +98,9 @@ class GSLoRA(Method):
         forget_term = self._forget_term(logits[n_r:], y_f, plain_f, self._margin(state))
         structure = group_lasso(self.groups.params)
         total = ce_r + self.beta * forget_term
-        if self.teacher is not None:
-            with torch.no_grad():
-                t = self.teacher.embed(x_r)
-            distill = (1 - F.cosine_similarity(emb[:n_r].float(), t.float(), dim=-1)).mean()
-            total = total + a.retain_distill * distill
-        else:
-            distill = None
         if a.sparsity == "penalty":  # the authors' form: the group lasso as a loss term inside AdamW
             total = total + self._alpha(state) * structure
         logs = {"ce_r": float(ce_r.detach()), "forget": float(forget_term.detach()), "gl": float(structure.detach())}
-        if distill is not None:
-            logs["distill"] = float(distill.detach())
         if self.prototypes is not None:  # GS-LoRA++ (the GS-LoRA++ paper); on the embedding, so any head (CosFace,
         # linear)
             protos = self.prototypes.to(emb.device, emb.dtype)
@@ -144,7 +128,7 @@ class GSLoRA(Method):
     def _margin(self, state: StepState) -> float:
         """forget_loss margin: forget_margin, or with the ramp forget_margin · (step + 1) / budget."""
         a = self.args
-        step = state.step if state.ramp_step is None else state.ramp_step
+        step = state.step
         return a.forget_margin * (min(1.0, (step + 1) / state.total_steps) if a.forget_margin_ramp else 1.0)
 
     def _forget_term(self, logits_f: torch.Tensor, y_f: torch.Tensor, plain_f: torch.Tensor | None = None,
@@ -152,7 +136,7 @@ class GSLoRA(Method):
         """The forgetting term: the per-sample margin hinge on the margin-free logits ``plain_f`` (forget_loss
         margin), else the paper's bounded CE on the training logits ``logits_f``."""
         if self.args.forget_loss == "margin":  # per sample: earlier-forgotten samples need no hinge of their own
-            return margin_forget_loss(plain_f, y_f, margin, self.args.forget_pull)
+            return margin_forget_loss(plain_f, y_f, margin)
         bound = self.args.bound
         if self.old_classes.numel() == 0:
             return bounded_forget_loss(logits_f, y_f, bound)
@@ -191,7 +175,6 @@ class GSLoRA(Method):
             info["adapter"] = None  # no block changed: nothing to store
         merged = merge_lora(model)
         self.groups = None
-        self.teacher = None
         return merged, info
 
 
