@@ -571,10 +571,13 @@ def summary(r: Results) -> str:
     chain = r("record_chain.json")
     gates = [t for run in chain["runs"].values() for t in run]
     rows.append(["erasure record on ORL: 2 requests on one HF ViT, `--audit`, `history`, `verify`, tampering",
-                 "verify 0 on the model, 1 on a flipped byte and on an edited entry; gate "
+                 "verify 0 on the model, 1 on a flipped byte and on an edited entry; the `--audit` gate "
                  + "–".join(dict.fromkeys((f1(min(t["gate_seconds"] for t in gates)),
                                            f1(max(t["gate_seconds"] for t in gates)))))
-                 + " s per task; deployed Acc_o "
+                 + " s per task ("
+                 + "–".join(dict.fromkeys((f0(100 * min(t["gate_share_of_task"] for t in gates)),
+                                           f0(100 * max(t["gate_share_of_task"] for t in gates)))))
+                 + "% of the task's own time); deployed Acc_o "
                  f"{f1(max(t['deployed']['acc_o'] or 0 for t in gates))}",
                  chain["machine"], "[record](docs/record.md)"])
     gpu = r("gpu_paper_size.json")

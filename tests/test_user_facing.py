@@ -147,6 +147,10 @@ def test_defaults_are_said_when_used(capsys, tmp_path, micro_checkpoint, micro_f
     assert code == 2 and "no --tasks: using the default tasks '4x20'" in err and "would forget 80" in err
     code, out, err = run(capsys, "evaluate", "--checkpoint", micro_checkpoint, "--device", "cpu")
     assert "no --data: scoring on the bundled faces" in err
+    code, _, err = run(capsys, "forget", "--checkpoint", micro_checkpoint, "--out", tmp_path / "run2", "--tasks", "1x2",
+                       "--device", "cpu")  # the bundled faces do not match this 20-class model: said after the note
+    assert code == 2 and "no --data: using the default data 'faces' (the bundled faces)" in err
+    assert not (tmp_path / "run2").exists()
 
 
 def test_list_shows_every_key_with_its_default_and_help(capsys):

@@ -491,15 +491,18 @@ def _gate(model, start_weights: dict, data: DataBundle, check_set, task: Task, r
     from .audit import AuditConfig, depth_gate, retrain_full_reference
     from .config import RETRAIN_DEPTH_TARGET
 
+    t0 = time.perf_counter()
     start = copy.deepcopy(model)
     start.load_state_dict(start_weights)
-    spec, retrained = config.audit_target, None
+    spec, retrained, retrain_seconds = config.audit_target, None, None
     if config.audit_retrain_full:
         retrained, _ = retrain_full_reference(model, data, task.remain, config.seed, {}, str(device), progress)
+        retrain_seconds = time.perf_counter() - t0
         spec = ",".join(p for p in (spec, RETRAIN_DEPTH_TARGET) if p)
     images = _subset_of_classes(data, check_set, set(task.forget) | set(replayed))
-    return depth_gate(start, model, images, task.forget, replayed, spec, retrained=retrained,
+    gate = depth_gate(start, model, images, task.forget, replayed, spec, retrained=retrained,
                       config=AuditConfig(seed=config.seed), device=device)
+    return {**gate, "seconds": time.perf_counter() - t0, "retrain_seconds": retrain_seconds}
 
 
 def task_subsets(task: Task, data: DataBundle, config: RunConfig, missing) -> dict[str, list[int]]:

@@ -97,14 +97,15 @@ def export_native(model: Classifier, folder: str | Path, classes: list[str], his
             if imported.get("preprocessor_config"):
                 (tmp / "preprocessor_config.json").write_text(json.dumps(imported["preprocessor_config"], indent=2))
         else:
-            state = {k: v.detach().cpu().contiguous() for k, v in library_model.state_dict().items()}
-            save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-            if imported["library"] == "timm":
-                from timm.models._hub import save_config_for_hf
+            if imported["library"] == "timm":  # timm's own public writer: config.json + model.safetensors
+                from timm.models import save_for_hf
 
-                save_config_for_hf(library_model, str(tmp / "config.json"),
-                                   model_config={"label_names": list(classes)},
-                                   model_args={k: v for k, v in imported["kwargs"].items() if k != "num_classes"})
+                save_for_hf(library_model, str(tmp), model_config={"label_names": list(classes)},
+                            model_args={k: v for k, v in imported["kwargs"].items() if k != "num_classes"},
+                            safe_serialization=True)
+            else:
+                state = {k: v.detach().cpu().contiguous() for k, v in library_model.state_dict().items()}
+                save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / NOTE).write_text(json.dumps(note, indent=2))
 
     return atomic_write_dir(folder, write)

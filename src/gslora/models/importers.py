@@ -507,6 +507,9 @@ def import_timm(path: str | Path, name: str, model_args: dict | None = None, pre
 
 
 def import_timm_folder(folder: str | Path, preprocessing: dict | None = None) -> tuple[Classifier, list[str] | None]:
+    # timm has no public reader of a local folder's config.json (its public path, create_model("local-dir:..."),
+    # also loads the weights, without our checks); this private one parses the legacy and current formats alike.
+    # Tested on timm 1.0.x; pyproject pins timm < 1.1 for it.
     from timm.models._hub import load_model_config_from_path
 
     folder = Path(folder)
