@@ -314,3 +314,28 @@ def test_the_margin_ramps_over_the_whole_budget_through_the_checks(micro_model, 
     summary = train_task(work, method, ctx, check=check)
     assert summary["steps"] == 35 and summary["stopped_early"]
     assert margins == pytest.approx([method.args.forget_margin * (s + 1) / 40 for s in range(35)])
+
+
+def test_the_policy_decides_stop_or_hold_and_another_policy_changes_the_trials(micro_model, micro_data):
+    """One object owns targets, stopping, trials and the choice: the default from the config, and a subclass (as the
+    benchmarks' experiments are) changes the run without touching the runner or the engine."""
+    from types import SimpleNamespace
+
+    from gslora.policy import TargetPolicy
+
+    policy = TargetPolicy.from_config(_cfg(target="acc_f<=2,acc_r_drop<=2", target_checks=2, max_trials=3))
+    assert policy.forgetting == {"acc_f": 2.0}
+    met, missed = SimpleNamespace(met=True), SimpleNamespace(met=False)
+    assert policy.decide([met]) == "hold" and policy.decide([missed, met, met]) == "stop"
+    assert policy.decide([met, missed]) == "hold"
+
+    class OneTrialAtHalfLr(TargetPolicy):
+        def next_trial(self, trials):
+            return None if trials else 0.5
+
+    cfg = _cfg(tasks="1x2", target="acc_f<=-1", max_trials=3, eval_every=4, target_checks=1)
+    row = run_forgetting(micro_model, micro_data.classes, micro_data, cfg,
+                         policy=OneTrialAtHalfLr.from_config(cfg)).rows[0]
+    assert [t["lr_scale"] for t in row["trials"]] == [0.5]
+    default = run_forgetting(micro_model, micro_data.classes, micro_data, cfg).rows[0]
+    assert [t["lr_scale"] for t in default["trials"]] == [1.0, 2.0, 4.0]  # never met: the lr doubles each time

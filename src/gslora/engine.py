@@ -101,14 +101,16 @@ def total_steps(cfg, steps_per_epoch: int) -> int:
 
 def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: dict | None = None,
                on_checkpoint: Callable[[dict], None] | None = None,
-               check: Callable[[torch.nn.Module], tuple[bool, dict]] | None = None, seed_offset: int = 0) -> dict:
+               check: Callable[[torch.nn.Module], tuple[bool, dict]] | None = None, seed_offset: int = 0,
+               decide: Callable[[list], str] | None = None) -> dict:
     """Train ``method`` on ``model`` (already prepared) for the task's step budget. Returns a summary.
 
     Budget: ``ctx.config.max_steps`` steps, or ``epochs`` passes over the remain subset when it is 0; the forget
     loader reshuffles on each of its passes. ``check`` (the runner's validation check: model → (target met,
-    metrics)) runs every ``ctx.config.eval_every`` steps and at the end; training stops at the first check that makes
-    ``target_checks`` consecutive checks whose target held, so the model returned is the one that check evaluated.
-    The summary lists every check.
+    metrics)) runs every ``ctx.config.eval_every`` steps and at the end; after each, ``decide(checks)`` (the runner's
+    policy, :meth:`gslora.policy.TargetPolicy.decide`; default: ``target_checks`` consecutive checks whose target
+    held) says ``stop`` or ``hold``, and at ``stop`` the model returned is the one that check evaluated. The summary
+    lists every check.
 
     Resumable: with ``ctx.config.checkpoint_every = k > 0`` the engine hands ``on_checkpoint`` its state (trainable
     weights, optimizer, schedule, step, RNG and data-order state, the method's state) at the first end of a pass over
@@ -179,9 +181,7 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
                 met, metrics = check(model)
                 model.train()
                 checks.append(Check(step=step, metrics=metrics, met=met))
-                need = cfg.target_checks
-                if len(checks) >= need and all(c.met for c in checks[-need:]):
-                    stopped = True
+                stopped = (decide or consecutive(cfg.target_checks))(checks) == "stop"
             if stopped or step >= total:
                 break
         epoch += 1
@@ -196,6 +196,11 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
             "train_seconds": spent + time.perf_counter() - start, "last_logs": logs,
             "checks": [asdict(c) for c in checks], "stopped_early": stopped and step < total,
             "target_met": bool(checks and checks[-1].met)}
+
+
+def consecutive(need: int) -> Callable[[list], str]:
+    """The stopping rule when the caller gives none: ``stop`` once the last ``need`` checks met their target."""
+    return lambda checks: "stop" if len(checks) >= need and all(c.met for c in checks[-need:]) else "hold"
 
 
 class TrainingDiverged(GsloraError):

@@ -26,7 +26,7 @@ from torch.utils.data import ConcatDataset, Subset
 
 from . import distributed as dist
 from ._version import __version__
-from .config import RunConfig, parse_target, to_dict
+from .config import RunConfig, to_dict
 from .data.base import DataBundle, check_data_matches  # noqa: F401 (re-exported)
 from .data.plan import Task, TaskPlan, make_plan, select_per_class
 from .engine import autocast_dtype, train_task
@@ -36,6 +36,16 @@ from .files import check_writable
 from .methods import Method, TaskContext, get_method
 from .missing import MissingCheck
 from .models.registry import Classifier, count_parameters
+from .policy import (  # noqa: F401 (re-exported: the rule's pieces, as the tests and benchmarks use them)
+    FORGETTING_TARGETS,
+    TargetPolicy,
+    _better,
+    _brief,
+    checked_classes,
+    forgetting_met,
+    next_trial,
+    targets_met,
+)
 from .practical import check_method_fits, data_constraint, missing_classes
 from .presets import resolve
 from .record import append_entry, forgotten_names, new_request_prefix, weights_sha256
@@ -101,7 +111,8 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
                    progress: bool = False, method: Method | None = None,
                    source_checkpoint: str | Path | None = None, resume: bool = False, record: list | None = None,
                    request_id: str | None = None, force: bool = False,
-                   on_task: Callable[[dict, int], None] | None = None) -> RunResult:
+                   on_task: Callable[[dict, int], None] | None = None,
+                   policy: TargetPolicy | None = None) -> RunResult:
     """Run the task sequence of ``config`` on ``model`` (modified in place and returned as ``result.model``).
 
     ``config`` is resolved first (:func:`gslora.presets.resolve`: unset training settings come from the method's
@@ -122,6 +133,8 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     ``force`` (then it goes on with a warning, recorded in ``results["warnings"]``).
 
     ``on_task(row, number of tasks)`` is called with each finished task's row (the CLI prints a line from it).
+    ``policy``: targets, stopping, trials and the trial kept (default :class:`gslora.policy.TargetPolicy` from
+    ``config``: target, target_checks, max_trials); another policy is a subclass of it.
     """
     config = resolve(config)
     method = method or get_method(config.method, **config.method_args)
@@ -188,7 +201,8 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         epoch_state = folder.load_epoch_state(task.index) if resume and folder is not None else None
         row, model, counts_after = _run_task(model, method, task, position, plan, classes, data, config, device,
                                              original, counts_orig, counts_now, total_params,
-                                             folder if writes else None, progress, epoch_state)
+                                             folder if writes else None, progress, epoch_state,
+                                             policy or TargetPolicy.from_config(config))
         if missing.active:
             row["missing_check"] = _missing_check(missing, model, config, device, missing_before)
         masked = _masked_after(plan, position) if config.mask_outputs else []
@@ -341,15 +355,16 @@ def _missing_check(check: MissingCheck, model, config: RunConfig, device, before
 
 def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, classes, data: DataBundle,
               config: RunConfig, device, original, counts_orig, counts_now, total_params, folder: RunFolder | None,
-              progress: bool, epoch_state: dict | None):
+              progress: bool, epoch_state: dict | None, policy: TargetPolicy):
     """One task: subsets, then trials of prepare → train (stopping at the validation target) → finish, the chosen
     trial evaluated on test. Returns (row, merged model, counts after the task).
 
     The task has ``max_trials`` step budgets. Every trial trains from the task's start; the first uses the configured
     lr. A trial that missed the forgetting target is followed by one at twice the lr; one that met it but missed the
     retention target by one at half the lr, unless it needed its whole budget to forget; the search ends when it
-    would turn back to a trial already made (:func:`next_trial`). The first trial meeting every target
-    on validation is kept, else the best (:func:`_better`). Only the validation split is ever looked at to choose."""
+    would turn back to a trial already made. The first trial meeting every target on validation is kept, else the
+    best. The rule is the policy's (:class:`gslora.policy.TargetPolicy`); only the check set is ever looked at to
+    choose."""
     t0 = time.perf_counter()
     nc = len(classes)
     missing = missing_classes(config, plan, classes)  # remaining classes without any data (gslora.practical)
@@ -357,10 +372,9 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     replayed = [c for c in task.remain if c not in set(missing)]
     remain_idx, forget_idx, extra = used["replay"], used["forget"], used["check_train"]
     vs_pre = method.drop_against_pretrained
-    targets = parse_target(config.target)
-    forgetting = {k: v for k, v in targets.items() if k in FORGETTING_TARGETS}
+    forgetting = policy.forgetting
     use_targets = method.trains and method.uses_targets
-    n_trials = config.max_trials if use_targets and targets else 1
+    n_trials = policy.trials_for(method)
     if extra:
         check_set = ConcatDataset([data.val, Subset(data.train, extra)])
         check_orig = _accuracies(original, data, check_set, nc, config, device)
@@ -387,7 +401,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     def check(m) -> tuple[bool, dict]:
         correct, total = _accuracies(m, data, forgetting_set, nc, config, device)
         metrics = {k: accuracy(correct, total, v) for k, v in checked.items()}
-        return forgetting_met(metrics, forgetting), metrics
+        return policy.check_met(metrics), metrics
 
     start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     method_start = copy.deepcopy(method.state_dict())
@@ -398,7 +412,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         first_trial, trials, best = epoch_state["trial"], epoch_state["trials"], epoch_state["best"]
     k = first_trial
     while True:
-        scale = next_trial(trials)
+        scale = policy.next_trial(trials)
         if len(trials) >= n_trials or scale is None:
             break
         if k > 0:
@@ -427,7 +441,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
                         folder.save_epoch_state(task.index, {**s, "trial": k, "trials": trials, "best": best})
                 summary = train_task(work, method, ctx, state=resume_from, on_checkpoint=on_checkpoint,
                                      check=check if use_targets and forgetting and config.eval_every else None,
-                                     seed_offset=7919 * k)
+                                     decide=policy.decide, seed_offset=7919 * k)
             else:
                 summary = {"steps": 0, "budget": 0, "train_seconds": 0.0, "checks": [], "stopped_early": False}
             model, info = method.finish(work, ctx)
@@ -437,9 +451,9 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         val = validate(model)
         record = {"trial": k + 1, "lr": trial_cfg.lr, "lr_scale": scale, "steps": summary["steps"],
                   "budget": summary["budget"], "stopped_early": summary["stopped_early"],
-                  "checks": len(summary["checks"]), "val": _brief(val), "targets_met": targets_met(val, targets)}
+                  "checks": len(summary["checks"]), "val": _brief(val), "targets_met": policy.met(val)}
         trials.append(record)
-        if best is None or _better(record, best[0]):
+        if best is None or policy.better(record, best[0]):
             best = (record, {k2: v.detach().to("cpu", copy=True) for k2, v in model.state_dict().items()},
                     copy.deepcopy(method.state_dict()), info, summary)
         if all(record["targets_met"].values()) or not use_targets:
@@ -465,7 +479,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         "val": task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task, vs_pre, missing),
         "check": {**record["val"], "images": int(check_orig[1].sum()), "train_images": len(extra)},
         "targets": {"spec": config.target, "val": record["targets_met"],
-                    "test": targets_met(_brief(test), targets)},
+                    "test": policy.met(_brief(test))},
         "trials": trials,
         "chosen_trial": record["trial"],
         "tunable_ratio": tunable_ratio(trainable, total_params),
@@ -539,7 +553,6 @@ def plan_with_indices(plan: TaskPlan, classes: list[str], data: DataBundle, conf
     return out
 
 
-FORGETTING_TARGETS = ("acc_f", "acc_o")
 
 
 def check_images(targets: list[int], classes, exclude: set, per_class: int, seed: int) -> list[int]:
@@ -559,12 +572,6 @@ def check_images(targets: list[int], classes, exclude: set, per_class: int, seed
     return out
 
 
-def checked_classes(task: Task, forgetting: dict) -> dict[str, list[int]]:
-    """Per forgetting target of ``forgetting`` (acc_f, acc_o) the classes the periodic check must score: this task's
-    forgotten classes for acc_f, the earlier-forgotten ones for acc_o."""
-    return {k: list(v) for k, v in (("acc_f", task.forget), ("acc_o", task.old)) if k in forgetting}
-
-
 def _subset_of_classes(data: DataBundle, check_set, classes: set) -> Subset:
     """The images of ``check_set`` (``"val"``, or the validation split + a Subset of training images) whose class is
     in ``classes``."""
@@ -574,65 +581,6 @@ def _subset_of_classes(data: DataBundle, check_set, classes: set) -> Subset:
         val, extra = check_set.datasets
         dataset, labels = check_set, list(val.targets) + [data.train.targets[i] for i in extra.indices]
     return Subset(dataset, [i for i, t in enumerate(labels) if int(t) in classes])
-
-
-def _brief(metrics: dict) -> dict:
-    """The numbers a target looks at: acc_f, acc_r, acc_o, acc_r_drop (vs the pre-trained model), h_mean."""
-    if "acc_r_drop" in metrics:
-        return metrics
-    change = metrics.get("acc_r_change_vs_pretrained")
-    return {"acc_f": metrics["acc_f"], "acc_r": metrics["acc_r"], "acc_o": metrics["acc_o"],
-            "acc_r_drop": -change if change is not None else None, "h_mean": metrics["h_mean"]}
-
-
-def forgetting_met(metrics: dict, targets: dict) -> bool:
-    """Every forgetting target (acc_f, acc_o) holds; a metric without images (None) holds trivially."""
-    return all(metrics.get(k) is None or metrics[k] <= v for k, v in targets.items() if k in FORGETTING_TARGETS)
-
-
-def targets_met(metrics: dict, targets: dict) -> dict[str, bool]:
-    """Per target whether it held; ``acc_r_drop`` within one image's worth (``acc_r_resolution``) when given."""
-    brief = _brief(metrics)
-    def bound(key, value):
-        return max(value, metrics.get("acc_r_resolution", 0.0) + 1e-9) if key == "acc_r_drop" and value >= 0 else value
-
-    return {k: bool(brief[k] is None or brief[k] <= bound(k, v)) for k, v in targets.items()}
-
-
-def next_trial(trials: list[dict]) -> float | None:
-    """The lr multiplier of the next trial: 1 first; then, after a trial that missed a forgetting target, twice the
-    lr; after one that met them but missed the retention target,
-    half the lr, unless it needed its whole step budget to get there (it ran periodic checks and did not stop early):
-    a trial at half the lr forgets more slowly, so it would not meet the forgetting target within the same budget,
-    and the search ends (no such half-lr trial was kept on the five benchmark task plans or in the demo:
-    docs/results/DECISIONS.md). None (the search ends) also when the pair was already tried, i.e. the search
-    turned back. The geometric midpoint it used to try then was kept on 1 of 20 tasks over the five benchmark task
-    plans, and that one still missed its retention target."""
-    if not trials:
-        return 1.0
-    last = trials[-1]
-    met = last["targets_met"]
-    if all(v for k, v in met.items() if k in FORGETTING_TARGETS):
-        if last.get("checks", 1) and not last.get("stopped_early", True):
-            return None  # forgetting took the whole budget: half the lr would not get there in it (without periodic
-            # checks, eval_every 0, no trial can stop early, so the budget says nothing)
-        want = last["lr_scale"] * 0.5
-    else:
-        want = last["lr_scale"] * 2.0
-    if any(abs(want - t["lr_scale"]) < 1e-9 * want for t in trials):
-        return None
-    return want
-
-
-def _better(record: dict, other: dict) -> bool:
-    """Trial order: every target met first, then the higher validation H-Mean (the paper's summary of forgetting and
-    retention together), then forgetting met. Ranking "forgetting met" above H kept collapsed trials (a trial that
-    met acc_f with validation Acc_r 3% won over one at H 70 that missed acc_f by a few points)."""
-    def key(r):
-        met = r["targets_met"]
-        forgot = all(v for k, v in met.items() if k in FORGETTING_TARGETS)
-        return (all(met.values()), r["val"]["h_mean"] or 0.0, forgot)
-    return key(record) > key(other)
 
 
 def _keep_adapter(folder: RunFolder, task_index: int, trial: int, info: dict) -> None:
