@@ -52,7 +52,7 @@ def pretrain_hf(data_path: str, out: Path, seed: int) -> dict:
 
     from gslora.data import load_data
     from gslora.models.exporters import export_native
-    from gslora.models.importers import import_hf
+    from gslora.models.libraries.hf import import_hf
     from gslora.pretrain import PretrainConfig, pretrain
 
     probe = load_data(data_path, image_size=24, seed=seed)

@@ -121,7 +121,7 @@ def test_timm_crop_pct_and_interpolation_match_timms_own_transform(tmp_path):
 def test_torchvision_weights_transform_resize_256_crop_224():
     from torchvision.models import ViT_B_16_Weights
 
-    from gslora.models.importers import _interpolation
+    from gslora.models.libraries.common import _interpolation
 
     t = ViT_B_16_Weights.IMAGENET1K_V1.transforms()
     policy = {"resize": int(t.resize_size[0]), "crop": int(t.crop_size[0]), "interpolation": _interpolation(

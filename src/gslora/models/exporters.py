@@ -21,14 +21,14 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from .._version import __version__
 from ..errors import GsloraError
 from ..files import atomic_write_dir
 from ..record import MASK_LOGIT
-from .importers import _put_classifier
+from .libraries import hf, timm, torchvision
+from .libraries.common import _put_classifier
 from .registry import Classifier
 
 NOTE = "gslora.json"
@@ -64,6 +64,9 @@ def native_model(model: Classifier) -> nn.Module:
     return library_model
 
 
+EXPORTERS = {"hf": hf.export, "torchvision": torchvision.export, "timm": timm.export}  # one module per library
+
+
 def forgotten_classes(history: list | None) -> list[str]:
     return [c for entry in history or [] for c in entry.get("forgotten", [])]
 
@@ -85,27 +88,10 @@ def export_native(model: Classifier, folder: str | Path, classes: list[str], his
             "masked_classes": masked, "history": list(history or []), "record": list(record or []),
             "preprocessing": model.config.get("preprocessing")}
 
-    def write(tmp: Path) -> None:
-        if imported["library"] == "hf":
-            conf = library_model.config
-            conf.num_labels = len(classes)
-            conf.id2label = {i: c for i, c in enumerate(classes)}
-            conf.label2id = {c: i for i, c in enumerate(classes)}
-            conf.gslora = {"forgotten": note["forgotten"], "masked_classes": masked, "history": note["history"],
-                           "record": note["record"], "gslora_version": __version__}
-            library_model.save_pretrained(str(tmp))
-            if imported.get("preprocessor_config"):
-                (tmp / "preprocessor_config.json").write_text(json.dumps(imported["preprocessor_config"], indent=2))
-        else:
-            if imported["library"] == "timm":  # timm's own public writer: config.json + model.safetensors
-                from timm.models import save_for_hf
+    exporter = EXPORTERS[imported["library"]]
 
-                save_for_hf(library_model, str(tmp), model_config={"label_names": list(classes)},
-                            model_args={k: v for k, v in imported["kwargs"].items() if k != "num_classes"},
-                            safe_serialization=True)
-            else:
-                state = {k: v.detach().cpu().contiguous() for k, v in library_model.state_dict().items()}
-                save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    def write(tmp: Path) -> None:
+        exporter(library_model, tmp, classes, imported, note)
         (tmp / NOTE).write_text(json.dumps(note, indent=2))
 
     return atomic_write_dir(folder, write)
