@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, DistributedSampler
@@ -93,6 +93,32 @@ class Check:
     met: bool
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """What the engine reads to train one trial: an explicit object, not a whole run config (classification's
+    ``RunConfig`` and detection's alike give one with :meth:`of`)."""
+
+    seed: int
+    batch_size: int
+    lr: float
+    min_lr: float
+    weight_decay: float
+    warmup_epochs: int
+    max_steps: int  # 0: epochs x steps per epoch
+    epochs: int
+    eval_every: int = 0  # steps between checks (0: none)
+    target_checks: int = 1  # the default stopping rule without a policy's decide: this many met checks in a row
+    checkpoint_every: int = 0  # steps between in-task resume checkpoints (0: none)
+    precision: str = "fp32"
+    augment: bool = False
+    num_workers: int = 0
+
+    @classmethod
+    def of(cls, config) -> TrainSettings:
+        """The engine's settings out of a run config (any object with these fields, resolved)."""
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
+
+
 def total_steps(cfg, steps_per_epoch: int) -> int:
     """The task's step budget: ``max_steps`` when set, else ``epochs`` × ``steps_per_epoch`` (the batches of the
     longer of the remain and forget loaders)."""
@@ -102,8 +128,9 @@ def total_steps(cfg, steps_per_epoch: int) -> int:
 def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: dict | None = None,
                on_checkpoint: Callable[[dict], None] | None = None,
                check: Callable[[torch.nn.Module], tuple[bool, dict]] | None = None, seed_offset: int = 0,
-               decide: Callable[[list], str] | None = None) -> dict:
-    """Train ``method`` on ``model`` (already prepared) for the task's step budget. Returns a summary.
+               decide: Callable[[list], str] | None = None, settings: TrainSettings | None = None) -> dict:
+    """Train ``method`` on ``model`` (already prepared) for the task's step budget. Returns a summary. ``settings``:
+    what to train with (:class:`TrainSettings`; default: those of ``ctx.config``).
 
     Budget: ``ctx.config.max_steps`` steps, or ``epochs`` passes over the remain subset when it is 0; the forget
     loader reshuffles on each of its passes. ``check`` (the runner's validation check: model → (target met,
@@ -119,7 +146,7 @@ def train_task(model: torch.nn.Module, method: Method, ctx: TaskContext, state: 
     numbers. A non-finite loss
     stops the task with a :class:`TrainingDiverged` error naming the task, epoch and loss term.
     """
-    cfg, device = ctx.config, ctx.device
+    cfg, device = settings or TrainSettings.of(ctx.config), ctx.device
     seed = cfg.seed + 1000 * ctx.task.index + seed_offset
     remain_loader = _loader(ctx.remain_data, cfg.batch_size, seed, cfg.num_workers, device)
     forget_loader = _loader(repeated(ctx.forget_data, cfg.batch_size), cfg.batch_size, seed + 1, cfg.num_workers,

@@ -29,7 +29,7 @@ from ._version import __version__
 from .config import RunConfig, to_dict
 from .data.base import DataBundle, check_data_matches  # noqa: F401 (re-exported)
 from .data.plan import Task, TaskPlan, make_plan, select_per_class
-from .engine import autocast_dtype, train_task
+from .engine import TrainSettings, autocast_dtype, train_task
 from .errors import GsloraError
 from .evaluate import TaskMetrics, accuracy, class_counts, task_metrics, tunable_ratio
 from .files import check_writable
@@ -441,7 +441,8 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
                         folder.save_epoch_state(task.index, {**s, "trial": k, "trials": trials, "best": best})
                 summary = train_task(work, method, ctx, state=resume_from, on_checkpoint=on_checkpoint,
                                      check=check if use_targets and forgetting and config.eval_every else None,
-                                     decide=policy.decide, seed_offset=7919 * k)
+                                     decide=policy.decide, seed_offset=7919 * k,
+                                     settings=TrainSettings.of(trial_cfg))
             else:
                 summary = {"steps": 0, "budget": 0, "train_seconds": 0.0, "checks": [], "stopped_early": False}
             model, info = method.finish(work, ctx)
