@@ -8,7 +8,7 @@ validation and on test. The bar (issue 8): Acc_f ≤ 5, Acc_o ≤ 5, ΔAcc_r ≥
 
     .venv/bin/python benchmarks/forget_defaults.py                 # bundled faces, ORL 4x5 and 4x8, GT 4x10
     .venv/bin/python benchmarks/forget_defaults.py --only orl-4x5 --old-forget-shots
-    .venv/bin/python benchmarks/forget_defaults.py --only orl-4x8 --variant kd10=method_args.retain_distill=10 \
+    .venv/bin/python benchmarks/forget_defaults.py --only orl-4x8 --variant ofs2=old_forget_shots=2 \
         --variant check4=check_train_images=4      # options that are not defaults, each a --set list
     .venv/bin/python benchmarks/forget_defaults.py --only gt-4x10 --model vit_face_small --no-defaults
 
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/forget-defaults")
     p.add_argument("--old-forget-shots", action="store_true", help="also run with old_forget_shots=2")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL=KEY=VALUE[,KEY=VALUE] (or ; between pairs)",
-                   help="also run with these settings (repeatable), e.g. kd10=method_args.retain_distill=10")
+                   help="also run with these settings (repeatable), e.g. ofs2=old_forget_shots=2")
     p.add_argument("--no-defaults", action="store_true", help="skip the run with defaults (only the variants)")
     p.add_argument("--model", help="pre-train this registry model instead (checkpoint and labels get its name)")
     p.add_argument("--results", default=str(HERE.parent / "docs" / "results" / "forget_defaults.json"))

@@ -6,8 +6,7 @@ model of a run with the original pre-trained model (and, when given, a model ret
 and other forgotten models such as head forgetting):
 
 1. **Recovery test** (the paper's Fig. 6): backbone frozen, only the head retrained with CE on ``ratio`` of each
-forgotten and
-   remaining class's training images; forget / remain test accuracy per epoch.
+   forgotten and remaining class's training images; forget / remain test accuracy per epoch.
 2. **Linear probe**: logistic regression on frozen penultimate features (embeddings) of the train split, all classes;
    its test accuracy on the forgotten classes.
 3. **Membership inference**: a loss-based attack (per-sample CE, logistic regression, stratified k-fold, balanced)

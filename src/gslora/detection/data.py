@@ -107,8 +107,7 @@ class DetectionSet(Dataset):
 
     def restrict(self, classes) -> DetectionSet:
         """The images holding at least one box of ``classes``, each with only those boxes (the paper's detection
-        protocol: training images
-        keep only the annotations of their set)."""
+        protocol: training images keep only the annotations of their set)."""
         kept = [im.keep(classes) for im in self.images]
         return self._like([im for im in kept if len(im.labels)])
 

@@ -142,8 +142,8 @@ def overlapping_indices(out: dict, targets: list[dict], iou: float = 0.5):
 def forget_loss(criterion: nn.Module, layers: list[dict], targets: list[dict], bound: float,
                 focal: bool, queries: str = "matched") -> tuple[torch.Tensor, dict]:
     """The forgetting loss of the paper's detection protocol on a forget batch (targets: forget-class boxes only):
-    Hungarian matching as in the
-    set loss, L_cls = Σ_layers matched-query classification loss, then max(0, BND − 2·L_cls) + 5·L1 + 2·GIoU.
+    Hungarian matching as in the set loss, L_cls = Σ_layers matched-query classification loss, then
+    max(0, BND − 2·L_cls) + 5·L1 + 2·GIoU.
 
     ``queries="overlapping"``: L_cls also covers every other query whose box overlaps a forget box (IoU ≥ 0.5), so
     the queries that would take over the object once the matched one lets go are pushed down together."""

@@ -82,8 +82,8 @@ class DetGSLoRAArgs:
     # decoder layers)
     sparsity: str = "prox"  # prox: proximal group soft-thresholding of each layer's B; penalty: α·group lasso term
     alpha: float = 0.3  # prox: share of a full Adam step a group's update must exceed to move; penalty: loss weight
-    forget_queries: str = "matched"  # L_cls over the Hungarian-matched queries (the paper's detection protocol) or
-    # every "overlapping" one
+    forget_queries: str = "matched"  # L_cls over the Hungarian-matched queries (the paper's detection protocol)
+    # or every "overlapping" one
 
     def validate(self):
         if self.lora_rank < 1:

@@ -101,8 +101,7 @@ class GSLoRA(Method):
         if a.sparsity == "penalty":  # the authors' form: the group lasso as a loss term inside AdamW
             total = total + self._alpha(state) * structure
         logs = {"ce_r": float(ce_r.detach()), "forget": float(forget_term.detach()), "gl": float(structure.detach())}
-        if self.prototypes is not None:  # GS-LoRA++ (the GS-LoRA++ paper); on the embedding, so any head (CosFace,
-        # linear)
+        if self.prototypes is not None:  # GS-LoRA++: on the embedding, so any head (CosFace, linear)
             protos = self.prototypes.to(emb.device, emb.dtype)
             pro, kl_f, kl_r = prototype_terms(emb[n_r:], protos[y_f], emb[:n_r], protos[y_r], self.w_f, self.w_r,
                                               a.prototype_bound)
@@ -181,8 +180,8 @@ class GSLoRA(Method):
 @register
 class GSLoRAPlus(GSLoRA):
     """GS-LoRA++ (the GS-LoRA++ paper): GS-LoRA with the prototype term on by default
-    (``configs/methods/gslora++.yaml``; its
-    ``few_shot`` protocol preset holds the journal's few-shot values: w_f per task, BND_pro 50, batch 4)."""
+    (``configs/methods/gslora++.yaml``, which inherits gslora.yaml; its ``few_shot`` protocol preset holds the
+    journal's few-shot values: w_f per task, BND_pro 50, batch 4)."""
 
     name = "gslora++"
 

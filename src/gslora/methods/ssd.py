@@ -4,8 +4,7 @@ With []_D the diagonal Fisher importance (mean squared CE gradient) on the train
 every parameter with []_F,i > α·[]_D,i is dampened: θ_i ← β_i·θ_i, β_i = min(λ·[]_D,i / []_F,i, 1). Nothing else
 changes. Defaults: α = 10 (selection weighting), λ = 1 (dampening constant), the paper's values (set for ResNet18 /
 ViT-B on CIFAR; sweep α on other models). The head is left alone by default (the paper's baseline protocol keeps it
-frozen for every
-baseline; CosFace rows are scale-invariant anyway).
+frozen for every baseline; CosFace rows are scale-invariant anyway).
 
 D is the whole training split as in the paper (every training image of the task's remaining and forgotten classes;
 classes forgotten in earlier tasks are left out, they are no longer part of the model's data), taken from
