@@ -74,3 +74,10 @@ def _strict_comparisons(monkeypatch):
     for fn in (compare.run_comparison, tune.run_tuning):
         assert fn.__code__.co_varnames[fn.__code__.co_argcount - 1] == "strict"  # the last parameter
         monkeypatch.setattr(fn, "__defaults__", (*fn.__defaults__[:-1], True))
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own gslora cache (demo models, retrained references): nothing is read from or written to
+    the user's ~/.cache, and no test sees another's cached files."""
+    monkeypatch.setenv("GSLORA_CACHE", str(tmp_path_factory.mktemp("gslora-cache")))

@@ -99,7 +99,7 @@ def test_audit_writes_json_markdown_and_plots(report, run_dir):
     saved = json.loads((out / "audit.json").read_text())
     assert set(saved["models"]) == {"original", "forgotten", "head", "retrained"}
     for m in saved["models"].values():  # every number says which split it came from
-        for key in ("accuracy", "probe", "mia") + (("recovery", "relearn") if "recovery" in m else ()):
+        for key in ("accuracy", "probe", "mia", "recovery") + (("relearn",) if m.get("relearn") else ()):
             assert m[key]["split"], key
     assert saved["classes"]["n_forget"] == 8 and saved["classes"]["n_remain"] == 12
     rel = saved["models"]["head"]["relearn"]
@@ -270,3 +270,66 @@ def test_the_audit_reads_the_images_the_run_recorded(micro_model, micro_data, tm
     assert seen == {i for t in plan["tasks"] for k in ("replay", "forget") for i in t["indices"][k]}
     derived = run_subset_indices(targets, run_tasks(results), cfg.seed, cfg.replay_ratio, min_replay=cfg.min_replay)
     assert seen < derived  # the old re-derivation also counted the missing classes' images, which were never used
+
+
+def test_the_depth_fraction_is_exact_on_a_hand_built_case():
+    from gslora.audit import depth_fraction, model_depth
+
+    assert depth_fraction(90.0, 90.0, 70.0) == 0.0  # as shallow as the original
+    assert depth_fraction(70.0, 90.0, 70.0) == 100.0  # as deep as retraining
+    assert depth_fraction(80.0, 90.0, 70.0) == 50.0
+    assert depth_fraction(60.0, 90.0, 70.0) == 150.0  # deeper than retraining
+    assert depth_fraction(80.0, 70.0, 70.0) is None and depth_fraction(None, 90.0, 70.0) is None
+
+    def model(probe, per_class, recovered, per_class_rec, auc):
+        return {"probe": {"acc_f": probe, "per_class_f": per_class},
+                "recovery": {"recovered_fraction": recovered, "per_class_final_acc_f": per_class_rec},
+                "mia": {"auc": auc}}
+
+    original = model(96.0, {3: 100.0, 5: 92.0}, 1.0, {3: 90.0, 5: 80.0}, 0.70)
+    retrained = model(80.0, {3: 80.0, 5: 80.0}, 0.5, {3: 40.0, 5: 40.0}, 0.52)
+    forgotten = model(88.0, {3: 100.0, 5: 86.0}, 0.75, {3: 65.0, 5: 40.0}, 0.30)  # AUC 0.30: advantage 0.20
+    d = model_depth(forgotten, original, retrained, {3: "bob", 5: "carol"})
+    assert d["probe_f"] == pytest.approx(50.0) and d["recovery"] == pytest.approx(50.0)
+    assert d["mia"] == pytest.approx(100 * (0.20 - 0.20) / (0.20 - 0.02))  # the signal either way: 0.30 is 0.70's
+    assert d["per_class"]["bob"]["probe_f"] == pytest.approx(0.0)
+    assert d["per_class"]["carol"]["probe_f"] == pytest.approx(50.0)
+    assert d["per_class"]["bob"]["recovery"] == pytest.approx(50.0) and d["per_class"]["carol"]["recovery"] == 100.0
+
+
+def test_the_recovery_test_runs_on_the_floor_and_the_ceiling_and_depth_is_reported(report):
+    for label in ("original", "retrained", "forgotten", "head"):
+        assert report["models"][label]["recovery"]["acc_f"], label  # the recovery curve, for every model
+    assert report["models"]["retrained"]["relearn"] is None  # relearning is for the forgotten models only
+    depth = report["depth"]
+    assert set(depth) == {"forgotten", "head"}
+    # here the "retrained" reference is the original itself (the fixture's stand-in): nothing to place between
+    assert depth["forgotten"]["probe_f"] is None
+    assert set(depth["forgotten"]["per_class"]) == set(report["classes"]["forget"])
+    assert "## Depth" in audit_markdown(report)
+
+
+def test_the_retrained_reference_is_trained_once_per_plan(tmp_path, micro_model, micro_data, monkeypatch):
+    import gslora.audit
+
+    ckpt = save_checkpoint(micro_model, tmp_path / "original.safetensors", micro_data.classes)
+    cfg = RunConfig(tasks="1x2", method="head", method_args={"mode": "mask"}, device="cpu", save_adapters=False)
+    for name in ("a", "b"):  # two runs of one plan (here: the same method twice)
+        run_forgetting(copy.deepcopy(micro_model), micro_data.classes, micro_data, cfg, out_dir=tmp_path / name,
+                       source_checkpoint=ckpt)
+    calls, real = [], gslora.audit.retrain_full_reference
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(gslora.audit, "retrain_full_reference", counting)
+    audit_cfg = AuditConfig(epochs=1, relearn_epochs=0, device="cpu")
+    recipe = {"max_steps": 20, "batch_size": 32, "lr": 3e-3}
+    first = audit_run(tmp_path / "a", data=micro_data, write=False, config=audit_cfg, retrain_full=recipe)
+    second = audit_run(tmp_path / "b", data=micro_data, write=False, config=audit_cfg, retrain_full=recipe)
+    assert len(calls) == 1 and first["retrained_by"]["cached"] is False and second["retrained_by"]["cached"] is True
+    assert first["models"]["retrained"]["probe"] == second["models"]["retrained"]["probe"]
+    other = audit_run(tmp_path / "a", data=micro_data, write=False, config=audit_cfg,
+                      retrain_full={**recipe, "max_steps": 21})  # another recipe: another reference
+    assert len(calls) == 2 and other["retrained_by"]["cached"] is False

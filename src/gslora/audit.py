@@ -164,6 +164,7 @@ def recovery_test(model, train_emb, train_y, test_emb, test_y, subset_idx, forge
             loss.backward()
             opt.step()
         curve.append(set_accuracy(head, test_emb, test_y, forget, remain, device))
+    last_pred = _head_logits(head, test_emb, device).argmax(-1)
     acc_f = [c["acc_f"] for c in curve]
     target = cfg.threshold * original_acc_f if original_acc_f is not None else None
     reached = _first_at_or_above(acc_f, target) if target is not None else None
@@ -181,6 +182,7 @@ def recovery_test(model, train_emb, train_y, test_emb, test_y, subset_idx, forge
         "final_acc_f": acc_f[-1],
         "final_acc_r": curve[-1]["acc_r"],
         "recovered_fraction": (acc_f[-1] / original_acc_f) if original_acc_f and acc_f[-1] is not None else None,
+        "per_class_final_acc_f": per_class_accuracy(last_pred, test_y, forget),
     }
 
 
@@ -206,7 +208,13 @@ def linear_probe(train_emb, train_y, test_emb, test_y, forget, remain, cfg: Audi
         "split": f"probe fit on train split ({len(train_y)} images, all classes); accuracy on test split",
         "acc_f": _acc(pred, test_y, forget),
         "acc_r": _acc(pred, test_y, remain),
+        "per_class_f": per_class_accuracy(pred, test_y, forget),
     }
+
+
+def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, classes) -> dict[int, float | None]:
+    """Top-1 accuracy (%) of each class in ``classes`` on its own samples (None: the class has none)."""
+    return {int(c): _acc(pred, y, [c]) for c in sorted(classes)}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -302,8 +310,9 @@ def relearn_time(model, data: DataBundle, forget_idx: list[int], forget, remain,
 
 
 def _audit_one(model, data, forget, remain, cfg, device, original_acc_f=None, recovery_idx=None, forget_idx=None,
-               deep=False, images: str = "") -> dict:
-    """Accuracies, probe and MIA for one model; with ``deep`` also the recovery test and relearn time."""
+               deep=False, images: str = "", relearn: bool = True) -> dict:
+    """Accuracies, probe and MIA for one model; with ``deep`` also the recovery test and (with ``relearn``) the
+    relearn time."""
     model = model.to(device).eval()
     train_emb, train_y = embed_dataset(model, data.train, device, cfg.batch_size)
     test_emb, test_y = embed_dataset(model, data.test, device, cfg.batch_size)
@@ -322,7 +331,7 @@ def _audit_one(model, data, forget, remain, cfg, device, original_acc_f=None, re
         out["recovery"] = recovery_test(model, train_emb, train_y, test_emb, test_y, recovery_idx, forget, remain,
                                         original_acc_f, cfg, device, images)
         out["relearn"] = (relearn_time(model, data, forget_idx, forget, remain, original_acc_f, cfg, device, images)
-                          if cfg.relearn_epochs > 0 else None)
+                          if cfg.relearn_epochs > 0 and relearn else None)
     return out
 
 
@@ -412,6 +421,45 @@ def audit_images(targets: list[int], forget, remain, seed: int, ratio: float,
                      "images the run used" if without else None)}
 
 
+def depth_fraction(value: float | None, ceiling: float | None, floor: float | None) -> float | None:
+    """Where ``value`` sits between the original model (``ceiling``: 0%) and the model retrained without the forgotten
+    classes (``floor``: 100%), in percent; above 100 is deeper than retraining, below 0 shallower than the original.
+    None when a value is missing or the two references coincide (nothing to place it between)."""
+    if value is None or ceiling is None or floor is None or abs(ceiling - floor) < 1e-9:
+        return None
+    return 100.0 * (ceiling - value) / (ceiling - floor)
+
+
+def _recovered(m: dict) -> float | None:
+    rec = m.get("recovery") or {}
+    return None if rec.get("recovered_fraction") is None else 100.0 * rec["recovered_fraction"]
+
+
+def model_depth(m: dict, original: dict, retrained: dict, names: dict[int, str]) -> dict:
+    """A forgotten model's depth (:func:`depth_fraction`) for probe Acc_f, recovery (Acc_f after head retraining, as %
+    of the original's Acc_f) and the membership signal (MIA advantage |AUC − 0.5|), on average and per forgotten
+    class (probe and recovery; a class's recovery is its accuracy after head retraining, as % of the original's)."""
+    def adv(x):
+        return abs(x["mia"]["auc"] - 0.5)
+
+    out = {
+        "probe_f": depth_fraction(m["probe"]["acc_f"], original["probe"]["acc_f"], retrained["probe"]["acc_f"]),
+        "recovery": depth_fraction(_recovered(m), _recovered(original), _recovered(retrained)),
+        "mia": depth_fraction(adv(m), adv(original), adv(retrained)),
+        "values": {"probe_f": [m["probe"]["acc_f"], original["probe"]["acc_f"], retrained["probe"]["acc_f"]],
+                   "recovery": [_recovered(m), _recovered(original), _recovered(retrained)],
+                   "mia_advantage": [adv(m), adv(original), adv(retrained)],
+                   "order": "this model, original, retrained"},
+        "per_class": {},
+    }
+    for c, name in names.items():
+        per = [x["probe"]["per_class_f"].get(c) for x in (m, original, retrained)]
+        recs = [(x.get("recovery") or {}).get("per_class_final_acc_f", {}).get(c) for x in (m, original, retrained)]
+        out["per_class"][name] = {"probe_f": depth_fraction(*per), "recovery": depth_fraction(*recs),
+                                  "probe_f_values": per, "recovered_acc_f_values": recs}
+    return out
+
+
 def retrain_gap(forgotten: dict, retrained: dict) -> dict:
     """Absolute gaps (percentage points) of Acc_f, Acc_r, MIA accuracy and probe Acc_f, and their mean."""
     pairs = {
@@ -451,10 +499,12 @@ def audit(model, original, data: DataBundle, forget, remain, retrained=None, com
         log.warning("%d classes have no training image outside the forgetting run's subsets; their recovery / "
                     "relearn images are ones the run used", images["classes_without_unseen"])
     unseen_note = "; unseen by the forgetting run" if seen is not None else "; the run's subsets unknown"
-    jobs = [("original", original, False), ("forgotten", model, True)]
+    # the recovery test runs on the original (the ceiling) and on the retrained model (the floor) too: depth is
+    # where a forgotten model sits between them
+    jobs = [("original", original, True), ("forgotten", model, True)]
     jobs += [(label, m, True) for label, m in compare.items()]
     if retrained is not None:
-        jobs.append(("retrained", retrained, False))
+        jobs.append(("retrained", retrained, True))
     models: dict[str, dict] = {}
     start = time.perf_counter()
     bar = tqdm(total=len(jobs), desc="audit", disable=not progress, leave=False, dynamic_ncols=True)
@@ -468,7 +518,8 @@ def audit(model, original, data: DataBundle, forget, remain, retrained=None, com
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             models[label] = _audit_one(work, data, forget, remain, cfg, device, original_acc_f,
-                                       recovery_idx, forget_idx, deep, unseen_note)
+                                       recovery_idx, forget_idx, deep, unseen_note,
+                                       relearn=label not in ("original", "retrained"))
         models[label]["seconds"] = time.perf_counter() - t0
         if label == "original":
             original_acc_f = models[label]["accuracy"]["acc_f"]
@@ -485,6 +536,9 @@ def audit(model, original, data: DataBundle, forget, remain, retrained=None, com
         "models": models,
         "compare": list(compare),
         "retrain_gap": retrain_gap(models["forgotten"], models["retrained"]) if retrained is not None else None,
+        "depth": ({label: model_depth(models[label], models["original"], models["retrained"],
+                                      {c: data.classes[c] for c in forget})
+                   for label in ("forgotten", *compare)} if retrained is not None else None),
         "wall_seconds": time.perf_counter() - start,
         **(extra or {}),
     }
@@ -673,9 +727,9 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
                               "the same class list (and simply never have been trained on the forgotten ones).")
         retrained_by = _reference_method(Path(retrained))
     elif retrain_full:
-        retrained_model, retrained_by = retrain_full_reference(
-            model, data, remain, rcfg.seed, retrain_full if isinstance(retrain_full, dict) else {},
-            (config or AuditConfig()).device, progress)
+        retrained_model, retrained_by = cached_reference(
+            orig, src, rcfg.data if data_spec is None else data_spec, data, remain, rcfg.seed,
+            retrain_full if isinstance(retrain_full, dict) else {}, (config or AuditConfig()).device, progress)
     seen = recorded_subsets(results)
     if seen is None:  # a run folder written before plan.json recorded its indices: re-derive them from its settings
         seen = run_subset_indices(data.train.targets, run_tasks(results), rcfg.seed, rcfg.replay_ratio, rcfg.shots,
@@ -696,6 +750,42 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
     if write:
         write_audit(Path(out_dir) if out_dir is not None else run / "audit", report)
     return report
+
+
+def reference_cache_dir() -> Path:
+    """Where retrained references are kept: ``$GSLORA_CACHE/retrained`` (default ``~/.cache/gslora/retrained``)."""
+    import os
+
+    return Path(os.environ.get("GSLORA_CACHE", Path.home() / ".cache" / "gslora")) / "retrained"
+
+
+def cached_reference(original, source, data_spec: str, data: DataBundle, remain, seed: int, overrides: dict,
+                     device: str = "auto", progress: bool = False) -> tuple[nn.Module, dict]:
+    """:func:`retrain_full_reference`, trained once per original checkpoint (its weights' hash), data (its spec, split
+    sizes and classes), remaining classes, seed and recipe overrides: auditing several runs of one plan trains it
+    once. Kept in :func:`reference_cache_dir` as a gslora checkpoint."""
+    import hashlib
+    import json as _json
+
+    from ._version import __version__
+    from .models.checkpoint import checkpoint_paths, load_checkpoint, save_checkpoint
+    from .record import weights_sha256
+
+    key_data = {"weights": weights_sha256(original, []), "data": str(data_spec), "classes": list(data.classes),
+                "sizes": [len(data.train), len(data.val), len(data.test)], "remain": sorted(int(c) for c in remain),
+                "seed": int(seed), "overrides": overrides or {}, "gslora": __version__}
+    key = hashlib.sha256(_json.dumps(key_data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    path = reference_cache_dir() / f"retrain-full-{key}.safetensors"
+    weights, sidecar = checkpoint_paths(path)
+    if weights.is_file() and sidecar.is_file():
+        model, meta = load_checkpoint(weights)
+        return model.eval(), {**meta.get("retrained_by", {}), "cache": str(weights), "cached": True}
+    model, info = retrain_full_reference(original, data, remain, seed, overrides, device, progress)
+    try:
+        save_checkpoint(model, weights, list(data.classes), extra={"retrained_by": info, "cache_key": key_data})
+    except OSError as e:  # a read-only cache only costs the next audit a retraining
+        log.warning("could not keep the retrained reference in %s (%s)", weights, e)
+    return model, {**info, "cache": str(weights), "cached": False}
 
 
 def retrain_full_reference(template, data: DataBundle, remain, seed: int, overrides: dict | None = None,

@@ -80,7 +80,23 @@ def audit_tables(report: dict) -> dict[str, str]:
         tables["gap"] = markdown([["ΔAcc_f", "ΔAcc_r", "ΔMIA (acc, %)", "ΔProbe Acc_f", "average"],
                                    [fmt(gap["acc_f"]), fmt(gap["acc_r"]), fmt(gap["mia"]), fmt(gap["probe_acc_f"]),
                                     fmt(gap["average"])]])
+    depth = report.get("depth")
+    if depth:
+        rows = [["Model", "probe Acc_f depth", "recovery depth", "MIA depth", "shallowest class (probe / recovery)"]]
+        for key, d in depth.items():
+            per = d.get("per_class") or {}
+            worst = []
+            for name in ("probe_f", "recovery"):
+                known = [(v[name], c) for c, v in per.items() if v[name] is not None]
+                worst.append(f"{min(known)[1]} {min(known)[0]:.0f}%" if known else "-")
+            worst = " / ".join(worst)
+            rows.append([_label(report, key), _pct(d["probe_f"]), _pct(d["recovery"]), _pct(d["mia"]), worst])
+        tables["depth"] = markdown(rows)
     return tables
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.0f}%"
 
 
 def audit_markdown(report: dict) -> str:
@@ -122,6 +138,13 @@ def audit_markdown(report: dict) -> str:
                   f"Absolute differences to the retrained model{what} in percentage points (lower is better)."
                   + (f" Note: {ref['note']}." if ref.get("note") else ""), "",
                   t["gap"], ""]
+    if "depth" in t:
+        parts += ["## Depth: between the original (0%) and the retrained model (100%)", "",
+                  "Where each forgotten model sits between the original model and the model retrained without the "
+                  "forgotten classes, for the probe's Acc_f, the recovery test (Acc_f after head retraining) and the "
+                  "membership signal (MIA advantage): 0% is as shallow as the original, 100% as deep as retraining, "
+                  "above 100% deeper. The recovery test ran on both references too. Per class (probe, recovery) in "
+                  "audit.json under depth; the table names the shallowest class.", "", t["depth"], ""]
     return "\n".join(parts)
 
 
