@@ -175,6 +175,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
             log.warning("%s Going on (forced).", fit)
             warnings.append(fit)
     plan_record = plan_with_indices(plan, classes, data, config)  # plan.json: what each task used, exactly
+    policy = policy or TargetPolicy.from_config(config)
     state = None
     if writes:  # under torchrun, rank 0 alone checks and writes the folder
         folder.start(config, plan_record, overwrite=overwrite, resume=resume)
@@ -201,8 +202,8 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         epoch_state = folder.load_epoch_state(task.index) if resume and folder is not None else None
         row, model, counts_after = _run_task(model, method, task, position, plan, classes, data, config, device,
                                              original, counts_orig, counts_now, total_params,
-                                             folder if writes else None, progress, epoch_state,
-                                             policy or TargetPolicy.from_config(config))
+                                             folder if writes else None, progress, epoch_state, policy,
+                                             plan_record["tasks"][position]["indices"])
         if missing.active:
             row["missing_check"] = _missing_check(missing, model, config, device, missing_before)
         masked = _masked_after(plan, position) if config.mask_outputs else []
@@ -355,9 +356,10 @@ def _missing_check(check: MissingCheck, model, config: RunConfig, device, before
 
 def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, classes, data: DataBundle,
               config: RunConfig, device, original, counts_orig, counts_now, total_params, folder: RunFolder | None,
-              progress: bool, epoch_state: dict | None, policy: TargetPolicy):
+              progress: bool, epoch_state: dict | None, policy: TargetPolicy, used: dict[str, list[int]]):
     """One task: subsets, then trials of prepare → train (stopping at the validation target) → finish, the chosen
-    trial evaluated on test. Returns (row, merged model, counts after the task).
+    trial evaluated on test. Returns (row, merged model, counts after the task). ``used``: the task's images, as
+    plan.json records them (:func:`task_subsets`).
 
     The task has ``max_trials`` step budgets. Every trial trains from the task's start; the first uses the configured
     lr. A trial that missed the forgetting target is followed by one at twice the lr; one that met it but missed the
@@ -368,7 +370,6 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     t0 = time.perf_counter()
     nc = len(classes)
     missing = missing_classes(config, plan, classes)  # remaining classes without any data (gslora.practical)
-    used = task_subsets(task, data, config, missing)
     replayed = [c for c in task.remain if c not in set(missing)]
     remain_idx, forget_idx, extra = used["replay"], used["forget"], used["check_train"]
     vs_pre = method.drop_against_pretrained

@@ -26,7 +26,7 @@ from torch import nn
 from .._version import __version__
 from ..errors import GsloraError
 from ..files import atomic_write_dir
-from ..record import MASK_LOGIT
+from ..record import MASK_LOGIT, forgotten_names
 from .libraries import hf, timm, torchvision
 from .libraries.common import _put_classifier
 from .registry import Classifier
@@ -67,10 +67,6 @@ def native_model(model: Classifier) -> nn.Module:
 EXPORTERS = {"hf": hf.export, "torchvision": torchvision.export, "timm": timm.export}  # one module per library
 
 
-def forgotten_classes(history: list | None) -> list[str]:
-    return [c for entry in history or [] for c in entry.get("forgotten", [])]
-
-
 def export_native(model: Classifier, folder: str | Path, classes: list[str], history: list | None = None,
                   record: list | None = None) -> Path:
     """Write ``model`` (merged) to ``folder`` in its library's format; returns the folder. Atomic (whole folder)."""
@@ -84,7 +80,7 @@ def export_native(model: Classifier, folder: str | Path, classes: list[str], his
     note = {"format": f"{imported['library']} (exported by gslora {__version__})", "library": imported["library"],
             "arch": imported["arch"],
             "model_args": {k: v for k, v in (imported.get("kwargs") or {}).items() if k != "num_classes"},
-            "source": imported.get("source"), "classes": list(classes), "forgotten": forgotten_classes(history),
+            "source": imported.get("source"), "classes": list(classes), "forgotten": forgotten_names(record, history),
             "masked_classes": masked, "history": list(history or []), "record": list(record or []),
             "preprocessing": model.config.get("preprocessing")}
 

@@ -94,7 +94,7 @@ def _build_timm(imported: dict) -> nn.Module:
 
 def export(library_model: nn.Module, folder: Path, classes: list[str], imported: dict, note: dict) -> None:
     """timm's own public writer: ``config.json`` (with the class names as ``label_names``) + ``model.safetensors``,
-    so ``timm.create_model("local-dir:FOLDER", pretrained=True)`` loads it."""
+    a folder timm itself reads back from the local disk (its ``local-dir:`` scheme; nothing is downloaded)."""
     from timm.models import save_for_hf
 
     save_for_hf(library_model, str(folder), model_config={"label_names": list(classes)},
