@@ -179,3 +179,43 @@ def test_bf16_precision_runs_the_forward_under_autocast_and_bad_precision_is_ref
     assert all(torch.isfinite(p).all() for p in model.parameters())
     with pytest.raises(GsloraError, match="precision"):
         PretrainConfig(precision="fp16").validate()
+
+
+def test_still_improving_needs_a_higher_accuracy_in_the_last_checks():
+    checks = [{"val_acc": a} for a in (10, 50, 50, 50, 50)]
+    assert not pretrain_module.still_improving(checks, 3)  # the best is older than the last 3 checks
+    assert pretrain_module.still_improving(checks + [{"val_acc": 51}], 3)
+    assert pretrain_module.still_improving(checks[:2], 3)  # fewer checks than the window: rising from nothing
+
+
+def _rising(monkeypatch, values):
+    script = iter(values)
+    monkeypatch.setattr(pretrain_module, "_validate", lambda *a, **k: (next(script), 1.0))
+
+
+def test_pretraining_goes_on_past_the_budget_while_validation_improves_and_stops_at_the_cap(small_data, monkeypatch,
+                                                                                            capsys):
+    # derived budget 40 steps (budget_min_steps), checks every 4: 10 checks, then extensions of 20 steps (5 checks)
+    base = dict(budget_min_steps=40, budget_max_steps=40, eval_every=4, patience=3, standardize=False, device="cpu")
+    _rising(monkeypatch, [float(i) for i in range(1, 100)])  # always improving
+    model = create_model("vit_face_micro", small_data.num_classes, seed=0)
+    stats = pretrain(model, small_data, PretrainConfig(extend_cap=2.0, **base))
+    assert stats["max_steps"] == 40 and stats["steps"] == 80 and stats["extensions"] == 2
+    assert stats["stopped_at_cap"] and stats["cap_steps"] == 80 and stats["best_step"] == 80
+    assert [p["peak_lr"] for p in stats["phases"]] == [1e-3, 5e-4, 5e-4]
+    # validation that stops rising inside the first extension: no second extension, stopped early on the plateau
+    _rising(monkeypatch, [float(i) for i in range(1, 11)] + [11.0] + [5.0] * 20)
+    stats = pretrain(create_model("vit_face_micro", small_data.num_classes, seed=0), small_data,
+                     PretrainConfig(extend_cap=3.0, **base))
+    assert stats["extensions"] == 1 and stats["steps"] == 56 and stats["best_step"] == 44
+    assert stats["stopped_early"] and not stats["stopped_at_cap"]
+    # a plateau at the end of the budget: no extension
+    _rising(monkeypatch, [float(i) for i in range(1, 6)] + [5.0] * 10)
+    stats = pretrain(create_model("vit_face_micro", small_data.num_classes, seed=0), small_data,
+                     PretrainConfig(extend_cap=3.0, patience=0, **{k: v for k, v in base.items() if k != "patience"}))
+    assert stats["extensions"] == 0 and stats["steps"] == 40 and not stats["still_improving"]
+    # an explicit budget (max_steps) is never extended, but the stats say validation was still improving
+    _rising(monkeypatch, [float(i) for i in range(1, 100)])
+    stats = pretrain(create_model("vit_face_micro", small_data.num_classes, seed=0), small_data,
+                     PretrainConfig(max_steps=20, eval_every=4, standardize=False, device="cpu"))
+    assert stats["extensions"] == 0 and stats["steps"] == 20 and stats["still_improving"]

@@ -40,7 +40,7 @@ def _cfg(**kw):
 def test_target_strings_parse_and_bad_ones_name_the_metrics():
     assert parse_target("acc_f<=2, acc_r_drop<=1.5") == {"acc_f": 2.0, "acc_r_drop": 1.5}
     assert parse_target("") == {}
-    with pytest.raises(GsloraError, match="acc_f, acc_o, acc_r_drop"):
+    with pytest.raises(GsloraError, match="acc_f, acc_o, probe_f, probe_keep, acc_r_drop"):
         parse_target("acc_x<=2")
     with pytest.raises(GsloraError, match="METRIC<=NUMBER"):
         RunConfig(target="acc_f>=2").validate()

@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 from .config import DEFAULT_DEPTH_TARGET, parse_depth_target
 from .data.base import DataBundle, check_data_matches
 from .data.plan import Task, select_per_class
+from .depth import embed_images
 from .errors import GsloraError
 from .files import atomic_write_json, atomic_write_text, check_writable
 from .report import save_figure
@@ -99,19 +100,7 @@ class AuditConfig:
 # Features and accuracies
 
 
-@torch.no_grad()
-def embed_dataset(model: nn.Module, dataset, device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """Penultimate features (``model.embed``) and labels of every image, in dataset order, on the CPU."""
-    was_training = model.training
-    model.eval()
-    embs, ys = [], []
-    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        embs.append(model.embed(x.to(device)).float().cpu())
-        ys.append(torch.as_tensor(y))
-    model.train(was_training)
-    if not embs:
-        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(embs), torch.cat(ys).long()
+embed_dataset = embed_images  # penultimate features and labels of every image, in order, on the CPU
 
 
 def _acc(pred: torch.Tensor, y: torch.Tensor, classes) -> float | None:

@@ -97,10 +97,18 @@ def cmd_pretrain(args) -> int:
     stats = pretrain(model, data, cfg, progress=_progress(args))
     path = save_checkpoint(model, weights, data.classes, extra={"pretrain": {**stats, "data": args.data}})
     early = f", stopped early, best at step {stats['best_step']}" if stats["stopped_early"] else ""
+    if stats.get("extensions"):
+        early += (f", {stats['extensions']} extension(s) past the {stats['max_steps']}-step budget while validation "
+                  "improved")
+    if stats.get("stopped_at_cap"):
+        early += (f"; stopped at the cap ({stats['cap_steps']} steps) while validation was STILL IMPROVING: a larger "
+                  "--set extend_cap=N would train on")
+    elif stats.get("still_improving") and not stats.get("extensions"):
+        early += "; validation was still improving at the end of the budget"
     val = f"{stats['val_acc']:.1f}%" if stats.get("val_acc") is not None else "-"
     test = f"{stats['test_acc']:.1f}%" if stats.get("test_acc") is not None else "-"
-    print(f"train {stats['train_acc']:.1f}%  val {val}  test {test}  ({stats['steps']} of {stats['max_steps']} steps"
-          f"{early}, {stats['train_seconds']:.0f} s)\ncheckpoint: {path}")
+    print(f"train {stats['train_acc']:.1f}%  val {val}  test {test}  ({stats['steps']} steps, budget "
+          f"{stats['max_steps']}{early}, {stats['train_seconds']:.0f} s)\ncheckpoint: {path}")
     if not stats["learned"]:
         _not_learned_banner(stats["not_learned_reason"], f"checkpoint {path} is written, marked \"learned\": false")
         return 3

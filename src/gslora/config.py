@@ -20,6 +20,10 @@ _PROTOCOLS = ("auto", "continual", "single_step", "few_shot")
 TARGET_METRICS = {
     "acc_f": "accuracy (%) on the classes forgotten in this task; a forgetting target: training stops once it holds",
     "acc_o": "accuracy (%) on the classes forgotten in earlier tasks; a forgetting target",
+    "probe_f": "the in-loop linear probe's accuracy (%) on this task's forgotten classes (a ridge read-out fitted on "
+               "fresh check images of them, leave-one-out; gslora.depth); a forgetting target",
+    "probe_keep": "probe_f as % of the task-start model's probe_f on the same images: how much of what a linear "
+                  "read-out could tell about the forgotten classes is left; a forgetting target",
     "acc_r_drop": "points the remaining classes' accuracy lies below the pre-trained model's; a retention target: a "
                   "trial that misses it is retried with half the lr (unless it needed its whole step budget to "
                   "forget)",
@@ -199,6 +203,9 @@ class PretrainConfig:
     eval_every: int | None = None  # steps between validation checks; None: 1/20 of the budget
     patience: int = 5  # stop after this many checks without a better validation accuracy (0: never stop early);
     #                    never before half the budget, so a long plateau at the start cannot end the run
+    extend_cap: float = 3.0  # while the validation accuracy still improves when the budget runs out, train on in
+    #                          extensions of half the budget each (a warm restart at half the lr, from the best
+    #                          weights), up to this many times the budget in all (0 or 1: never extend)
     augment: bool = True  # gslora.data.augment.augment_batch on every training batch
     standardize: bool = True  # train on inputs standardised by the training set's mean / std, folded into the
     #                            patch embedding at the end (the checkpoint takes the usual [0, 1] input)

@@ -29,6 +29,7 @@ from ._version import __version__
 from .config import RunConfig, to_dict
 from .data.base import DataBundle, check_data_matches  # noqa: F401 (re-exported)
 from .data.plan import Task, TaskPlan, make_plan, select_per_class
+from .depth import keep, model_probe
 from .engine import TrainSettings, autocast_dtype, train_task
 from .errors import GsloraError
 from .evaluate import TaskMetrics, accuracy, class_counts, task_metrics, tunable_ratio
@@ -44,6 +45,7 @@ from .policy import (  # noqa: F401 (re-exported: the rule's pieces, as the test
     checked_classes,
     forgetting_met,
     next_trial,
+    probe_classes,
     targets_met,
 )
 from .practical import check_method_fits, data_constraint, missing_classes
@@ -65,6 +67,8 @@ class TaskRow(TaskMetrics):
     n_old: int
     n_missing: int  # remaining classes without any data (missing classes, gslora.practical): scored as acc_m
     missing: list[str]  # their names
+    probe_f: float | None  # the in-loop probe (gslora.depth) on the forgotten classes' test images, leave-one-out
+    probe_keep: float | None  # probe_f as % of the task-start model's on the same images
     val: TaskMetrics  # the same metrics on the validation split
     targets: dict  # the target spec and, per target, whether it held on validation and on test
     trials: list[dict]  # per trial: lr, steps, whether it stopped early, validation metrics, targets met
@@ -384,12 +388,24 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         check_set, check_orig, check_now = "val", counts_orig["val"], counts_now["val"]
     val_remain_images = int(sum(check_orig[1][c] for c in replayed))
 
+    # the in-loop probe (gslora.depth): a ridge read-out of every class of the task with data, leave-one-out on their
+    # check images (for the row: their test images), scored on this task's forgotten classes; probe_keep compares
+    # with the task-start model on the same images
+    probed = set(task.forget) | set(task.old) | set(replayed)
+    probe_sets = {"check": _subset_of_classes(data, check_set, probed),
+                  "test": Subset(data.test, [i for i, t in enumerate(data.test.targets) if int(t) in probed])}
+    probe_start = {k: model_probe(model, v, device, task.forget) for k, v in probe_sets.items()}
+
+    def probe(m, where: str = "check") -> dict:
+        value = model_probe(m, probe_sets[where], device, task.forget)
+        return {"probe_f": value, "probe_keep": keep(value, probe_start[where])}
+
     def validate(m) -> dict:
         counts = _accuracies(m, data, check_set, nc, config, device)
         metrics = task_metrics(check_now, counts, check_orig, task, vs_pre, missing)
         # one validation image of the remaining classes is worth this many points of acc_r: a retention target
         # finer than that cannot be told from noise, so it counts as met within one image
-        return {**_brief(metrics), "acc_r_resolution": 100.0 / max(val_remain_images, 1)}
+        return {**_brief(metrics), **probe(m), "acc_r_resolution": 100.0 / max(val_remain_images, 1)}
 
     # the periodic check only decides whether the forgetting targets hold, so it scores only the check images of the
     # classes they look at: this task's forgotten classes for acc_f, the earlier-forgotten ones only when acc_o is a
@@ -399,9 +415,16 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     checked = checked_classes(task, forgetting)
     forgetting_set = _subset_of_classes(data, check_set, {c for v in checked.values() for c in v})
 
+    probing = bool(probe_classes(task, forgetting))
+
     def check(m) -> tuple[bool, dict]:
         correct, total = _accuracies(m, data, forgetting_set, nc, config, device)
         metrics = {k: accuracy(correct, total, v) for k, v in checked.items()}
+        if not probing:
+            return policy.check_met(metrics), metrics
+        if not policy.check_met(metrics):  # the probe is read only once the accuracy targets hold
+            return False, metrics
+        metrics.update(probe(m))
         return policy.check_met(metrics), metrics
 
     start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -469,7 +492,8 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         _keep_adapter(folder, task.index, record["trial"] - 1, info)
     trainable = info.pop("trainable_params")
     counts_after = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
-    test = task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre, missing)
+    test = {**task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre, missing),
+            **probe(model, "test")}
     row: TaskRow = {
         "task": task.index,
         "setting": f"{len(task.remain) + len(task.forget)}-{len(task.forget)}",

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 from .config import RunConfig, parse_target
 from .data.plan import Task
 
-FORGETTING_TARGETS = ("acc_f", "acc_o")
+FORGETTING_TARGETS = ("acc_f", "acc_o", "probe_f", "probe_keep")
+PROBE_TARGETS = ("probe_f", "probe_keep")
 
 
 @dataclass
@@ -60,17 +61,27 @@ class TargetPolicy:
 
 def checked_classes(task: Task, forgetting: dict) -> dict[str, list[int]]:
     """Per forgetting target of ``forgetting`` (acc_f, acc_o) the classes the periodic check must score: this task's
-    forgotten classes for acc_f, the earlier-forgotten ones for acc_o."""
+    forgotten classes for acc_f, the earlier-forgotten ones for acc_o (the probe targets read this task's forgotten
+    classes' images too: :func:`probe_classes`)."""
     return {k: list(v) for k, v in (("acc_f", task.forget), ("acc_o", task.old)) if k in forgetting}
 
 
+def probe_classes(task: Task, forgetting: dict) -> list[int]:
+    """The classes the in-loop probe scores (this task's forgotten ones; it is fitted on every class's check images),
+    or [] without a probe target."""
+    return list(task.forget) if any(k in forgetting for k in PROBE_TARGETS) else []
+
+
 def _brief(metrics: dict) -> dict:
-    """The numbers a target looks at: acc_f, acc_r, acc_o, acc_r_drop (vs the pre-trained model), h_mean."""
+    """The numbers a target looks at: acc_f, acc_r, acc_o, acc_r_drop (vs the pre-trained model), h_mean, and the
+    probe's probe_f / probe_keep when measured."""
     if "acc_r_drop" in metrics:
         return metrics
     change = metrics.get("acc_r_change_vs_pretrained")
-    return {"acc_f": metrics["acc_f"], "acc_r": metrics["acc_r"], "acc_o": metrics["acc_o"],
-            "acc_r_drop": -change if change is not None else None, "h_mean": metrics["h_mean"]}
+    out = {"acc_f": metrics["acc_f"], "acc_r": metrics["acc_r"], "acc_o": metrics["acc_o"],
+           "acc_r_drop": -change if change is not None else None, "h_mean": metrics["h_mean"]}
+    out.update({k: metrics[k] for k in PROBE_TARGETS if k in metrics})
+    return out
 
 
 def forgetting_met(metrics: dict, targets: dict) -> bool:
@@ -84,7 +95,7 @@ def targets_met(metrics: dict, targets: dict) -> dict[str, bool]:
     def bound(key, value):
         return max(value, metrics.get("acc_r_resolution", 0.0) + 1e-9) if key == "acc_r_drop" and value >= 0 else value
 
-    return {k: bool(brief[k] is None or brief[k] <= bound(k, v)) for k, v in targets.items()}
+    return {k: bool(brief.get(k) is None or brief[k] <= bound(k, v)) for k, v in targets.items()}
 
 
 def next_trial(trials: list[dict]) -> float | None:

@@ -157,6 +157,15 @@ def learned_check(train_acc: float, val_acc: float | None, num_classes: int) -> 
     return "; ".join(reasons) or None
 
 
+def still_improving(checks: list[dict], window: int) -> bool:
+    """The validation accuracy of the last ``window`` checks rose above every earlier check's (a lower loss at equal
+    accuracy, which early stopping also counts, is not enough to train on)."""
+    if len(checks) <= window:
+        return bool(checks)
+    before = max(c["val_acc"] for c in checks[:-window])
+    return max(c["val_acc"] for c in checks[-window:]) > before
+
+
 def pretrain(model: Classifier, data: DataBundle, cfg: PretrainConfig, progress: bool = False) -> dict:
     """Train ``model`` in place on ``data.train`` and keep its best-validation weights. Returns the schedule, the
     steps run, train / val / test accuracy, time, and ``learned`` (False with ``not_learned_reason`` when the model
@@ -190,43 +199,69 @@ def _pretrain(model: Classifier, data: DataBundle, cfg: PretrainConfig, device, 
 
     val = _held_in_memory(data.val) if len(data.val) else None
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup, min(1.0, cfg.min_lr / cfg.lr)))
     best = {"acc": -1.0, "loss": math.inf, "step": 0, "state": None}
-    checks, bad, step, stopped_early = [], 0, 0, False
+    checks: list[dict] = []
+    step, stopped_early = 0, False
+    # phases: the budget (warm-up, cosine), then while the validation accuracy still improved in the last
+    # ``patience`` checks of a phase, an extension of half the budget (from the best weights, cosine from half the
+    # lr), until the total reaches extend_cap × the budget
+    extendable = cfg.max_steps is None and cfg.epochs is None and cfg.extend_cap > 1 and val is not None
+    cap = int(cfg.extend_cap * steps) if extendable else steps
+    phases = []
     start = time.perf_counter()
     bar = tqdm(total=steps, desc="pre-training", disable=not progress, leave=False, dynamic_ncols=True)
     try:
-        for step in range(1, steps + 1):
-            x, y = batches.next()
-            if cfg.augment:
-                x = augment_batch(x, aug_gen)
-            if ramp:
-                head.m = full_margin * min(1.0, (step - 1) / ramp)
-            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                loss = F.cross_entropy(model(norm(x), y).float(), y)
-            if not torch.isfinite(loss):
-                raise GsloraError(f"pre-training loss became {loss.item()} at step {step}; lower lr.")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            bar.update(1)
-            postfix = {"loss": f"{loss.item():.3g}"}
-            if val is not None and (step % eval_every == 0 or step == steps):
-                acc, vloss = _validate(model, val, norm, device)
-                checks.append({"step": step, "val_acc": acc, "val_loss": vloss})
-                if acc > best["acc"] or (acc == best["acc"] and vloss < best["loss"]):
-                    best = {"acc": acc, "loss": vloss, "step": step,
-                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
-                    bad = 0
-                else:
-                    bad += 1
-                if cfg.patience and bad >= cfg.patience and step >= EARLY_STOP_AFTER * steps and step < steps:
-                    stopped_early = True
-                    break
-            if checks:
-                postfix["val"] = f"{checks[-1]['val_acc']:.1f}%"
-            bar.set_postfix(postfix, refresh=False)
+        length, peak, warm = steps, cfg.lr, warmup
+        while True:
+            first = step
+            for group in opt.param_groups:
+                group["lr"] = group["initial_lr"] = peak
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(length, warm, min(1.0, cfg.min_lr / peak)))
+            bad, plateau = 0, False
+            for step in range(first + 1, first + length + 1):
+                x, y = batches.next()
+                if cfg.augment:
+                    x = augment_batch(x, aug_gen)
+                if ramp:
+                    head.m = full_margin * min(1.0, (step - 1) / ramp)
+                with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+                    loss = F.cross_entropy(model(norm(x), y).float(), y)
+                if not torch.isfinite(loss):
+                    raise GsloraError(f"pre-training loss became {loss.item()} at step {step}; lower lr.")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                bar.update(1)
+                postfix = {"loss": f"{loss.item():.3g}"}
+                if val is not None and ((step - first) % eval_every == 0 or step == first + length):
+                    acc, vloss = _validate(model, val, norm, device)
+                    checks.append({"step": step, "val_acc": acc, "val_loss": vloss})
+                    if acc > best["acc"] or (acc == best["acc"] and vloss < best["loss"]):
+                        best = {"acc": acc, "loss": vloss, "step": step,
+                                "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                        bad = 0
+                    else:
+                        bad += 1
+                    later = step - first >= (EARLY_STOP_AFTER * length if not phases else 0)
+                    if cfg.patience and bad >= cfg.patience and later and step < first + length:
+                        plateau = True
+                        break
+                if checks:
+                    postfix["val"] = f"{checks[-1]['val_acc']:.1f}%"
+                bar.set_postfix(postfix, refresh=False)
+            improving = not plateau and still_improving(checks, cfg.patience or 5)
+            phases.append({"steps": step - first, "peak_lr": peak, "ended": "plateau" if plateau else "budget",
+                           "improving": improving, "best_val_acc": best["acc"]})
+            if plateau:
+                stopped_early = True
+                break
+            length = min(max(1, steps // 2), cap - step)
+            if not improving or not extendable or length <= 0:
+                break
+            model.load_state_dict(best["state"])  # the extension continues from the best weights
+            peak, warm = cfg.lr * 0.5, 0
+            bar.total += length
     finally:
         bar.close()
         if ramp:
@@ -238,6 +273,9 @@ def _pretrain(model: Classifier, data: DataBundle, cfg: PretrainConfig, device, 
     seconds = time.perf_counter() - start
     model.eval()
     out = {"train_images": len(data.train), "max_steps": steps, "steps": step, "warmup_steps": warmup,
+           "extensions": len(phases) - 1, "cap_steps": cap, "phases": phases,
+           "stopped_at_cap": bool(extendable and phases[-1]["improving"] and step >= cap),
+           "still_improving": bool(phases[-1]["improving"] and not stopped_early),
            "eval_every": eval_every, "budget_rule": plan["rule"], "stopped_early": stopped_early,
            "best_step": best["step"] if best["state"] is not None else step,
            "epochs": cfg.epochs, "augment": cfg.augment, "train_seconds": seconds,
@@ -256,4 +294,5 @@ def _pretrain(model: Classifier, data: DataBundle, cfg: PretrainConfig, device, 
     return out
 
 
-__all__ = ["LEARNED_MIN_TRAIN_ACC", "PretrainConfig", "fold_standardisation", "learned_check", "pretrain"]
+__all__ = ["LEARNED_MIN_TRAIN_ACC", "PretrainConfig", "fold_standardisation", "learned_check", "pretrain",
+           "still_improving"]

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..depth import ridge_attack_loss
 from ..errors import GsloraError
 from ..lora import (
     LoraGroups,
@@ -41,6 +42,8 @@ class GSLoRAArgs:
     forget_loss: str = "margin"  # margin: per-sample hinge on the logit gap; ce: the paper's max(0, BND - CE)
     forget_margin: float = 64.0  # forget_loss margin: the logit gap own class vs best other to reach
     forget_margin_ramp: bool = True  # grow the margin linearly from 0 to forget_margin over the step budget
+    attack_weight: float = 0.0  # weight of the attack-in-the-loop term (gslora.depth.ridge_attack_loss) on the
+    # forget batch's embeddings: a ridge read-out fitted on the other forget images must not identify each one
 
     def validate(self):
         if self.lora_rank < 1:
@@ -48,7 +51,7 @@ class GSLoRAArgs:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
         if not betas or any(b < 0 for b in betas):
             raise GsloraError(f"method_args.beta must be ≥ 0 (a number or a per-task list), got {self.beta}.")
-        for name in ("bound", "alpha", "lora_alpha", "prototype_bound", "selection_threshold"):
+        for name in ("bound", "alpha", "lora_alpha", "prototype_bound", "selection_threshold", "attack_weight"):
             if getattr(self, name) < 0:
                 raise GsloraError(f"method_args.{name} must be ≥ 0, got {getattr(self, name)}.")
         for name in ("prototype_weight_forget", "prototype_weight_remain"):
@@ -101,6 +104,10 @@ class GSLoRA(Method):
         if a.sparsity == "penalty":  # the authors' form: the group lasso as a loss term inside AdamW
             total = total + self._alpha(state) * structure
         logs = {"ce_r": float(ce_r.detach()), "forget": float(forget_term.detach()), "gl": float(structure.detach())}
+        feature = self.feature_term(emb[n_r:], y_f, state)
+        if feature is not None:
+            total = total + feature
+            logs["feature"] = float(feature.detach())
         if self.prototypes is not None:  # GS-LoRA++: on the embedding, so any head (CosFace, linear)
             protos = self.prototypes.to(emb.device, emb.dtype)
             pro, kl_f, kl_r = prototype_terms(emb[n_r:], protos[y_f], emb[:n_r], protos[y_r], self.w_f, self.w_r,
@@ -112,6 +119,16 @@ class GSLoRA(Method):
             for key, name in (("pro", "pro"), ("kl_f", "pro_kl_f"), ("kl_r", "pro_kl_r")):
                 trace[key].append(round(logs[name], 5))
         return total, logs
+
+    def feature_term(self, emb_f: torch.Tensor, y_f: torch.Tensor, state: StepState) -> torch.Tensor | None:
+        """A term on the forget batch's embeddings (None: none). GS-LoRA's: ``attack_weight`` × the ridge attack
+        (:func:`gslora.depth.ridge_attack_loss`) on this task's forgotten classes; benchmarks/ subclasses measure
+        others."""
+        w = self.args.attack_weight
+        if w <= 0:
+            return None
+        current = ~torch.isin(y_f, self.old_classes) if self.old_classes.numel() else torch.ones_like(y_f, dtype=bool)
+        return w * ridge_attack_loss(emb_f[current].float(), y_f[current])
 
     def _alpha(self, state: StepState) -> float:
         return self.args.alpha if state.epoch >= self.args.alpha_warmup_epochs else 0.0

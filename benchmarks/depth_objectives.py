@@ -1,0 +1,275 @@
+"""Forgetting objectives that act on the features, side by side, each audited against a model retrained without the
+forgotten classes and against head masking.
+
+For each dataset: `gslora pretrain` with defaults (cached in --out), then on one seeded NxK plan:
+
+    head         the `head` method (head fine-tuned, backbone frozen): the trivial baseline
+    defaults     GS-LoRA as shipped (its loss, its targets)
+    paper-ce     the paper's bounded CE at its full budget, blocks free: forget_loss ce, the group lasso as a penalty
+                 (alpha 1e-4), no early stop (eval_every 0)
+    attack       GS-LoRA + the attack in the loop (gslora.depth.ridge_attack_loss, attack_weight W)
+    collapse     GS-LoRA + class-mean collapse: W x the between-class share of the forgotten embeddings'
+                 variance (eta^2) on the forget batch (LEACE: equal class-conditional means leave a linear
+                 read-out nothing)
+    rmu          GS-LoRA + representation misdirection (RMU) at the middle block's FFN output: forget activations pushed
+                 to c x a fixed random direction (c: the original's mean activation norm there), remain activations held
+                 at the original's
+
+Every variant but paper-ce runs through the same targets and trial rule, with the probe target --probe (the in-loop
+probe, gslora.depth) added to the forgetting targets (the `defaults` row keeps the shipped target unless --probe-all).
+After the last task every run is audited (`gslora.audit.audit_run`, retrain-full reference cached, head run compared):
+probe Acc_f, recovery at epoch 20 (% of the original), MIA AUC, and their distance to the retrained model. The
+calibration of probe_keep: the in-loop probe of the original and of the retrained model, fitted on every class's
+validation + test images (neither model trained on them), scored on each task's forgotten classes.
+
+    .venv/bin/python benchmarks/depth_objectives.py --only orl-4x5
+    .venv/bin/python benchmarks/depth_objectives.py --only gt-4x10 --variants defaults,attack
+
+Raw numbers: docs/results/depth_objectives.json (merged per dataset and variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+SHARED = HERE.parent.parent / "shared" / "data"
+sys.path.insert(0, str(HERE))
+RUNS = {  # name: (data, tasks)
+    "faces-4x20": ("faces", "4x20"),
+    "orl-4x5": (str(SHARED / "orl-faces"), "4x5"),
+    "gt-4x10": (str(SHARED / "gt-faces"), "4x10"),
+    "omniglot-4x20": (str(SHARED / "omniglot-small"), "4x20"),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The objectives measured and not adopted (GS-LoRA subclasses; the adopted one lives in gslora.methods.gslora)
+
+def collapse_loss(emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """eta^2: the between-class share of the variance of the L2-normalised embeddings ``emb`` (labels ``y``)."""
+    x = F.normalize(emb.float(), dim=-1)
+    classes, idx = torch.unique(y, return_inverse=True)
+    if len(classes) < 2:
+        return emb.sum() * 0.0
+    mu = x.mean(0, keepdim=True)
+    means = torch.zeros(len(classes), x.shape[1], device=x.device).index_add_(0, idx, x)
+    counts = torch.bincount(idx, minlength=len(classes)).float().unsqueeze(1)
+    means = means / counts
+    between = (counts * (means - mu) ** 2).sum()
+    total = ((x - mu) ** 2).sum().clamp(min=1e-8)
+    return between / total
+
+
+def make_variants():
+    from gslora.methods.gslora import GSLoRA
+
+    class Collapse(GSLoRA):
+        weight = 10.0
+
+        def feature_term(self, emb_f, y_f, state):
+            return self.weight * collapse_loss(emb_f, y_f)
+
+    class RMU(GSLoRA):
+        weight = 10.0
+        retain_weight = 10.0
+
+        def prepare(self, model, ctx):
+            from gslora.models.ffn import locate_ffn
+
+            _, blocks = locate_ffn(model)
+            self.layer = blocks[len(blocks) // 2].fc2
+            self.original = ctx.original_model
+            peft = super().prepare(model, ctx)
+            g = torch.Generator().manual_seed(ctx.config.seed + ctx.position)
+            self.captured = {}
+            peft.base_model.model.get_submodule(self.layer).register_forward_hook(
+                lambda m, i, o: self.captured.__setitem__("now", o))
+            self.original.get_submodule(self.layer).register_forward_hook(
+                lambda m, i, o: self.captured.__setitem__("orig", o))
+            dim = peft.base_model.model.get_submodule(self.layer).out_features
+            self.direction = F.normalize(torch.rand(dim, generator=g), dim=0).to(ctx.device)
+            self.scale = None
+            return peft
+
+        def loss(self, model, remain, forget, state):
+            total, logs = super().loss(model, remain, forget, state)
+            act = self.captured["now"].float()  # (remain + forget batch, tokens, dim)
+            n_r = remain[0].shape[0]
+            with torch.no_grad():
+                self.original.embed(torch.cat([remain[0], forget[0]]))
+                orig = self.captured["orig"].float()
+            if self.scale is None:
+                self.scale = float(orig.norm(dim=-1).mean())
+            rmu_f = ((act[n_r:] - self.scale * self.direction) ** 2).mean()
+            rmu_r = ((act[:n_r] - orig[:n_r]) ** 2).mean()
+            logs.update(rmu_f=float(rmu_f.detach()), rmu_r=float(rmu_r.detach()))
+            return total + self.weight * rmu_f / self.scale ** 2 + self.retain_weight * rmu_r / self.scale ** 2, logs
+
+        def state_dict(self):
+            return {}
+
+    return {"collapse": Collapse, "rmu": RMU}
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+
+def cli(*args) -> float:
+    t0 = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    subprocess.run([sys.executable, "-m", "gslora", *args], check=True, stdout=subprocess.DEVNULL, env=env)
+    return time.perf_counter() - t0
+
+
+def summarise(results: dict) -> list[dict]:
+    out = []
+    for r in results["tasks"]:
+        out.append({"task": r["task"], "acc_f": r["acc_f"], "acc_o": r["acc_o"], "acc_r": r["acc_r"],
+                    "acc_r_change": r["acc_r_change_vs_pretrained"], "h_mean": r["h_mean"],
+                    "probe_f": r.get("probe_f"), "probe_keep": r.get("probe_keep"),
+                    "check": {k: r["check"].get(k) for k in ("acc_f", "acc_r_drop", "probe_f", "probe_keep")},
+                    "blocks": (r["method_info"] or {}).get("selected_blocks"), "steps": r["steps"],
+                    "steps_all_trials": r["steps_all_trials"], "trials": len(r["trials"]),
+                    "wall_seconds": r["wall_seconds"], "targets_val": r["targets"]["val"]})
+    return out
+
+
+def audit_summary(report: dict) -> dict:
+    models = {}
+    for label, m in report["models"].items():
+        rec = m.get("recovery") or {}
+        models[label] = {"acc_f": m["accuracy"]["acc_f"], "acc_r": m["accuracy"]["acc_r"],
+                         "probe_f": m["probe"]["acc_f"],
+                         "recovery": None if rec.get("recovered_fraction") is None else 100 * rec["recovered_fraction"],
+                         "mia_auc": (m.get("mia") or {}).get("auc")}
+    return {"models": models, "depth": report.get("depth"), "seconds": report["wall_seconds"]}
+
+
+def calibration(original, retrained, data, plan_tasks, device) -> list[dict]:
+    """Per task's forgotten classes: the in-loop probe of the original and of the retrained model on their
+    validation + test images (neither model trained on them)."""
+    from torch.utils.data import ConcatDataset
+
+    from gslora.depth import model_probe
+
+    out = []
+    both = ConcatDataset([data.val, data.test])
+    for t in plan_tasks:
+        cls = t["forget_ids"]
+        p_o, p_r = model_probe(original, both, device, cls), model_probe(retrained, both, device, cls)
+        out.append({"task": t["task"], "images": len(both), "original": p_o, "retrained": p_r,
+                    "retrained_keep": 100.0 * p_r / p_o if p_o else None})
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--only", action="append", choices=sorted(RUNS))
+    p.add_argument("--variants", default="head,defaults,paper-ce,attack,collapse,rmu")
+    p.add_argument("--probe", default="probe_keep<=80", help="the probe target added for the feature objectives")
+    p.add_argument("--weight", type=float, default=10.0, help="weight of the feature terms")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra RunConfig settings for every variant but head")
+    p.add_argument("--label", default="", help="suffix of the variants' names in the JSON")
+    p.add_argument("--out", default="runs/depth")
+    p.add_argument("--results", default=str(HERE.parent / "docs" / "results" / "depth_objectives.json"))
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+
+    from gslora import load_checkpoint, load_data, load_run_config, run_forgetting
+    from gslora.audit import audit_run, cached_reference, run_classes
+    from gslora.presets import resolve
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = Path(args.results)
+    saved = json.loads(path.read_text()) if path.exists() else {"runs": {}}
+    saved["machine"] = f"{platform.machine()} {os.cpu_count()}-core CPU, {platform.system()}, 1 torch thread"
+    variants = make_variants()
+    for name in args.only or ["orl-4x5"]:
+        data_spec, tasks = RUNS[name]
+        stem = name.split("-")[0]
+        ckpt = out / f"{stem}.safetensors"
+        record = saved["runs"].setdefault(name, {})
+        if not ckpt.exists():
+            record["pretrain_seconds"] = cli("pretrain", "--data", data_spec, "--model", "vit_face_tiny", "--out",
+                                             str(ckpt), "--no-progress")
+        meta = json.loads(ckpt.with_suffix(".json").read_text())
+        record["pretrain"] = {k: v for k, v in meta.get("extra", meta).get("pretrain", {}).items() if k != "checks"}
+        runs = {}
+        for variant in args.variants.split(","):
+            label = variant + args.label
+            folder = out / f"{name}-{label}"
+            model, m = load_checkpoint(ckpt)
+            sets = list(args.overrides) if variant != "head" else []
+            target = "acc_f<=2,acc_r_drop<=2"
+            if variant in ("attack", "collapse", "rmu"):
+                target += "," + args.probe
+            if variant != "head" and variant != "defaults":
+                sets.append(f"target={target}")
+            if variant == "paper-ce":
+                sets = [s for s in sets if not s.startswith("target=")] + [
+                    "method_args.forget_loss=ce", "method_args.sparsity=penalty", "method_args.alpha=1e-4",
+                    "eval_every=0"]
+            if variant == "attack":
+                sets.append(f"method_args.attack_weight={args.weight}")
+            cfg = resolve(load_run_config(None, sets, data=data_spec, tasks=tasks,
+                                          method="head" if variant == "head" else "gslora"))
+            data = load_data(data_spec, image_size=model.image_size, seed=cfg.seed, split_ratio=cfg.split_ratio,
+                             val_ratio=cfg.val_ratio)
+            method = None
+            if variant in variants:
+                cls = variants[variant]
+                cls.weight = args.weight
+                method = cls(**cfg.method_args)
+            t0 = time.perf_counter()
+            result = run_forgetting(model, m["classes"], data, cfg, out_dir=folder, overwrite=True, method=method,
+                                    source_checkpoint=ckpt)
+            seconds = time.perf_counter() - t0
+            runs[label] = folder
+            record[label] = {"settings": sets, "seconds": seconds, "tasks": summarise(result.results)}
+            print(f"{name} {label}: {seconds:.0f} s", flush=True)
+            for r in record[label]["tasks"]:
+                print(f"  task {r['task']}: Acc_f {r['acc_f']:.1f} Acc_o {r['acc_o']} dAcc_r {r['acc_r_change']:+.1f}"
+                      f" H {r['h_mean'] or 0:.1f} probe_f {r['probe_f']} keep {r['probe_keep']} check "
+                      f"{r['check']} blocks {r['blocks']} steps {r['steps']} ({r['steps_all_trials']})", flush=True)
+            path.write_text(json.dumps(saved, indent=1))
+        head = runs.get("head" + args.label) or (out / f"{name}-head")
+        for label, folder in runs.items():
+            if label.startswith("head"):
+                continue
+            report = audit_run(folder, compare={"head": head / "final.safetensors"} if head.exists() else None,
+                               retrain_full=True, write=True)
+            record[label]["audit"] = audit_summary(report)
+            a = record[label]["audit"]["models"]
+            print(f"{name} {label} audit: " + "; ".join(
+                f"{k} probe {v['probe_f']:.1f} rec {v['recovery']} mia {v['mia_auc']}" for k, v in a.items()),
+                flush=True)
+            path.write_text(json.dumps(saved, indent=1))
+        if "calibration" not in record and runs:
+            folder = next(iter(v for k, v in runs.items() if not k.startswith("head")), None)
+            if folder is not None:
+                results = json.loads((folder / "results.json").read_text())
+                model, m = load_checkpoint(ckpt)
+                data = load_data(data_spec, image_size=model.image_size, seed=1337)
+                _, remain = run_classes(results)
+                retrained, _ = cached_reference(model, str(ckpt), data_spec, data, remain, 1337, {}, "cpu", False)
+                tasks_ = [{"task": t["index"], "forget_ids": t["forget"]} for t in results["plan"]["tasks"]]
+                record["calibration"] = calibration(model, retrained, data, tasks_, "cpu")
+                print(f"{name} calibration: {record['calibration']}", flush=True)
+                path.write_text(json.dumps(saved, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Forgetting depth inside the loop: a cheap linear attack on the forgotten classes' features, and the feature term
+that trains against it.
+
+The **in-loop probe** (``probe_f``) is the attack a user fears: someone with a few fresh photos of the forgotten people
+fits a linear read-out on the model's embeddings and identifies them. It is a ridge classifier on the L2-normalised
+embeddings (plus a constant feature for the bias), one-vs-all with ±1 targets, among every class of the task (as the
+audit's probe reads all classes), fitted by leave-one-out on the task's check images (never trained on) and scored on
+those of the forgotten classes. Leave-one-out is
+closed form for ridge (one n×n solve for every left-out image), and the ridge strength is chosen from
+:data:`RIDGE_ALPHAS` by leave-one-out squared error, as scikit-learn's ``RidgeClassifierCV`` does; the two agree
+exactly (tests/test_depth.py).
+
+``probe_keep`` is that accuracy as a percentage of the task-start model's on the same images: a model that never saw
+the forgotten classes still tells them apart by generic features, so the target is not chance but a share of what
+the model read before (docs/results/DECISIONS.md says how the default share was measured against retrained models).
+
+The **feature term** (:func:`ridge_attack_loss`) is the same attack, differentiable, on the forget batch: the
+leave-one-out ridge predictions of each forget image from the others, and a hinge on the margin of the true class
+over the best other. It is 0 once no forget image is read correctly by a ridge fitted on the others, so it stops
+pushing where the attack fails (tests: 0 on collapsed features, positive on separable ones).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+RIDGE_ALPHAS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def _design(emb: torch.Tensor) -> torch.Tensor:
+    """L2-normalised embeddings with a constant column (the bias, penalised like the weights)."""
+    x = F.normalize(emb.double() if not emb.requires_grad else emb.float(), dim=-1)
+    return torch.cat([x, torch.ones_like(x[:, :1])], dim=1)
+
+
+def _targets(y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class ids present, ±1 one-vs-all targets n × classes)."""
+    classes, idx = torch.unique(y, return_inverse=True)
+    t = -torch.ones(len(y), len(classes), dtype=torch.float64)
+    t[torch.arange(len(y)), idx] = 1.0
+    return classes, t
+
+
+def loo_ridge(x: torch.Tensor, t: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Leave-one-out ridge predictions (n × k) of the targets ``t`` from the rows of ``x`` (n × d), no intercept
+    beyond x's own columns: for each i the prediction of a ridge fitted on every row but i. Dual form: with
+    H = K (K + αI)⁻¹, K = x xᵀ, the left-out prediction is (ŷ_i − H_ii t_i) / (1 − H_ii)."""
+    n = x.shape[0]
+    k = x @ x.T
+    eye = torch.eye(n, dtype=x.dtype, device=x.device)
+    h = k @ torch.linalg.solve(k + alpha * eye, eye)
+    fitted = h @ t
+    diag = torch.diagonal(h).unsqueeze(1)
+    return (fitted - diag * t) / (1.0 - diag).clamp(min=1e-6)
+
+
+def probe_accuracy(emb: torch.Tensor, y: torch.Tensor, score=None, alphas=RIDGE_ALPHAS) -> dict:
+    """The in-loop probe on fixed embeddings: leave-one-out accuracy (%) of the ridge classifier among all the classes
+    of ``y``, over the images whose class is in ``score`` (default: all), at the ridge strength with the lowest
+    leave-one-out squared error over all images. None without two classes, three images or an image to score."""
+    y = torch.as_tensor(y, dtype=torch.long).cpu()
+    scored = torch.ones_like(y, dtype=torch.bool) if score is None else torch.isin(
+        y, torch.as_tensor(sorted(int(c) for c in score), dtype=torch.long))
+    if len(y) < 3 or len(torch.unique(y)) < 2 or not scored.any():
+        return {"acc": None, "alpha": None, "images": int(scored.sum())}
+    x = _design(emb.detach().cpu())
+    classes, t = _targets(y)
+    best = None
+    for alpha in alphas:
+        pred = loo_ridge(x, t, alpha)
+        err = float(((pred - t) ** 2).mean())
+        if best is None or err < best[0] - 1e-12:
+            best = (err, alpha, pred)
+    _, alpha, pred = best
+    acc = 100.0 * float((classes[pred.argmax(1)] == y)[scored].double().mean())
+    return {"acc": acc, "alpha": alpha, "images": int(scored.sum())}
+
+
+def ridge_attack_loss(emb: torch.Tensor, y: torch.Tensor, alpha: float = 1.0, margin: float = 0.0) -> torch.Tensor:
+    """The attack as a loss on a forget batch: mean over images of max(0, p_y − max_{c≠y} p_c + margin), p the
+    leave-one-out ridge prediction of the image from the rest of the batch (±1 one-vs-all targets, L2-normalised
+    embeddings). Differentiable in ``emb``; 0 for a batch with fewer than two classes."""
+    if len(y) < 3 or len(torch.unique(y)) < 2:
+        return emb.sum() * 0.0
+    x = _design(emb)
+    classes, t = _targets(y.cpu())
+    t = t.to(x.device, x.dtype)
+    pred = loo_ridge(x, t, alpha)
+    own = (t > 0)
+    true = pred[own]
+    other = pred.masked_fill(own, float("-inf")).max(1).values
+    return F.relu(true - other + margin).mean()
+
+
+@torch.no_grad()
+def embed_images(model, dataset, device, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings (``model.embed``, float, on the CPU) and labels of every image of ``dataset``, in order."""
+    was_training = model.training
+    model.eval()
+    embs, ys = [], []
+    for x, y in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        embs.append(model.embed(x.to(device)).float().cpu())
+        ys.append(torch.as_tensor(y))
+    model.train(was_training)
+    if not embs:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(embs), torch.cat(ys).long()
+
+
+def model_probe(model, dataset, device, score=None, batch_size: int = 256) -> float | None:
+    """The in-loop probe's accuracy (%) under ``model``: fitted leave-one-out on every image of ``dataset``, scored on
+    those of the classes ``score`` (the forgotten ones)."""
+    emb, y = embed_images(model, dataset, device, batch_size)
+    return probe_accuracy(emb, y, score)["acc"]
+
+
+def keep(probe: float | None, start: float | None) -> float | None:
+    """``probe_keep``: the probe's accuracy as % of the task-start model's (None when either is missing or 0)."""
+    if probe is None or not start:
+        return None
+    return 100.0 * probe / start
