@@ -78,15 +78,21 @@ def probe_accuracy(emb: torch.Tensor, y: torch.Tensor, score=None, alphas=RIDGE_
     return {"acc": acc, "alpha": alpha, "images": int(scored.sum())}
 
 
-def ridge_attack_loss(emb: torch.Tensor, y: torch.Tensor, alpha: float = 1.0, margin: float = 0.0) -> torch.Tensor:
+def ridge_attack_loss(emb: torch.Tensor, y: torch.Tensor, alpha: float | None = None,
+                      margin: float = 0.0) -> torch.Tensor:
     """The attack as a loss on a forget batch: mean over images of max(0, p_y − max_{c≠y} p_c + margin), p the
     leave-one-out ridge prediction of the image from the rest of the batch (±1 one-vs-all targets, L2-normalised
-    embeddings). Differentiable in ``emb``; 0 for a batch with fewer than two classes."""
+    embeddings), at the ridge strength the probe would choose (lowest leave-one-out squared error over
+    :data:`RIDGE_ALPHAS`, picked without gradient) unless ``alpha`` is given. Differentiable in ``emb``; 0 for a
+    batch with fewer than two classes."""
     if len(y) < 3 or len(torch.unique(y)) < 2:
         return emb.sum() * 0.0
     x = _design(emb)
     classes, t = _targets(y.cpu())
     t = t.to(x.device, x.dtype)
+    if alpha is None:
+        with torch.no_grad():
+            alpha = min(RIDGE_ALPHAS, key=lambda a: float(((loo_ridge(x.detach(), t, a) - t) ** 2).mean()))
     pred = loo_ridge(x, t, alpha)
     own = (t > 0)
     true = pred[own]

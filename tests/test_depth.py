@@ -1,0 +1,122 @@
+"""Depth inside the loop: the in-loop probe against scikit-learn, probe targets that stop a task, the attack term that
+trains only the adapters."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from gslora import run_forgetting
+from gslora.config import parse_target
+from gslora.depth import RIDGE_ALPHAS, _design, keep, probe_accuracy, ridge_attack_loss
+from gslora.engine import train_task
+from gslora.methods import get_method
+
+from test_targets import _cfg, _ctx
+
+
+def _blobs(seed=0, classes=6, per_class=5, dim=12, spread=0.8):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(classes).repeat_interleave(per_class)
+    emb = torch.randn(len(y), dim, generator=g) + spread * torch.randn(classes, dim, generator=g)[y]
+    return emb, y
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_in_loop_probe_equals_scikit_learn_ridge_with_leave_one_out(seed):
+    from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
+
+    emb, y = _blobs(seed)
+    score = [0, 1, 2]
+    got = probe_accuracy(emb, y, score)
+    x, labels = _design(emb).numpy(), y.numpy()
+    # the ridge strength: scikit-learn's leave-one-out choice (its efficient LOO, squared error)
+    assert got["alpha"] == RidgeClassifierCV(alphas=RIDGE_ALPHAS, fit_intercept=False).fit(x, labels).alpha_
+    # the accuracy: refit without each image, predict it, score the images of `score`
+    pred = []
+    for i in range(len(labels)):
+        rest = np.arange(len(labels)) != i
+        pred.append(RidgeClassifier(alpha=got["alpha"], fit_intercept=False).fit(x[rest], labels[rest])
+                    .predict(x[i:i + 1])[0])
+    scored = np.isin(labels, score)
+    expected = 100.0 * float(np.mean(np.asarray(pred)[scored] == labels[scored]))
+    assert got["acc"] == pytest.approx(expected) and got["images"] == int(scored.sum())
+    assert 0 < got["acc"] < 100  # a case where the probe is neither perfect nor blind
+
+
+def test_probe_is_blind_on_collapsed_features_and_none_without_two_classes():
+    emb, y = _blobs(3, spread=4.0)
+    assert probe_accuracy(emb, y)["acc"] == 100.0
+    same = torch.ones_like(emb)
+    assert probe_accuracy(same, y)["acc"] <= 100.0 / 6 + 1e-9  # no feature tells them apart: chance or less
+    assert probe_accuracy(emb[:5], y[:5])["acc"] is None  # one class
+    assert keep(40.0, 80.0) == 50.0 and keep(None, 80.0) is None and keep(10.0, 0.0) is None
+
+
+def test_attack_term_is_zero_on_collapsed_features_and_pushes_separable_ones_apart():
+    emb, y = _blobs(4, spread=3.0)
+    emb.requires_grad_(True)
+    loss = ridge_attack_loss(emb, y)
+    assert float(loss.detach()) > 0.5
+    loss.backward()
+    assert emb.grad.abs().sum() > 0
+    collapsed = torch.ones(len(y), 12) + 1e-4 * torch.randn(len(y), 12)
+    assert float(ridge_attack_loss(collapsed.requires_grad_(True), y).detach()) == pytest.approx(0.0, abs=1e-3)
+    # a step against the loss lowers the probe's accuracy on the same features
+    emb2 = emb.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([emb2], lr=0.05)
+    for _ in range(60):
+        opt.zero_grad()
+        ridge_attack_loss(emb2, y).backward()
+        opt.step()
+    assert float(ridge_attack_loss(emb2.detach(), y)) < 0.5 * float(loss.detach())
+    assert probe_accuracy(emb2.detach(), y)["acc"] < probe_accuracy(emb.detach(), y)["acc"]
+
+
+def test_probe_targets_parse():
+    assert parse_target("acc_f<=2,probe_f<=70,probe_keep<=85") == {"acc_f": 2.0, "probe_f": 70.0, "probe_keep": 85.0}
+
+
+def test_a_probe_target_stops_a_task_like_the_other_targets_and_is_reported(micro_model, micro_data):
+    # an easy probe target holds at the first checks, like acc_f: the task stops early
+    easy = _cfg(tasks="1x4", max_steps=40, max_trials=1, eval_every=4, target_checks=1,
+                target="acc_f<=100,probe_keep<=1000")
+    row = run_forgetting(copy.deepcopy(micro_model), micro_data.classes, micro_data, easy).rows[0]
+    assert row["trials"][0]["stopped_early"] and row["steps"] == 4
+    assert row["targets"]["val"] == {"acc_f": True, "probe_keep": True}
+    for key in ("probe_f", "probe_keep"):
+        assert row[key] is not None and row["check"][key] is not None
+    # one no model can reach: the task trains its whole budget, misses it, and the trial rule doubles the lr
+    hard = _cfg(tasks="1x4", max_steps=12, max_trials=2, eval_every=4, target_checks=1,
+                target="acc_f<=100,probe_f<=-1")
+    row = run_forgetting(copy.deepcopy(micro_model), micro_data.classes, micro_data, hard).rows[0]
+    assert [t["stopped_early"] for t in row["trials"]] == [False, False]
+    assert [t["lr_scale"] for t in row["trials"]] == [1.0, 2.0]
+    assert row["targets"]["val"]["probe_f"] is False and row["targets"]["test"]["probe_f"] is False
+
+
+def test_attack_term_trains_only_the_adapters(micro_model, micro_data):
+    cfg = _cfg(tasks="1x4", max_steps=3, method_args={"attack_weight": 5.0})
+    ctx = _ctx(micro_model, micro_data, cfg)
+    method = get_method("gslora", **ctx.config.method_args)
+    before = {k: v.clone() for k, v in micro_model.state_dict().items()}
+    work = method.prepare(micro_model, ctx)
+    trainable = {n for n, p in work.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    summary = train_task(work, method, ctx)
+    assert summary["steps"] == 3 and summary["last_logs"]["feature"] > 0
+    base = {n: p for n, p in work.named_parameters() if "lora_" not in n}
+    inner = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in base.items()}
+    assert all(torch.equal(before[k], v) for k, v in inner.items() if k in before)
+    assert any(float(p.detach().abs().max()) > 0 for ps in method.groups.params for p in ps[1::2])  # B moved
+
+
+def test_attack_weight_zero_adds_no_term(micro_model, micro_data):
+    ctx = _ctx(micro_model, micro_data, _cfg(tasks="1x4"))
+    method = get_method("gslora", **ctx.config.method_args)
+    work = method.prepare(micro_model, ctx)
+    x, y = next(iter(torch.utils.data.DataLoader(ctx.forget_data, batch_size=8)))
+    assert method.feature_term(work.embed(x), y, None) is None
