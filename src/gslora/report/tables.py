@@ -43,7 +43,8 @@ def task_line(row: dict, num_tasks: int) -> str:
     blocks = info.get("selected_blocks")
     blocks_text = "" if blocks is None else f" | blocks changed: {','.join(map(str, blocks)) or 'none'}"
     return (f"task {row['task']}/{num_tasks}: forgot {names_text(row['forget'])} | {trial_text} | check set: "
-            f"{targets}{blocks_text} | Acc_f {fmt(row['acc_f'])} Acc_r {fmt(row['acc_r'])} (test) | "
+            f"{targets}{blocks_text} | Acc_f {fmt(row['acc_f'])} Acc_r {fmt(row['acc_r'])} probe_f "
+            f"{fmt(row.get('probe_f'))} (test) | "
             f"{row['wall_seconds']:.0f} s")
 
 
@@ -79,14 +80,16 @@ def paper_table(results: dict, label: str | None = None) -> str:
 def task_table(results: dict) -> str:
     """One row per task: the numbers the paper omits (drop, change of Acc_r, blocks touched, time)."""
     miss = has_missing(results["tasks"])
-    lines = [["Task", "Setting", "Acc_f before", "Acc_f", "Drop", "Acc_r", "ΔAcc_r vs pre-train"]
+    lines = [["Task", "Setting", "Acc_f before", "Acc_f", "probe_f", "probe kept", "Drop", "Acc_r",
+              "ΔAcc_r vs pre-train"]
              + (["Acc_m", "Acc_m before"] if miss else []) + ["Acc_o", "H", "Tunable", "Blocks selected", "Time (s)"]]
     for r in results["tasks"]:
         info = r.get("method_info", {})
         sel = info.get("selected_blocks")
         m = [fmt(r.get("acc_m")), fmt(r["before"].get("acc_m"))] if miss else []
         lines.append([
-            str(r["task"]), r["setting"], fmt(r["before"]["acc_f"]), fmt(r["acc_f"]), fmt(r["drop"]), fmt(r["acc_r"]),
+            str(r["task"]), r["setting"], fmt(r["before"]["acc_f"]), fmt(r["acc_f"]), fmt(r.get("probe_f")),
+            "-" if r.get("probe_keep") is None else f"{r['probe_keep']:.0f}%", fmt(r["drop"]), fmt(r["acc_r"]),
             fmt(r["acc_r_change_vs_pretrained"]), *m, fmt(r["acc_o"]), fmt(r["h_mean"]), f"{r['tunable_ratio']:.2f}%",
             "-" if sel is None else f"{len(sel)}/{len(info['group_norms'])} {sel}", f"{r['wall_seconds']:.1f}",
         ])
@@ -102,7 +105,8 @@ def markdown(rows: list[list[str]]) -> str:
     return "\n".join(out)
 
 
-CSV_FIELDS = ["task", "setting", "n_forget", "n_remain", "n_old", "n_missing", "acc_f", "acc_r", "acc_m", "acc_o",
+CSV_FIELDS = ["task", "setting", "n_forget", "n_remain", "n_old", "n_missing", "acc_f", "probe_f", "probe_keep",
+              "check_probe_f", "check_probe_keep", "acc_r", "acc_m", "acc_o",
               "drop", "h_mean", "acc_f_before", "acc_r_pretrained", "acc_m_before", "acc_m_pretrained",
               "acc_r_change_vs_pretrained", "val_acc_f", "val_acc_r", "val_acc_m", "val_acc_o", "val_h_mean",
               "tunable_ratio", "trainable_params", "selected_blocks", "group_norms", "relative_delta_norms",
@@ -123,6 +127,8 @@ def results_csv(results: dict) -> str:
         flat["acc_m_pretrained"] = r["pretrained"].get("acc_m")
         for k in ("acc_f", "acc_r", "acc_m", "acc_o", "h_mean"):
             flat[f"val_{k}"] = r["val"].get(k)
+        for k in ("probe_f", "probe_keep"):
+            flat[f"check_{k}"] = (r.get("check") or {}).get(k)
         for k in ("selected_blocks", "group_norms", "relative_delta_norms"):
             if k in r.get("method_info", {}):
                 flat[k] = " ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r["method_info"][k])
