@@ -8,14 +8,13 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_targets import _cfg, _ctx
 
 from gslora import run_forgetting
 from gslora.config import parse_target
 from gslora.depth import RIDGE_ALPHAS, _design, keep, probe_accuracy, ridge_attack_loss
 from gslora.engine import train_task
 from gslora.methods import get_method
-
-from test_targets import _cfg, _ctx
 
 
 def _blobs(seed=0, classes=6, per_class=5, dim=12, spread=0.8):
@@ -120,3 +119,11 @@ def test_attack_weight_zero_adds_no_term(micro_model, micro_data):
     work = method.prepare(micro_model, ctx)
     x, y = next(iter(torch.utils.data.DataLoader(ctx.forget_data, batch_size=8)))
     assert method.feature_term(work.embed(x), y, None) is None
+
+
+def test_head_forgetting_is_not_held_to_a_probe_target_it_cannot_move(micro_model, micro_data):
+    cfg = _cfg(tasks="1x4", max_steps=12, max_trials=3, eval_every=4, target_checks=1, method="head",
+               target="acc_f<=100,probe_f<=-1")
+    row = run_forgetting(copy.deepcopy(micro_model), micro_data.classes, micro_data, cfg).rows[0]
+    assert row["targets"]["spec"] == "acc_f<=100" and len(row["trials"]) == 1
+    assert row["probe_f"] is not None  # still reported

@@ -179,7 +179,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
             log.warning("%s Going on (forced).", fit)
             warnings.append(fit)
     plan_record = plan_with_indices(plan, classes, data, config)  # plan.json: what each task used, exactly
-    policy = policy or TargetPolicy.from_config(config)
+    policy = (policy or TargetPolicy.from_config(config)).for_method(method)
     state = None
     if writes:  # under torchrun, rank 0 alone checks and writes the folder
         folder.start(config, plan_record, overwrite=overwrite, resume=resume)
@@ -504,7 +504,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         **test,
         "val": task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task, vs_pre, missing),
         "check": {**record["val"], "images": int(check_orig[1].sum()), "train_images": len(extra)},
-        "targets": {"spec": config.target, "val": record["targets_met"],
+        "targets": {"spec": policy.spec(config.target), "val": record["targets_met"],
                     "test": policy.met(_brief(test))},
         "trials": trials,
         "chosen_trial": record["trial"],

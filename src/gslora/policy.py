@@ -11,6 +11,7 @@ stop. One place for the rule, so a different policy is one class (benchmarks/ ke
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from .config import RunConfig, parse_target
@@ -36,6 +37,19 @@ class TargetPolicy:
     def forgetting(self) -> dict[str, float]:
         """The forgetting targets (acc_f, acc_o): the ones the periodic checks look at."""
         return {k: v for k, v in self.targets.items() if k in FORGETTING_TARGETS}
+
+    def for_method(self, method) -> TargetPolicy:
+        """This policy for ``method``: without the probe targets when the method cannot move the embeddings a probe
+        reads (head forgetting): they would only cost trials (the probe is still reported)."""
+        if getattr(method, "moves_features", True) or not any(k in self.targets for k in PROBE_TARGETS):
+            return self
+        return dataclasses.replace(self, targets={k: v for k, v in self.targets.items() if k not in PROBE_TARGETS})
+
+    def spec(self, configured: str) -> str:
+        """The target string this policy enforces: ``configured`` when it is the same, else its own."""
+        if parse_target(configured) == self.targets:
+            return configured
+        return ",".join(f"{k}<={v:g}" for k, v in self.targets.items())
 
     def trials_for(self, method) -> int:
         """How many trials a task may have: ``max_trials`` for a method that trains towards targets, else one."""

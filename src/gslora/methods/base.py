@@ -92,6 +92,8 @@ class Method:
     # retrain-full: every training image of the remaining classes); a run under a data constraint refuses it
     uses_targets: bool = True  # stop at the validation forgetting target and retry on a missed retention target;
     # False for methods that forget by construction (Retrain: a fresh model meets acc_f at step 0)
+    moves_features: bool = True  # False for methods that leave the embeddings as they are (head forgetting): the
+    # probe targets (probe_f, probe_keep: a read-out of the embeddings) are reported but cannot be reached by training
 
     def __init__(self, **overrides):
         defaults = method_preset(self.name).get("args", {}) if self.Args is not None else {}

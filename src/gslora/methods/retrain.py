@@ -68,6 +68,7 @@ class HeadArgs:
 class HeadForgetting(Method):
     name = "head"
     Args = HeadArgs
+    moves_features = False  # the backbone is frozen: the embeddings a probe reads stay the original's
 
     def __init__(self, **overrides):
         super().__init__(**overrides)
