@@ -7,7 +7,7 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
     defaults     GS-LoRA as shipped (its loss, its targets)
     paper-ce     the paper's bounded CE at its full budget, blocks free: forget_loss ce, the group lasso as a penalty
                  (alpha 1e-4), no early stop (eval_every 0)
-    attack       GS-LoRA + the attack in the loop (gslora.depth.ridge_attack_loss, attack_weight W)
+    attack       GS-LoRA + the attack in the loop (ridge_attack_loss below, weight W)
     collapse     GS-LoRA + class-mean collapse: W x the between-class share of the forgotten embeddings'
                  variance (eta^2) on the forget batch (LEACE: equal class-conditional means leave a linear
                  read-out nothing)
@@ -56,28 +56,41 @@ RUNS = {  # name: (data, tasks)
 # ---------------------------------------------------------------------------------------------------------------------
 # The objectives measured and not adopted (GS-LoRA subclasses; the adopted one lives in gslora.methods.gslora)
 
-def collapse_loss(emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """eta^2: the between-class share of the variance of the L2-normalised embeddings ``emb`` (labels ``y``)."""
-    x = F.normalize(emb.float(), dim=-1)
-    classes, idx = torch.unique(y, return_inverse=True)
-    if len(classes) < 2:
+def ridge_attack_loss(emb, y, alpha=None, margin: float = 0.0):
+    """The attack in the loop (TAR-style) on a forget batch: mean over images of max(0, p_y - max_{c!=y} p_c + margin),
+    p the leave-one-out ridge prediction of the image from the rest of the batch (+-1 one-vs-all targets, L2-normalised
+    embeddings), at the ridge strength the in-loop probe would choose. 0 for a batch with fewer than two classes."""
+    from gslora.depth import RIDGE_ALPHAS, _design, _targets, loo_ridge
+
+    if len(y) < 3 or len(torch.unique(y)) < 2:
         return emb.sum() * 0.0
-    mu = x.mean(0, keepdim=True)
-    means = torch.zeros(len(classes), x.shape[1], device=x.device).index_add_(0, idx, x)
-    counts = torch.bincount(idx, minlength=len(classes)).float().unsqueeze(1)
-    means = means / counts
-    between = (counts * (means - mu) ** 2).sum()
-    total = ((x - mu) ** 2).sum().clamp(min=1e-8)
-    return between / total
+    x = _design(emb)
+    _, t = _targets(y.cpu())
+    t = t.to(x.device, x.dtype)
+    if alpha is None:
+        with torch.no_grad():
+            alpha = min(RIDGE_ALPHAS, key=lambda a: float(((loo_ridge(x.detach(), t, a) - t) ** 2).mean()))
+    pred = loo_ridge(x, t, alpha)
+    own = t > 0
+    other = pred.masked_fill(own, float("-inf")).max(1).values
+    return F.relu(pred[own] - other + margin).mean()
 
 
 def make_variants():
     from gslora.methods.gslora import GSLoRA
 
-    class Collapse(GSLoRA):
+    class Attack(GSLoRA):
         weight = 10.0
 
         def feature_term(self, emb_f, y_f, state):
+            return self.weight * ridge_attack_loss(emb_f.float(), y_f)
+
+    class Collapse(GSLoRA):  # the product's term (collapse_weight), at the weight given here
+        weight = 10.0
+
+        def feature_term(self, emb_f, y_f, state):
+            from gslora.depth import collapse_loss
+
             return self.weight * collapse_loss(emb_f, y_f)
 
     class RMU(GSLoRA):
@@ -93,10 +106,11 @@ def make_variants():
             peft = super().prepare(model, ctx)
             g = torch.Generator().manual_seed(ctx.config.seed + ctx.position)
             self.captured = {}
-            peft.base_model.model.get_submodule(self.layer).register_forward_hook(
-                lambda m, i, o: self.captured.__setitem__("now", o))
-            self.original.get_submodule(self.layer).register_forward_hook(
-                lambda m, i, o: self.captured.__setitem__("orig", o))
+            self.hooks = [
+                peft.base_model.model.get_submodule(self.layer).register_forward_hook(
+                    lambda m, i, o: self.captured.__setitem__("now", o)),
+                self.original.get_submodule(self.layer).register_forward_hook(
+                    lambda m, i, o: self.captured.__setitem__("orig", o))]
             dim = peft.base_model.model.get_submodule(self.layer).out_features
             self.direction = F.normalize(torch.rand(dim, generator=g), dim=0).to(ctx.device)
             self.scale = None
@@ -116,10 +130,15 @@ def make_variants():
             logs.update(rmu_f=float(rmu_f.detach()), rmu_r=float(rmu_r.detach()))
             return total + self.weight * rmu_f / self.scale ** 2 + self.retain_weight * rmu_r / self.scale ** 2, logs
 
+        def finish(self, model, ctx):
+            for hook in self.hooks:
+                hook.remove()
+            return super().finish(model, ctx)
+
         def state_dict(self):
             return {}
 
-    return {"collapse": Collapse, "rmu": RMU}
+    return {"attack": Attack, "collapse": Collapse, "rmu": RMU}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -229,8 +248,6 @@ def main(argv=None) -> int:
                 sets = [s for s in sets if not s.startswith("target=")] + [
                     "method_args.forget_loss=ce", "method_args.sparsity=penalty", "method_args.alpha=1e-4",
                     "eval_every=0"]
-            if variant == "attack":
-                sets.append(f"method_args.attack_weight={args.weight}")
             cfg = resolve(load_run_config(None, sets, data=data_spec, tasks=tasks,
                                           method="head" if variant == "head" else "gslora"))
             data = load_data(data_spec, image_size=model.image_size, seed=cfg.seed, split_ratio=cfg.split_ratio,

@@ -1,5 +1,5 @@
-"""Depth inside the loop: the in-loop probe against scikit-learn, probe targets that stop a task, the attack term that
-trains only the adapters."""
+"""Depth inside the loop: the in-loop probe against scikit-learn, probe targets that stop a task, the collapse term
+that trains only the adapters."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from test_targets import _cfg, _ctx
 
 from gslora import run_forgetting
 from gslora.config import parse_target
-from gslora.depth import RIDGE_ALPHAS, _design, keep, probe_accuracy, ridge_attack_loss
+from gslora.depth import RIDGE_ALPHAS, _design, collapse_loss, keep, probe_accuracy
 from gslora.engine import train_task
 from gslora.methods import get_method
 
@@ -55,24 +55,23 @@ def test_probe_is_blind_on_collapsed_features_and_none_without_two_classes():
     assert keep(40.0, 80.0) == 50.0 and keep(None, 80.0) is None and keep(10.0, 0.0) is None
 
 
-def test_attack_term_is_zero_on_collapsed_features_and_pushes_separable_ones_apart():
+def test_collapse_term_is_one_on_class_means_zero_on_equal_means_and_lowers_the_probe():
     emb, y = _blobs(4, spread=3.0)
-    emb.requires_grad_(True)
-    loss = ridge_attack_loss(emb, y)
-    assert float(loss.detach()) > 0.5
-    loss.backward()
-    assert emb.grad.abs().sum() > 0
-    collapsed = torch.ones(len(y), 12) + 1e-4 * torch.randn(len(y), 12)
-    assert float(ridge_attack_loss(collapsed.requires_grad_(True), y).detach()) == pytest.approx(0.0, abs=1e-3)
-    # a step against the loss lowers the probe's accuracy on the same features
-    emb2 = emb.detach().clone().requires_grad_(True)
+    means = torch.stack([emb[y == c].mean(0) for c in range(6)])
+    assert float(collapse_loss(means[y], y)) == pytest.approx(1.0)  # every image on its class mean
+    shifted = emb - means[y] + means.mean(0)  # every class moved to one common mean
+    assert float(collapse_loss(shifted, y)) < 0.05
+    assert float(collapse_loss(emb[y == 0], y[y == 0])) == 0.0  # one class: nothing to collapse
+    start = float(collapse_loss(emb, y))
+    assert 0.2 < start < 1.0
+    emb2 = emb.clone().requires_grad_(True)
     opt = torch.optim.Adam([emb2], lr=0.05)
     for _ in range(60):
         opt.zero_grad()
-        ridge_attack_loss(emb2, y).backward()
+        collapse_loss(emb2, y).backward()
         opt.step()
-    assert float(ridge_attack_loss(emb2.detach(), y)) < 0.5 * float(loss.detach())
-    assert probe_accuracy(emb2.detach(), y)["acc"] < probe_accuracy(emb.detach(), y)["acc"]
+    assert float(collapse_loss(emb2.detach(), y)) < 0.5 * start
+    assert probe_accuracy(emb2.detach(), y)["acc"] < probe_accuracy(emb, y)["acc"]
 
 
 def test_probe_targets_parse():
@@ -97,8 +96,8 @@ def test_a_probe_target_stops_a_task_like_the_other_targets_and_is_reported(micr
     assert row["targets"]["val"]["probe_f"] is False and row["targets"]["test"]["probe_f"] is False
 
 
-def test_attack_term_trains_only_the_adapters(micro_model, micro_data):
-    cfg = _cfg(tasks="1x4", max_steps=3, method_args={"attack_weight": 5.0})
+def test_collapse_term_trains_only_the_adapters(micro_model, micro_data):
+    cfg = _cfg(tasks="1x4", max_steps=3, method_args={"collapse_weight": 5.0})
     ctx = _ctx(micro_model, micro_data, cfg)
     method = get_method("gslora", **ctx.config.method_args)
     before = {k: v.clone() for k, v in micro_model.state_dict().items()}
@@ -113,8 +112,8 @@ def test_attack_term_trains_only_the_adapters(micro_model, micro_data):
     assert any(float(p.detach().abs().max()) > 0 for ps in method.groups.params for p in ps[1::2])  # B moved
 
 
-def test_attack_weight_zero_adds_no_term(micro_model, micro_data):
-    ctx = _ctx(micro_model, micro_data, _cfg(tasks="1x4"))
+def test_collapse_weight_zero_adds_no_term(micro_model, micro_data):
+    ctx = _ctx(micro_model, micro_data, _cfg(tasks="1x4", method_args={"collapse_weight": 0.0}))
     method = get_method("gslora", **ctx.config.method_args)
     work = method.prepare(micro_model, ctx)
     x, y = next(iter(torch.utils.data.DataLoader(ctx.forget_data, batch_size=8)))

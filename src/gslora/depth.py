@@ -14,10 +14,11 @@ exactly (tests/test_depth.py).
 the forgotten classes still tells them apart by generic features, so the target is not chance but a share of what
 the model read before (docs/results/DECISIONS.md says how the default share was measured against retrained models).
 
-The **feature term** (:func:`ridge_attack_loss`) is the same attack, differentiable, on the forget batch: the
-leave-one-out ridge predictions of each forget image from the others, and a hinge on the margin of the true class
-over the best other. It is 0 once no forget image is read correctly by a ridge fitted on the others, so it stops
-pushing where the attack fails (tests: 0 on collapsed features, positive on separable ones).
+The **feature term** (:func:`collapse_loss`, GS-LoRA's ``collapse_weight``) trains against that read-out: η², the
+between-class share of the forgotten classes' embedding variance on the forget batch. When the class means coincide
+no linear read-out can separate the classes (LEACE's condition); the term is 0 there and 1 when every image sits on
+its class mean. Other objectives measured side by side (the attack in the loop, RMU, the paper's loss at its full
+budget) are in benchmarks/depth_objectives.py, with the reasons in docs/results/DECISIONS.md.
 """
 
 from __future__ import annotations
@@ -78,26 +79,20 @@ def probe_accuracy(emb: torch.Tensor, y: torch.Tensor, score=None, alphas=RIDGE_
     return {"acc": acc, "alpha": alpha, "images": int(scored.sum())}
 
 
-def ridge_attack_loss(emb: torch.Tensor, y: torch.Tensor, alpha: float | None = None,
-                      margin: float = 0.0) -> torch.Tensor:
-    """The attack as a loss on a forget batch: mean over images of max(0, p_y − max_{c≠y} p_c + margin), p the
-    leave-one-out ridge prediction of the image from the rest of the batch (±1 one-vs-all targets, L2-normalised
-    embeddings), at the ridge strength the probe would choose (lowest leave-one-out squared error over
-    :data:`RIDGE_ALPHAS`, picked without gradient) unless ``alpha`` is given. Differentiable in ``emb``; 0 for a
-    batch with fewer than two classes."""
-    if len(y) < 3 or len(torch.unique(y)) < 2:
+def collapse_loss(emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Class-mean collapse: η², the between-class share of the variance of the L2-normalised embeddings ``emb`` of
+    the classes ``y`` (1 when every image sits on its class mean, 0 when every class has the same mean: then no
+    linear read-out can tell the classes apart, LEACE's condition). Differentiable; 0 with fewer than two classes."""
+    x = F.normalize(emb.float(), dim=-1)
+    classes, idx = torch.unique(y, return_inverse=True)
+    if len(classes) < 2:
         return emb.sum() * 0.0
-    x = _design(emb)
-    classes, t = _targets(y.cpu())
-    t = t.to(x.device, x.dtype)
-    if alpha is None:
-        with torch.no_grad():
-            alpha = min(RIDGE_ALPHAS, key=lambda a: float(((loo_ridge(x.detach(), t, a) - t) ** 2).mean()))
-    pred = loo_ridge(x, t, alpha)
-    own = (t > 0)
-    true = pred[own]
-    other = pred.masked_fill(own, float("-inf")).max(1).values
-    return F.relu(true - other + margin).mean()
+    mu = x.mean(0, keepdim=True)
+    means = torch.zeros(len(classes), x.shape[1], device=x.device, dtype=x.dtype).index_add_(0, idx, x)
+    counts = torch.bincount(idx, minlength=len(classes)).to(x.dtype).unsqueeze(1)
+    means = means / counts
+    between = (counts * (means - mu) ** 2).sum()
+    return between / ((x - mu) ** 2).sum().clamp(min=1e-8)
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..depth import ridge_attack_loss
+from ..depth import collapse_loss
 from ..errors import GsloraError
 from ..lora import (
     LoraGroups,
@@ -42,8 +42,8 @@ class GSLoRAArgs:
     forget_loss: str = "margin"  # margin: per-sample hinge on the logit gap; ce: the paper's max(0, BND - CE)
     forget_margin: float = 64.0  # forget_loss margin: the logit gap own class vs best other to reach
     forget_margin_ramp: bool = True  # grow the margin linearly from 0 to forget_margin over the step budget
-    attack_weight: float = 0.0  # weight of the attack-in-the-loop term (gslora.depth.ridge_attack_loss) on the
-    # forget batch's embeddings: a ridge read-out fitted on the other forget images must not identify each one
+    collapse_weight: float = 0.0  # weight of the class-mean collapse term on the forget batch's embeddings
+    # (gslora.depth.collapse_loss: the between-class share η² of the forgotten classes' embedding variance)
 
     def validate(self):
         if self.lora_rank < 1:
@@ -51,7 +51,7 @@ class GSLoRAArgs:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
         if not betas or any(b < 0 for b in betas):
             raise GsloraError(f"method_args.beta must be ≥ 0 (a number or a per-task list), got {self.beta}.")
-        for name in ("bound", "alpha", "lora_alpha", "prototype_bound", "selection_threshold", "attack_weight"):
+        for name in ("bound", "alpha", "lora_alpha", "prototype_bound", "selection_threshold", "collapse_weight"):
             if getattr(self, name) < 0:
                 raise GsloraError(f"method_args.{name} must be ≥ 0, got {getattr(self, name)}.")
         for name in ("prototype_weight_forget", "prototype_weight_remain"):
@@ -121,14 +121,13 @@ class GSLoRA(Method):
         return total, logs
 
     def feature_term(self, emb_f: torch.Tensor, y_f: torch.Tensor, state: StepState) -> torch.Tensor | None:
-        """A term on the forget batch's embeddings (None: none). GS-LoRA's: ``attack_weight`` × the ridge attack
-        (:func:`gslora.depth.ridge_attack_loss`) on this task's forgotten classes; benchmarks/ subclasses measure
-        others."""
-        w = self.args.attack_weight
+        """A term on the forget batch's embeddings (None: none). GS-LoRA's: ``collapse_weight`` × η² of this task's
+        forgotten classes (:func:`gslora.depth.collapse_loss`); benchmarks/depth_objectives.py measures others."""
+        w = self.args.collapse_weight
         if w <= 0:
             return None
         current = ~torch.isin(y_f, self.old_classes) if self.old_classes.numel() else torch.ones_like(y_f, dtype=bool)
-        return w * ridge_attack_loss(emb_f[current].float(), y_f[current])
+        return w * collapse_loss(emb_f[current], y_f[current])
 
     def _alpha(self, state: StepState) -> float:
         return self.args.alpha if state.epoch >= self.args.alpha_warmup_epochs else 0.0
