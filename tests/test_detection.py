@@ -173,17 +173,19 @@ def test_coco_errors_are_clear(tmp_path, damage, words):
 
 def test_detr_runs_through_the_same_runner():
     """DetrForObjectDetection (softmax classes + no-object) takes the same path: losses, AP, LoRA groups, merge."""
+    from gslora.detection.config import detection_config
     from gslora.detection.data import digits_data
-    from gslora.detection.runner import DetRunConfig, run_detection_forgetting
+    from gslora.detection.problem import Detection
+    from gslora.forget import run_forgetting
 
     data = digits_data(image_size=32, n_train=40, n_val=10, n_test=10, max_objects=1, scale=(0.5, 0.7))
     model = build_detector("detr_tiny", data.classes, encoder_layers=1, decoder_layers=2, d_model=32,
                            encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, backbone_width=8)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = DetRunConfig(tasks=[[data.classes[int(data.train.images[0].labels[0])]]], max_steps=3, batch_size=4,
-                       replay_ratio=1.0, eval_every=0, image_size=32, device="cpu",
-                       method_args={"beta": 1.0, "alpha": 0.0})
-    result = run_detection_forgetting(model, data.classes, data, cfg)
+    cfg = detection_config(tasks=[[data.classes[int(data.train.images[0].labels[0])]]], max_steps=3, batch_size=4,
+                           replay_ratio=1.0, eval_every=0, image_size=32, device="cpu",
+                           method_args={"beta": 1.0, "alpha": 0.0})
+    result = run_forgetting(model, data.classes, data, cfg, problem=Detection())
     row = result.rows[0]
     assert row["method_info"]["groups"] == ["enc0", "dec0", "dec1"]
     assert row["steps"] == 3 and row["ap_f_before"] is not None

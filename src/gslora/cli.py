@@ -486,7 +486,7 @@ def cmd_list(args) -> int:
 
 
 # flags of the classification side that detection does not take: refused with one sentence, never silently ignored
-NOT_FOR_DETECTION = {"resume": "--resume", "head_subset": "--head-subset", "missing_check_data": "--missing-check-data",
+NOT_FOR_DETECTION = {"head_subset": "--head-subset", "missing_check_data": "--missing-check-data",
                      "audit": "--audit", "audit_target": "--audit-target", "retrain_full": "--retrain-full",
                      "request_id": "--request-id", "force": "--force", "class_file": "--classes",
                      "model_args": "--model-arg"}

@@ -150,7 +150,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     plan = make_plan(classes, config.tasks, seed=config.seed, forgotten=prior)
     # few-shot / missing classes: a method needing more data than the setting gives is refused before the run folder
     check_method_fits(method, data_constraint(config, missing_classes(config, plan, classes)))
-    missing = MissingCheck.setup(model, config.missing_check_data)  # its errors come before the run folder
+    missing = problem.missing_check(model, config)  # its errors come before the run folder
     device = dist.resolve_device(config.device)
     dist.init_from_env(device)
     folder = RunFolder(out_dir) if out_dir is not None else None
@@ -260,6 +260,9 @@ class Classification(Problem):
 
     def check_images(self, data: DataBundle, classes: list[str]) -> None:
         check_class_images(data, classes)
+
+    def missing_check(self, model, config: RunConfig) -> MissingCheck:
+        return MissingCheck.setup(model, config.missing_check_data)
 
     def prepare(self, model, device):
         model.config.pop("masked_classes", None)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .config import RunConfig, parse_target
 from .data.plan import Task
 
-FORGETTING_TARGETS = ("acc_f", "acc_o")
+FORGETTING_TARGETS = ("acc_f", "acc_o", "ap_f", "ap_f_share", "ap_o")  # detection's: gslora.detection.config
 
 
 @dataclass
@@ -66,7 +66,7 @@ def checked_classes(task: Task, forgetting: dict) -> dict[str, list[int]]:
 
 def _brief(metrics: dict) -> dict:
     """The numbers a target looks at: acc_f, acc_r, acc_o, acc_r_drop (vs the pre-trained model), h_mean."""
-    if "acc_r_drop" in metrics:
+    if "acc_r_drop" in metrics or "ap_r_drop" in metrics:  # already brief, or detection's metrics
         return metrics
     change = metrics.get("acc_r_change_vs_pretrained")
     return {"acc_f": metrics["acc_f"], "acc_r": metrics["acc_r"], "acc_o": metrics["acc_o"],
