@@ -110,3 +110,67 @@ def test_a_detectors_history_binds_its_next_request(pretrained, tmp_path, capsys
     assert main(["forget", "--checkpoint", str(tmp_path / "b" / "final"), "--tasks", "two",
                  "--out", str(tmp_path / "c"), *common]) == 2
     assert "already forgotten" in capsys.readouterr().err
+
+
+RESUME = ["--tasks", "2x1", "--device", "cpu", "--no-progress", "--set", "replay_ratio=1.0", "--set", "batch_size=32",
+          "--set", "max_steps=8", "--set", "eval_every=4", "--set", "target_checks=2", "--set", "checkpoint_every=3",
+          "--set", "lr=1e-2", "--set", "method_args.alpha=0.3", "--set", "method_args.beta=1.0"]
+
+
+def _det_args(root, ckpt, out):
+    return ["forget", "--detection", "--checkpoint", str(ckpt), "--data", str(root), "--out", str(out), *RESUME]
+
+
+def _det_finished(out):
+    import torch
+    from safetensors.torch import load_file
+
+    from test_resume import _numbers
+
+    results = _numbers(json.loads((out / "results.json").read_text()))
+    weights = load_file(str(out / "final" / "model.safetensors"))
+    history = json.loads((out / "final" / "gslora_detection.json").read_text())["history"]
+    return results, {k: v.to(torch.float64) for k, v in weights.items()}, history
+
+
+@pytest.fixture(scope="module")
+def det_reference(pretrained, tmp_path_factory):
+    """The uninterrupted detection run the killed ones must end at (run once for this module)."""
+    root, ckpt = pretrained
+    out = tmp_path_factory.mktemp("det-reference") / "run"
+    assert main(_det_args(root, ckpt, out)) == 0
+    return out, _det_finished(out)
+
+
+@pytest.mark.parametrize("point", ["task2.step4", "after-task1"])
+def test_a_killed_detection_run_resumes_to_the_same_numbers(pretrained, det_reference, tmp_path, point):
+    """SIGKILL mid-task (task 2, one step past its epoch checkpoint at step 3) or right after task 1's resume state;
+    `--resume` ends with the uninterrupted run's results.json (every number, the checks and trials included), the same
+    final weights and history."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    root, ckpt = pretrained
+    ref_results, ref_weights, ref_history = det_reference[1]
+    assert [len(r["checks"]) for r in ref_results["tasks"]] == [2, 2]  # the periodic check ran in both tasks
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    hook = Path(__file__).with_name("crash_hook.py")
+    proc = subprocess.run([sys.executable, str(hook), point, *_det_args(root, ckpt, out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL at the named point
+    assert not (out / "results.json").exists() and (out / "state").is_dir()
+    if point == "task2.step4":
+        assert (out / "state" / "epoch-task2.pt").is_file()  # the mid-task checkpoint it resumes from
+    assert main(_det_args(root, ckpt, out)) == 2  # an unfinished folder is not started over without a word
+    assert main([*_det_args(root, ckpt, out), "--resume"]) == 0
+    results, weights, history = _det_finished(out)
+    assert results == ref_results
+    assert history == ref_history
+    assert weights.keys() == ref_weights.keys()
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+    assert not (out / "state").exists()
