@@ -124,7 +124,6 @@ def _det_args(root, ckpt, out):
 def _det_finished(out):
     import torch
     from safetensors.torch import load_file
-
     from test_resume import _numbers
 
     results = _numbers(json.loads((out / "results.json").read_text()))
@@ -174,3 +173,53 @@ def test_a_killed_detection_run_resumes_to_the_same_numbers(pretrained, det_refe
     assert weights.keys() == ref_weights.keys()
     assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
     assert not (out / "state").exists()
+
+
+def test_audit_works_on_a_detection_run(det_reference, tmp_path, capsys):
+    """Recovery (head retraining on AP) and the query probe, on the run's final detector and the original; the AP
+    the audit reads agrees with the run's own per-category test AP."""
+    out, (results, _, _) = det_reference
+    audit_dir = tmp_path / "audit"
+    assert main(["audit", str(out), "--epochs", "2", "--device", "cpu", "--out", str(audit_dir), "--no-progress"]) == 0
+    assert "Recovery (% of original AP_f)" in capsys.readouterr().out
+    report = json.loads((audit_dir / "audit.json").read_text())
+    assert (audit_dir / "audit.md").is_file() and (audit_dir / "recovery.png").is_file()
+    forgotten = [n for r in results["tasks"] for n in r["forget"]]
+    assert report["forget_classes"] == sorted(forgotten, key=CLASSES.index)
+    for key, class_ap in (("original", results["pretrained"]["class_ap"]),
+                          ("forgotten", results["tasks"][-1]["class_ap"])):
+        m = report["models"][key]
+        assert m["ap"]["ap_f"] == pytest.approx(np.mean([class_ap[n] for n in forgotten]))
+        assert m["recovery"]["epochs"] == [0, 1, 2] and m["recovery"]["ap_f"][0] == pytest.approx(m["ap"]["ap_f"])
+        assert m["recovery"]["recovery"] == pytest.approx(100 * m["recovery"]["final_ap_f"]
+                                                          / report["models"]["original"]["ap"]["ap_f"])
+        assert 0 <= m["probe"]["probe_f"] <= 100 and 0 <= m["probe"]["probe_r"] <= 100
+    assert report["images"]["source"] == "training images the run never used" or report["images"]["run_images"] > 0
+    assert main(["audit", str(out), "--retrain-full", "--device", "cpu", "--out", str(tmp_path / "b")]) == 2
+    assert "--retrain-full does not apply to the audit of a detection run" in capsys.readouterr().err
+
+
+def test_benchmark_works_on_detection(pretrained, tmp_path, capsys):
+    """`gslora benchmark --detection`: every method from the same detector with the same plans; AP tables."""
+    root, ckpt = pretrained
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--detection", "--checkpoint", str(ckpt), "--data", str(root), "--setting", "single",
+            "--methods", "gslora,finetune", "--out", str(out), "--device", "cpu", "--no-progress", "--strict",
+            "--set", "replay_ratio=1.0", "--set", "max_steps=3", "--set", "eval_every=0", "--set", "batch_size=16"]
+    assert main(argv) == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["problem"] == "detection"
+    assert [p["tasks"] for p in comparison["plans"]] == ["1x1", "1x2"]
+    gs, ft = comparison["methods"]
+    assert gs["status"] == ft["status"] == "ok"
+    for a, b in zip(gs["runs"], ft["runs"]):  # the same plan and the same starting detector for both methods
+        assert [r["forget"] for r in a["tasks"]] == [r["forget"] for r in b["tasks"]]
+        assert a["tasks"][0]["ap_f_before"] == pytest.approx(b["tasks"][0]["ap_f_before"])
+        assert a["tasks"][0]["ap_r_pretrained"] == pytest.approx(b["tasks"][0]["ap_r_pretrained"])
+    assert gs["runs"][0]["tasks"][0]["method_info"]["groups"] == ["enc0", "enc1", "dec0", "dec1"]
+    table = (out / "comparison.md").read_text()
+    assert "AP_r ↑" in table and "AP_f ↓" in table and "Acc_r" not in table
+    assert "ap_f" in (out / "comparison.csv").read_text().splitlines()[0]
+    capsys.readouterr()
+    assert main([*argv[:-12], "--setting", "few-shot", "--out", str(tmp_path / "c")]) == 2
+    assert "few-shot setting does not apply to detection" in capsys.readouterr().err

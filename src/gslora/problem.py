@@ -61,3 +61,4 @@ class Problem:
 
     def log_task(self, row: dict) -> str:
         return f"task {row['task']} done"
+

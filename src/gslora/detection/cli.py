@@ -21,7 +21,7 @@ def add_detection_flags(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--detection", action="store_true",
                    help="object detection (DETR / Deformable DETR, COCO-format folders or 'digits'); see "
                    "docs/detection.md")
-    if command in ("pretrain", "forget", "evaluate"):
+    if command in ("pretrain", "forget", "evaluate", "benchmark"):
         p.add_argument("--image-size", dest="image_size", type=int,
                        help="with --detection: side images are resized to (default 64 for tiny models; keep the size "
                        "the detector was trained at)")
@@ -119,6 +119,39 @@ def cmd_forget(args) -> int:
                  history=meta.get("history"), resume=args.resume)
     print_results(result.results, Path(args.out))
     return 0
+
+
+def cmd_benchmark(args) -> int:
+    """``gslora benchmark --detection``: every detection method (or ``--methods``) from one detector, with the same
+    task plan and subsets, through :func:`gslora.compare.run_comparison` (``args.method_args``: the parsed
+    ``--method-set`` items)."""
+    from ..compare import run_comparison
+    from ..config import config_data
+    from ..report.comparison import comparison_markdown_table
+
+    if args.tuned:
+        raise GsloraError("--tuned does not apply to `gslora benchmark --detection` (there is no detection tuning); "
+                          "leave it out.")
+    model, meta, data = _load(args)
+    base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device,
+                       data=args.data, image_size=data.train.image_size)
+    if base.get("epochs"):
+        base["max_steps"] = 0
+    print(f"benchmark --detection ({args.setting}) on {data.name}: {args.methods}")
+
+    def done(entry):
+        state = "ok" if entry["status"] == "ok" else f"{entry['status'].upper()} ({entry['error']})"
+        print(f"  {entry['method']:<8} {state}  {entry['wall_seconds']:.1f} s", flush=True)
+
+    comparison = run_comparison(model, meta["classes"], data, args.setting, args.methods, base_config=base,
+                                method_args=args.method_args, out_dir=args.out,
+                                overwrite=args.overwrite, progress=not args.no_progress, on_method_done=done,
+                                source_checkpoint=args.checkpoint, resume=args.resume, strict=args.strict,
+                                problem="detection")
+    print()
+    print(comparison_markdown_table(comparison))
+    print(f"\nbenchmark folder: {args.out}  (comparison.md, comparison.csv, comparison.json, plots/h_mean.png)")
+    return 0 if any(e["status"] == "ok" for e in comparison["methods"]) else 1
 
 
 def cmd_evaluate(args) -> int:
