@@ -282,14 +282,13 @@ class Classification(Problem):
             warnings.append(fit)
         return counts_start
 
-    def start(self, model, data, config, device) -> None:
-        pass
-
     def plan_record(self, plan: TaskPlan, classes: list[str], data: DataBundle, config: RunConfig) -> dict:
         return plan_with_indices(plan, classes, data, config)
 
-    def task(self, *args) -> ProblemTask:
-        return _classification_task(*args)
+    def task(self, model, task, classes, data, config, device, original, counts_orig, counts_now, used, policy,
+             method, plan) -> ProblemTask:
+        return _classification_task(model, task, classes, data, config, device, original, counts_orig, counts_now,
+                                    used, policy, method, plan)
 
     def log_task(self, row: dict) -> str:
         return (f"task {row['task']}: acc_f {row['acc_f']:.2f} acc_r {row['acc_r']:.2f} acc_o {row['acc_o']} "

@@ -48,6 +48,47 @@ class Problem:
     name = "problem"
     keeps_record = False
 
+    # what every problem supplies (the module docstring says what each is for)
+    def resolve(self, config):
+        raise NotImplementedError
+
+    def method(self, config):
+        raise NotImplementedError
+
+    def policy(self, config):
+        raise NotImplementedError
+
+    def check_inputs(self, classes: list[str], data) -> None:
+        raise NotImplementedError
+
+    def check_images(self, data, classes: list[str]) -> None:
+        raise NotImplementedError
+
+    def missing_check(self, model, config):
+        raise NotImplementedError
+
+    def prepare(self, model, device):
+        raise NotImplementedError
+
+    def scores(self, model, data, split, num_classes: int, config, device):
+        raise NotImplementedError
+
+    def start(self, model, data, config, device) -> None:
+        """A new run, before its first task (detection: the figure's first row)."""
+
+    def plan_record(self, plan, classes: list[str], data, config) -> dict:
+        raise NotImplementedError
+
+    def task(self, model, task, classes, data, config, device, original, counts_orig, counts_now, used: dict, policy,
+             method, plan) -> ProblemTask:
+        raise NotImplementedError
+
+    def results(self, **parts) -> dict:
+        raise NotImplementedError
+
+    def finish(self, folder, results: dict, model, classes, history, record, data) -> None:
+        raise NotImplementedError
+
     def state_dict(self) -> dict:
         return {}
 
