@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .._version import __version__
 from ..config import to_dict
@@ -210,9 +209,3 @@ class Detection(Problem):
 
         folder.finish_with(results, write)
 
-
-def load_final(run: str | Path) -> tuple[torch.nn.Module, dict]:
-    """The final detector of a finished detection run folder (model, its sidecar)."""
-    from .models import load_detector
-
-    return load_detector(Path(run) / FINAL)
