@@ -173,17 +173,19 @@ def test_coco_errors_are_clear(tmp_path, damage, words):
 
 def test_detr_runs_through_the_same_runner():
     """DetrForObjectDetection (softmax classes + no-object) takes the same path: losses, AP, LoRA groups, merge."""
+    from gslora.detection.config import detection_config
     from gslora.detection.data import digits_data
-    from gslora.detection.runner import DetRunConfig, run_detection_forgetting
+    from gslora.detection.problem import Detection
+    from gslora.forget import run_forgetting
 
     data = digits_data(image_size=32, n_train=40, n_val=10, n_test=10, max_objects=1, scale=(0.5, 0.7))
     model = build_detector("detr_tiny", data.classes, encoder_layers=1, decoder_layers=2, d_model=32,
                            encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, backbone_width=8)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    cfg = DetRunConfig(tasks=[[data.classes[int(data.train.images[0].labels[0])]]], max_steps=3, batch_size=4,
-                       replay_ratio=1.0, eval_every=0, image_size=32, device="cpu",
-                       method_args={"beta": 1.0, "alpha": 0.0})
-    result = run_detection_forgetting(model, data.classes, data, cfg)
+    cfg = detection_config(tasks=[[data.classes[int(data.train.images[0].labels[0])]]], max_steps=3, batch_size=4,
+                           replay_ratio=1.0, eval_every=0, image_size=32, device="cpu",
+                           method_args={"beta": 1.0, "alpha": 0.0})
+    result = run_forgetting(model, data.classes, data, cfg, problem=Detection())
     row = result.rows[0]
     assert row["method_info"]["groups"] == ["enc0", "dec0", "dec1"]
     assert row["steps"] == 3 and row["ap_f_before"] is not None
@@ -252,3 +254,53 @@ def test_demo_run_config_takes_the_methods_own_section():
     assert cfg.method == "finetune" and cfg.lr == 2e-4 and cfg.method_args == {}
     cfg = demo_run_config(demo, ["method_args.beta=0.5", "lr=1e-3"])
     assert cfg.method_args == {"bound": 5.0, "beta": 0.5} and cfg.lr == 1e-3
+
+
+def test_detection_config_is_runconfig_plus_two_fields_and_refuses_classification_settings():
+    import dataclasses
+
+    from gslora.config import RunConfig
+    from gslora.detection.config import DetectionConfig, detection_config
+
+    own = {f.name for f in dataclasses.fields(DetectionConfig)} - {f.name for f in dataclasses.fields(RunConfig)}
+    assert own == {"grad_clip", "image_size"}
+    assert DetectionConfig.__dataclass_fields__["lr"] is RunConfig.__dataclass_fields__["lr"]  # inherited, not copied
+    cfg = detection_config()
+    assert (cfg.target, cfg.max_trials, cfg.augment, cfg.max_steps, cfg.lr) == ("ap_f_share<=20", 1, False, 150, 1e-3)
+    with pytest.raises(GsloraError, match="shots = 4 does not apply to detection runs"):
+        detection_config(shots=4)
+    with pytest.raises(GsloraError, match="detection target 'acc_f<=2'"):
+        detection_config(target="acc_f<=2")
+
+
+def test_detection_trials_follow_the_policy():
+    """Targets and trials on AP: a forgetting target no trial can meet (AP_f below 0) makes the policy try a second
+    trial at twice the lr, and the rows record both; the check ran on validation AP_f."""
+    from gslora.detection.config import detection_config
+    from gslora.detection.data import digits_data
+    from gslora.detection.problem import Detection
+    from gslora.forget import run_forgetting
+
+    data = digits_data(image_size=32, n_train=40, n_val=10, n_test=10, max_objects=1, scale=(0.5, 0.7))
+    model = build_detector("detr_tiny", data.classes, encoder_layers=1, decoder_layers=1, d_model=32,
+                           encoder_ffn_dim=32, decoder_ffn_dim=32, num_queries=5, backbone_width=8)
+    cfg = detection_config(tasks=[[data.classes[int(data.train.images[0].labels[0])]]], max_steps=2, batch_size=4,
+                           replay_ratio=1.0, eval_every=1, image_size=32, device="cpu", target="ap_f<=-1",
+                           max_trials=2, method_args={"beta": 1.0, "alpha": 0.0})
+    row = run_forgetting(model, data.classes, data, cfg, problem=Detection()).rows[0]
+    assert [t["lr_scale"] for t in row["trials"]] == [1.0, 2.0]
+    assert [t["targets_met"] for t in row["trials"]] == [{"ap_f": False}, {"ap_f": False}]
+    assert row["trials"][0]["checks"] == 2 and "ap_f" in row["checks"][0]["metrics"]
+    assert row["targets"] == {"spec": "ap_f<=-1", "val": {"ap_f": False}, "test": {"ap_f": False}}
+
+
+def test_build_detector_seeds_locally():
+    """The initialisation is seeded (the same weights for the same seed) without touching the caller's global RNG."""
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    a = build_detector("deformable_detr_micro", CLASSES, seed=3)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = build_detector("deformable_detr_micro", CLASSES, seed=3)
+    c = build_detector("deformable_detr_micro", CLASSES, seed=4)
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))

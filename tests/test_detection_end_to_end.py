@@ -110,3 +110,116 @@ def test_a_detectors_history_binds_its_next_request(pretrained, tmp_path, capsys
     assert main(["forget", "--checkpoint", str(tmp_path / "b" / "final"), "--tasks", "two",
                  "--out", str(tmp_path / "c"), *common]) == 2
     assert "already forgotten" in capsys.readouterr().err
+
+
+RESUME = ["--tasks", "2x1", "--device", "cpu", "--no-progress", "--set", "replay_ratio=1.0", "--set", "batch_size=32",
+          "--set", "max_steps=8", "--set", "eval_every=4", "--set", "target_checks=2", "--set", "checkpoint_every=3",
+          "--set", "lr=1e-2", "--set", "method_args.alpha=0.3", "--set", "method_args.beta=1.0"]
+
+
+def _det_args(root, ckpt, out):
+    return ["forget", "--detection", "--checkpoint", str(ckpt), "--data", str(root), "--out", str(out), *RESUME]
+
+
+def _det_finished(out):
+    import torch
+    from safetensors.torch import load_file
+    from test_resume import _numbers
+
+    results = _numbers(json.loads((out / "results.json").read_text()))
+    weights = load_file(str(out / "final" / "model.safetensors"))
+    history = json.loads((out / "final" / "gslora_detection.json").read_text())["history"]
+    return results, {k: v.to(torch.float64) for k, v in weights.items()}, history
+
+
+@pytest.fixture(scope="module")
+def det_reference(pretrained, tmp_path_factory):
+    """The uninterrupted detection run the killed ones must end at (run once for this module)."""
+    root, ckpt = pretrained
+    out = tmp_path_factory.mktemp("det-reference") / "run"
+    assert main(_det_args(root, ckpt, out)) == 0
+    return out, _det_finished(out)
+
+
+def test_a_killed_detection_run_resumes_to_the_same_numbers(pretrained, det_reference, tmp_path):
+    """SIGKILL mid-task (task 2, one step past its epoch checkpoint at step 3: the resume reads task 1's state, AP
+    scores and figure predictions included, and the engine's state inside task 2); `--resume` ends with the
+    uninterrupted run's results.json (every number, the checks and trials included), the same final weights and
+    history. (Killing between tasks is the same task state without the epoch checkpoint; classification's resume
+    tests cover that point of the shared loop.)"""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    root, ckpt = pretrained
+    ref_results, ref_weights, ref_history = det_reference[1]
+    assert [len(r["checks"]) for r in ref_results["tasks"]] == [2, 2]  # the periodic check ran in both tasks
+    out = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    hook = Path(__file__).with_name("crash_hook.py")
+    proc = subprocess.run([sys.executable, str(hook), "task2.step4", *_det_args(root, ckpt, out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL at the named point
+    assert not (out / "results.json").exists()
+    assert (out / "state" / "task-1.pt").is_file() and (out / "state" / "epoch-task2.pt").is_file()
+    assert main(_det_args(root, ckpt, out)) == 2  # an unfinished folder is not started over without a word
+    assert main([*_det_args(root, ckpt, out), "--resume"]) == 0
+    results, weights, history = _det_finished(out)
+    assert results == ref_results
+    assert history == ref_history
+    assert weights.keys() == ref_weights.keys()
+    assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+    assert not (out / "state").exists()
+
+
+def test_audit_works_on_a_detection_run(det_reference, tmp_path, capsys):
+    """Recovery (head retraining on AP) and the query probe, on the run's final detector and the original; the AP
+    the audit reads agrees with the run's own per-category test AP."""
+    out, (results, _, _) = det_reference
+    audit_dir = tmp_path / "audit"
+    assert main(["audit", str(out), "--epochs", "2", "--device", "cpu", "--out", str(audit_dir), "--no-progress"]) == 0
+    assert "Recovery (% of original AP_f)" in capsys.readouterr().out
+    report = json.loads((audit_dir / "audit.json").read_text())
+    assert (audit_dir / "audit.md").is_file() and (audit_dir / "recovery.png").is_file()
+    forgotten = [n for r in results["tasks"] for n in r["forget"]]
+    assert report["forget_classes"] == sorted(forgotten, key=CLASSES.index)
+    for key, class_ap in (("original", results["pretrained"]["class_ap"]),
+                          ("forgotten", results["tasks"][-1]["class_ap"])):
+        m = report["models"][key]
+        assert m["ap"]["ap_f"] == pytest.approx(np.mean([class_ap[n] for n in forgotten]))
+        assert m["recovery"]["epochs"] == [0, 1, 2] and m["recovery"]["ap_f"][0] == pytest.approx(m["ap"]["ap_f"])
+        assert m["recovery"]["recovery"] == pytest.approx(100 * m["recovery"]["final_ap_f"]
+                                                          / report["models"]["original"]["ap"]["ap_f"])
+        assert 0 <= m["probe"]["probe_f"] <= 100 and 0 <= m["probe"]["probe_r"] <= 100
+    assert report["images"]["source"] == "training images the run never used" or report["images"]["run_images"] > 0
+    assert main(["audit", str(out), "--retrain-full", "--device", "cpu", "--out", str(tmp_path / "b")]) == 2
+    assert "--retrain-full does not apply to the audit of a detection run" in capsys.readouterr().err
+
+
+def test_benchmark_works_on_detection(pretrained, tmp_path, capsys):
+    """`gslora benchmark --detection`: every method from the same detector with the same plans; AP tables."""
+    root, ckpt = pretrained
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--detection", "--checkpoint", str(ckpt), "--data", str(root), "--setting", "single",
+            "--methods", "gslora,finetune", "--out", str(out), "--device", "cpu", "--no-progress", "--strict",
+            "--set", "replay_ratio=1.0", "--set", "max_steps=3", "--set", "eval_every=0", "--set", "batch_size=16"]
+    assert main(argv) == 0
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert comparison["problem"] == "detection"
+    assert [p["tasks"] for p in comparison["plans"]] == ["1x1", "1x2"]
+    gs, ft = comparison["methods"]
+    assert gs["status"] == ft["status"] == "ok"
+    for a, b in zip(gs["runs"], ft["runs"]):  # the same plan and the same starting detector for both methods
+        assert [r["forget"] for r in a["tasks"]] == [r["forget"] for r in b["tasks"]]
+        assert a["tasks"][0]["ap_f_before"] == pytest.approx(b["tasks"][0]["ap_f_before"])
+        assert a["tasks"][0]["ap_r_pretrained"] == pytest.approx(b["tasks"][0]["ap_r_pretrained"])
+    assert gs["runs"][0]["tasks"][0]["method_info"]["groups"] == ["enc0", "enc1", "dec0", "dec1"]
+    table = (out / "comparison.md").read_text()
+    assert "AP_r ↑" in table and "AP_f ↓" in table and "Acc_r" not in table
+    assert "ap_f" in (out / "comparison.csv").read_text().splitlines()[0]
+    capsys.readouterr()
+    assert main([*argv[:-12], "--setting", "few-shot", "--out", str(tmp_path / "c")]) == 2
+    assert "few-shot setting does not apply to detection" in capsys.readouterr().err

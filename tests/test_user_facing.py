@@ -296,7 +296,7 @@ def test_a_pil_image_decodes_once_at_load(tmp_path):
         _scan(tmp_path)
 
 
-@pytest.mark.parametrize("flag", [["--resume"], ["--head-subset"], ["--missing-check-data", "x"], ["--audit"]])
+@pytest.mark.parametrize("flag", [["--head-subset"], ["--missing-check-data", "x"], ["--audit"], ["--force"]])
 def test_a_classification_flag_is_refused_with_detection(capsys, tmp_path, flag):
     out = tmp_path / "run"
     code, _, err = run(capsys, "forget", "--detection", "--checkpoint", tmp_path / "det", "--data", "digits",

@@ -333,6 +333,7 @@ def cmd_demo(args) -> int:
 def cmd_audit(args) -> int:
     from .audit import AuditConfig, audit_run
     from .report.audit import audit_tables
+    from .rundir import RunFolder
 
     cfg = build_config(AuditConfig, where="audit config", device=args.device, epochs=args.epochs,
                        relearn_epochs=args.relearn_epochs, seed=args.seed)
@@ -341,12 +342,30 @@ def cmd_audit(args) -> int:
         label, sep, path = spec.partition("=")
         compare[label if sep else Path(spec).name] = Path(path if sep else spec)
     out = Path(args.out) if args.out else Path(args.run) / "audit"
+    if RunFolder(args.run).is_finished() and RunFolder.load(args.run).results.get("problem") == "detection":
+        return _audit_detection(args, cfg, out)
     report = audit_run(args.run, retrained=args.retrained, original=args.original, compare=compare, config=cfg,
                        out_dir=out, progress=_progress(args), retrain_full=args.retrain_full, data_spec=args.data)
     for table in audit_tables(report).values():
         print(table)
         print()
     print(f"audit folder: {out}  (audit.md, audit.json, recovery.png, probe_mia.png)")
+    return 0
+
+
+def _audit_detection(args, cfg, out: Path) -> int:
+    """``gslora audit`` on a detection run folder (gslora.detection.audit): recovery and query probe on AP."""
+    from .detection.audit import audit_detection_run, audit_table
+
+    given = [flag for flag, value in (("--retrained", args.retrained), ("--retrain-full", args.retrain_full),
+                                      ("--compare", args.compare), ("--relearn-epochs", args.relearn_epochs))
+             if value]
+    if given:
+        raise GsloraError(f"{given[0]} does not apply to the audit of a detection run (it has the recovery test and "
+                          "the query probe only); leave it out.")
+    report = audit_detection_run(args.run, original=args.original, config=cfg, out_dir=out, data_spec=args.data)
+    print(audit_table(report))
+    print(f"\naudit folder: {out}  (audit.md, audit.json, recovery.png)")
     return 0
 
 
@@ -494,7 +513,7 @@ def cmd_list(args) -> int:
 
 
 # flags of the classification side that detection does not take: refused with one sentence, never silently ignored
-NOT_FOR_DETECTION = {"resume": "--resume", "head_subset": "--head-subset", "missing_check_data": "--missing-check-data",
+NOT_FOR_DETECTION = {"head_subset": "--head-subset", "missing_check_data": "--missing-check-data",
                      "audit": "--audit", "audit_target": "--audit-target", "retrain_full": "--retrain-full",
                      "request_id": "--request-id", "force": "--force", "class_file": "--classes",
                      "model_args": "--model-arg"}
@@ -511,6 +530,8 @@ def _detection(args):
 
     if args.command == "demo":
         return det.cmd_demo(args, _cache_dir())
+    if args.command == "benchmark":
+        args.method_args = _method_overrides(args.method_overrides)
     return getattr(det, f"cmd_{args.command}")(args)
 
 
@@ -655,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished comparison in --out")
     p.add_argument("--resume", action="store_true", help="continue the unfinished comparison in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal anyway)")
+    add_detection_flags(p, "benchmark")
     p.set_defaults(func=cmd_benchmark)
 
     p = sub.add_parser("tune", help="give every method the same number of trials over its search space, chosen by "

@@ -28,7 +28,7 @@ from .data.base import DataBundle
 from .errors import GsloraError
 from .files import atomic_write_json, atomic_write_text
 from .forget import run_forgetting
-from .methods import get_method
+from .methods import get_method, get_problem_method
 from .practical import DataConstraintError
 from .report import save_figure
 from .report.comparison import (  # noqa: F401 (rendering lives in gslora.report; re-exported here)
@@ -46,6 +46,7 @@ from .settings import (  # noqa: F401 (the settings live in gslora.settings, whi
     SETTING_CONSTRAINTS,
     SETTINGS,
     SINGLE_FRACTIONS,
+    make_problem,
     method_config,
     parse_methods,
     setting_plans,
@@ -58,7 +59,8 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
                   out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = False,
                   on_method_done=None, source_checkpoint: str | Path | None = None,
                   method_run: dict[str, dict] | None = None, resume: bool = False,
-                  tuned: dict | str | Path | None = None, strict: bool = False) -> dict:
+                  tuned: dict | str | Path | None = None, problem: str = "classification",
+                  strict: bool = False) -> dict:
     """Run every method of ``methods`` on a fresh copy of ``model`` for each run of ``setting``; return (and write
     to ``out_dir``) the comparison. ``method_args``: per-method overrides of the packaged defaults;
     ``method_run``: per-method run settings (e.g. ``{"gslora": {"lr": 3e-3}}``) over the shared ``base_config``.
@@ -67,8 +69,11 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
     file of ``gslora tune`` (path or the loaded document, :mod:`gslora.tune`) for the same data and setting: each
     method runs with its chosen values (``method_args`` / ``method_run`` still override them); the table states the
     budget and the values. A method that raises is a "failed" row and the others still run; with ``strict`` the
-    error is raised instead (a bug in the code is not a result)."""
-    names = parse_methods(methods)
+    error is raised instead (a bug in the code is not a result). ``problem``: ``detection`` compares the detection
+    methods on a detector (:mod:`gslora.detection`; AP instead of accuracy; no data-constrained settings)."""
+    names = parse_methods(methods, problem)
+    if problem != "classification" and setting in SETTING_CONSTRAINTS:
+        raise GsloraError(f"the {setting} setting does not apply to {problem}; use continual or single.")
     plans = setting_plans(setting, len(classes))
     base = {**SETTING_CONSTRAINTS.get(setting, {}), **(base_config or {})}
     if "method_args" in base:
@@ -97,7 +102,7 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
             shutil.rmtree(out / "runs", ignore_errors=True)
             (out / "comparison.json").unlink(missing_ok=True)
         out.mkdir(parents=True, exist_ok=True)
-    base_cfg = method_config(names[0], base, plans[0][1])  # validates the shared keys once, before any run
+    base_cfg = method_config(names[0], base, plans[0][1], problem=problem)  # the shared keys, checked before any run
     entries = []
     for name in names:
         entry = {"method": name, "status": "ok", "error": None, "runs": [], "wall_seconds": 0.0}
@@ -105,15 +110,17 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
         try:
             for label, tasks in plans:
                 own = {**method_run.get(name, {}), "method_args": method_args.get(name, {})}
-                cfg = method_config(name, base, tasks, own)
-                method = get_method(name, **cfg.method_args)  # the user's args over the protocol preset's
+                cfg = method_config(name, base, tasks, own, problem=problem)
+                method = (get_method(name, **cfg.method_args) if problem == "classification"  # the user's args over
+                          else get_problem_method(problem, name, **cfg.method_args))  # the protocol preset's
                 run_dir = out / "runs" / name / label if out is not None else None
                 if resume and run_dir is not None and RunFolder(run_dir).is_finished():
                     results = RunFolder.load(run_dir).results
                 else:
                     results = run_forgetting(copy.deepcopy(model), classes, data, cfg, method=method,
                                              progress=progress, out_dir=run_dir, resume=resume,
-                                             source_checkpoint=source_checkpoint).results
+                                             source_checkpoint=source_checkpoint,
+                                             problem=make_problem(problem)).results
                 entry["runs"].append({"label": label, "tasks_spec": tasks, "config": to_dict(cfg),
                                       "method": method.describe(), "tasks": results["tasks"],
                                       "wall_seconds": results["wall_seconds"]})
@@ -140,14 +147,23 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
         "epochs": base_cfg.epochs,
         "constraint": _constraint_text(base_cfg, classes),
         "data": data.describe(),
-        "model": dict(model.config),
+        "model": _model_description(model, classes),
         "source_checkpoint": str(Path(source_checkpoint).resolve()) if source_checkpoint else None,
         "methods": entries,
         "tuning": tuning,
     }
+    if problem != "classification":
+        comparison["problem"] = problem
     if out is not None:
         write_comparison(out, comparison)
     return comparison
+
+
+def _model_description(model, classes: list[str]) -> dict:
+    """The model as the comparison records it: a classifier's config; a detector's architecture and class count."""
+    if isinstance(model.config, dict):
+        return dict(model.config)
+    return {"arch": model.config.model_type, "num_classes": len(classes)}
 
 
 def _constraint_text(cfg: RunConfig, classes: list[str]) -> str | None:

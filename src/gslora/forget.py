@@ -50,6 +50,7 @@ from .policy import (  # noqa: F401 (re-exported: the rule's pieces, as the test
 )
 from .practical import check_method_fits, data_constraint, missing_classes
 from .presets import resolve
+from .problem import Problem, ProblemTask
 from .record import append_entry, forgotten_names, new_request_prefix, weights_sha256
 from .rundir import RunFolder
 
@@ -116,7 +117,7 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
                    source_checkpoint: str | Path | None = None, resume: bool = False, record: list | None = None,
                    request_id: str | None = None, force: bool = False,
                    on_task: Callable[[dict, int], None] | None = None,
-                   policy: TargetPolicy | None = None) -> RunResult:
+                   policy: TargetPolicy | None = None, problem: Problem | None = None) -> RunResult:
     """Run the task sequence of ``config`` on ``model`` (modified in place and returned as ``result.model``).
 
     ``config`` is resolved first (:func:`gslora.presets.resolve`: unset training settings come from the method's
@@ -139,47 +140,45 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     ``on_task(row, number of tasks)`` is called with each finished task's row (the CLI prints a line from it).
     ``policy``: targets, stopping, trials and the trial kept (default :class:`gslora.policy.TargetPolicy` from
     ``config``: target, target_checks, max_trials); another policy is a subclass of it.
+
+    ``problem``: what is forgotten (:mod:`gslora.problem`; default :class:`Classification`; detection:
+    :class:`gslora.detection.problem.Detection`, whose config is a :class:`gslora.detection.config.DetectionConfig`).
+    The loop, trials, policy, resume and run folder are the same for every problem.
     """
-    config = resolve(config)
-    method = method or get_method(config.method, **config.method_args)
-    check_data_matches(classes, data)
+    problem = problem or Classification()
+    config = problem.resolve(config)
+    method = method or problem.method(config)
+    problem.check_inputs(classes, data)
     record = list(record or [])
     prior = [class_id_in_record(c, classes) for c in forgotten_names(record, history)]
     plan = make_plan(classes, config.tasks, seed=config.seed, forgotten=prior)
     # few-shot / missing classes: a method needing more data than the setting gives is refused before the run folder
     check_method_fits(method, data_constraint(config, missing_classes(config, plan, classes)))
-    missing = MissingCheck.setup(model, config.missing_check_data)  # its errors come before the run folder
+    missing = problem.missing_check(model, config)  # its errors come before the run folder
     device = dist.resolve_device(config.device)
     dist.init_from_env(device)
     folder = RunFolder(out_dir) if out_dir is not None else None
     writes = folder is not None and dist.is_main()
-    check_class_images(data, classes)
+    problem.check_images(data, classes)
     if writes:
         folder.check(overwrite, resume)
         check_writable(folder.path, "run folder")
 
     # the model as it came (masked classes included) is what the record's first new entry starts from; the run itself
     # works on the unmasked model (training and the paper's metrics), and masks again when it finishes
-    start_hash = weights_sha256(model)
+    start_hash = weights_sha256(model) if problem.keeps_record else None
     if record and record[-1].get("weights_after") != start_hash:
         log.warning("the model's weights are not the ones the last entry of its record describes; `gslora verify` "
                     "will report the record broken at the first entry of this run")
-    model.config.pop("masked_classes", None)
     prefix = request_id or new_request_prefix()
-    model = model.to(device)
+    model = problem.prepare(model, device)
     nc = len(classes)
     warnings: list[str] = []
     counts_start = None
     if not (resume and folder is not None and folder.is_unfinished()):  # a new run: does the model fit the data?
-        counts_start = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
-        fit = model_fit_problem(counts_start, nc)
-        if fit and not force:
-            raise GsloraError(fit + " Pass --force (force=True) to go on anyway.")
-        if fit:
-            log.warning("%s Going on (forced).", fit)
-            warnings.append(fit)
-    plan_record = plan_with_indices(plan, classes, data, config)  # plan.json: what each task used, exactly
-    policy = (policy or TargetPolicy.from_config(config)).for_method(method)
+        counts_start = problem.fit_problem(model, data, classes, config, device, force, warnings)
+    plan_record = problem.plan_record(plan, classes, data, config)  # plan.json: what each task used, exactly
+    policy = (policy or problem.policy(config)).for_method(method)
     state = None
     if writes:  # under torchrun, rank 0 alone checks and writes the folder
         folder.start(config, plan_record, overwrite=overwrite, resume=resume)
@@ -189,12 +188,14 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
     missing_before = _missing_check(missing, model, config, device)  # the model as given (also when resuming)
     total_params = count_parameters(model)
     if state is None:
-        counts_orig = counts_start or {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
+        counts_orig = counts_start or {s: problem.scores(model, data, s, nc, config, device) for s in ("test", "val")}
         counts_now, rows, history, spent = dict(counts_orig), [], list(history or []), 0.0
         weights_before = start_hash
+        problem.start(model, data, config, device)
     else:
         model.load_state_dict(state["model"])
         method.load_state_dict(state["method"], device)
+        problem.load_state_dict(state.get("problem") or {})
         counts_orig, counts_now = state["counts_orig"], state["counts_now"]
         rows, history, spent = state["rows"], state["history"], state["wall_seconds"]
         record, prefix, weights_before = state.get("record", record), state.get("request_prefix", prefix), \
@@ -207,52 +208,121 @@ def run_forgetting(model: Classifier, classes: list[str], data: DataBundle, conf
         row, model, counts_after = _run_task(model, method, task, position, plan, classes, data, config, device,
                                              original, counts_orig, counts_now, total_params,
                                              folder if writes else None, progress, epoch_state, policy,
-                                             plan_record["tasks"][position]["indices"])
+                                             plan_record["tasks"][position]["indices"], problem)
         if missing.active:
             row["missing_check"] = _missing_check(missing, model, config, device, missing_before)
-        masked = _masked_after(plan, position) if config.mask_outputs else []
-        row["deployed"] = _deployed_metrics(model, data, task, masked, row, config, device)
-        weights_after = weights_sha256(model, masked)
-        record = append_entry(record, _entry(f"{prefix}/task{task.index}", task, row, classes, config, method,
-                                             weights_before, weights_after, masked))
-        weights_before = weights_after
+        if problem.keeps_record:
+            masked = _masked_after(plan, position) if config.mask_outputs else []
+            row["deployed"] = _deployed_metrics(model, data, task, masked, row, config, device)
+            weights_after = weights_sha256(model, masked)
+            record = append_entry(record, _entry(f"{prefix}/task{task.index}", task, row, classes, config, method,
+                                                 weights_before, weights_after, masked))
+            weights_before = weights_after
         rows.append(row)
         if on_task is not None and dist.is_main():
             on_task(row, len(plan.tasks))
         counts_now = counts_after
         history.append({"task": task.index, "method": method.name, "forgotten": row["forget"]})
-        log.info("task %d: acc_f %.2f acc_r %.2f acc_o %s H %.2f", task.index, row["acc_f"], row["acc_r"],
-                 row["acc_o"], row["h_mean"] or 0.0)
+        log.info("%s", problem.log_task(row))
         if writes and position + 1 < len(plan.tasks):
             folder.save_task_state(position + 1, {
                 "config": to_dict(config), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                 "method": method.state_dict(), "rows": rows, "history": history, "counts_orig": counts_orig,
                 "counts_now": counts_now, "wall_seconds": spent + time.perf_counter() - run_start,
                 "record": record, "request_prefix": prefix, "weights_after": weights_before,
+                "problem": problem.state_dict(),
             })
 
-    results = {
-        "gslora_version": __version__,
-        "method": method.describe(),
-        "config": to_dict(config),
-        "data": data.describe(),
-        "model": {**model.config, "parameters": total_params},
-        "device": str(device),
-        "source_checkpoint": str(Path(source_checkpoint).resolve()) if source_checkpoint else None,
-        "plan": plan_record,
-        "missing_check": missing.summary(missing_before),
-        "tasks": rows,
-        "wall_seconds": spent + time.perf_counter() - run_start,
-        "warnings": warnings,
-    }
-    if config.mask_outputs:
-        model.config["masked_classes"] = _masked_after(plan, len(plan.tasks) - 1)
-    results["masked_classes"] = [classes[c] for c in model.config.get("masked_classes", [])]
-    results["record"] = record
-    results["certified"] = (None if not config.audit else all(r["audit"]["certified"] for r in rows))
+    results = problem.results(model=model, method=method, config=config, data=data, classes=classes, device=device,
+                              source_checkpoint=source_checkpoint, plan=plan, plan_record=plan_record, rows=rows,
+                              wall_seconds=spent + time.perf_counter() - run_start, warnings=warnings,
+                              total_params=total_params, missing=missing, missing_before=missing_before,
+                              record=record, counts_orig=counts_orig)
     if writes:
-        folder.finish(results, model, classes, history, record)
+        problem.finish(folder, results, model, classes, history, record, data)
     return RunResult(results=results, model=model, plan=plan, out_dir=folder.path if folder is not None else None)
+
+
+class Classification(Problem):
+    """Image classification: accuracies per class, Acc_f / Acc_r / Acc_o (:mod:`gslora.evaluate`), replay and forget
+    subsets per class (:func:`task_subsets`), the erasure record and the masked deployment."""
+
+    name = "classification"
+    keeps_record = True
+
+    def resolve(self, config: RunConfig) -> RunConfig:
+        return resolve(config)
+
+    def method(self, config: RunConfig) -> Method:
+        return get_method(config.method, **config.method_args)
+
+    def policy(self, config: RunConfig) -> TargetPolicy:
+        return TargetPolicy.from_config(config)
+
+    def check_inputs(self, classes: list[str], data: DataBundle) -> None:
+        check_data_matches(classes, data)
+
+    def check_images(self, data: DataBundle, classes: list[str]) -> None:
+        check_class_images(data, classes)
+
+    def missing_check(self, model, config: RunConfig) -> MissingCheck:
+        return MissingCheck.setup(model, config.missing_check_data)
+
+    def prepare(self, model, device):
+        model.config.pop("masked_classes", None)
+        return model.to(device)
+
+    def scores(self, model, data: DataBundle, split, num_classes: int, config: RunConfig, device) -> tuple:
+        return _accuracies(model, data, split, num_classes, config, device)
+
+    def fit_problem(self, model, data, classes, config, device, force: bool, warnings: list) -> dict:
+        nc = len(classes)
+        counts_start = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
+        fit = model_fit_problem(counts_start, nc)
+        if fit and not force:
+            raise GsloraError(fit + " Pass --force (force=True) to go on anyway.")
+        if fit:
+            log.warning("%s Going on (forced).", fit)
+            warnings.append(fit)
+        return counts_start
+
+    def plan_record(self, plan: TaskPlan, classes: list[str], data: DataBundle, config: RunConfig) -> dict:
+        return plan_with_indices(plan, classes, data, config)
+
+    def task(self, model, task, classes, data, config, device, original, counts_orig, counts_now, used, policy,
+             method, plan) -> ProblemTask:
+        return _classification_task(model, task, classes, data, config, device, original, counts_orig, counts_now,
+                                    used, policy, method, plan)
+
+    def log_task(self, row: dict) -> str:
+        return (f"task {row['task']}: acc_f {row['acc_f']:.2f} acc_r {row['acc_r']:.2f} acc_o {row['acc_o']} "
+                f"H {row['h_mean'] or 0.0:.2f}")
+
+    def results(self, *, model, method, config, data, classes, device, source_checkpoint, plan, plan_record, rows,
+                wall_seconds, warnings, total_params, missing, missing_before, record, counts_orig) -> dict:
+        results = {
+            "gslora_version": __version__,
+            "method": method.describe(),
+            "config": to_dict(config),
+            "data": data.describe(),
+            "model": {**model.config, "parameters": total_params},
+            "device": str(device),
+            "source_checkpoint": str(Path(source_checkpoint).resolve()) if source_checkpoint else None,
+            "plan": plan_record,
+            "missing_check": missing.summary(missing_before),
+            "tasks": rows,
+            "wall_seconds": wall_seconds,
+            "warnings": warnings,
+        }
+        if config.mask_outputs:
+            model.config["masked_classes"] = _masked_after(plan, len(plan.tasks) - 1)
+        results["masked_classes"] = [classes[c] for c in model.config.get("masked_classes", [])]
+        results["record"] = record
+        results["certified"] = (None if not config.audit else all(r["audit"]["certified"] for r in rows))
+        return results
+
+    def finish(self, folder: RunFolder, results: dict, model, classes, history, record, data) -> None:
+        folder.finish(results, model, classes, history, record)
 
 
 def check_class_images(data: DataBundle, classes: list[str]) -> None:
@@ -360,10 +430,12 @@ def _missing_check(check: MissingCheck, model, config: RunConfig, device, before
 
 def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, classes, data: DataBundle,
               config: RunConfig, device, original, counts_orig, counts_now, total_params, folder: RunFolder | None,
-              progress: bool, epoch_state: dict | None, policy: TargetPolicy, used: dict[str, list[int]]):
+              progress: bool, epoch_state: dict | None, policy: TargetPolicy, used: dict[str, list[int]],
+              problem: Problem | None = None):
     """One task: subsets, then trials of prepare → train (stopping at the validation target) → finish, the chosen
-    trial evaluated on test. Returns (row, merged model, counts after the task). ``used``: the task's images, as
-    plan.json records them (:func:`task_subsets`).
+    trial evaluated on test. Returns (row, merged model, scores after the task). ``used``: the task's images, as
+    plan.json records them (the problem's ``plan_record``, e.g. :func:`task_subsets`); ``problem``: what the data,
+    the check and the row are (default classification).
 
     The task has ``max_trials`` step budgets. Every trial trains from the task's start; the first uses the configured
     lr. A trial that missed the forgetting target is followed by one at twice the lr; one that met it but missed the
@@ -373,13 +445,95 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
     choose."""
     t0 = time.perf_counter()
     nc = len(classes)
+    problem = problem or Classification()
+    forgetting = policy.forgetting
+    use_targets = method.trains and method.uses_targets
+    n_trials = policy.trials_for(method)
+    setup = problem.task(model, task, classes, data, config, device, original, counts_orig, counts_now, used, policy,
+                         method, plan)
+    check = setup.check
+
+    start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    method_start = copy.deepcopy(method.state_dict())
+    trials: list[dict] = []
+    best = None  # (record, weights, method state, info, summary)
+    first_trial = 0
+    if epoch_state is not None and "trial" in epoch_state:
+        first_trial, trials, best = epoch_state["trial"], epoch_state["trials"], epoch_state["best"]
+    k = first_trial
+    while True:
+        scale = policy.next_trial(trials)
+        if len(trials) >= n_trials or scale is None:
+            break
+        if k > 0:
+            model.load_state_dict(start_weights)
+            method.load_state_dict(copy.deepcopy(method_start), device)
+        trial_cfg = dataclasses.replace(config, lr=config.lr * scale, min_lr=config.min_lr * scale)
+        adapter_dir = None
+        if folder is not None and config.save_adapters:
+            adapter_dir = folder.adapter_dir(task.index)
+            adapter_dir = adapter_dir.with_name(f"{adapter_dir.name}.trial{k}") if n_trials > 1 else adapter_dir
+        ctx = TaskContext(
+            task=task, position=position, num_tasks=len(plan.tasks), num_classes=nc, config=trial_cfg, device=device,
+            remain_data=setup.remain_data, forget_data=setup.forget_data,
+            train_data=setup.train_data, val_data=setup.val_data, constraint=setup.constraint,
+            original_model=original, out_dir=folder.path if folder is not None else None, progress=progress,
+            adapter_dir=adapter_dir,
+        )
+        with dist.seeded(task_seed(config.seed, task.index) + k, device):  # the trial's own random state
+            work = method.prepare(model, ctx)
+            trainable = sum(p.numel() for p in method.trainable_parameters(work))
+            if method.trains:
+                resume_from = epoch_state if epoch_state is not None and epoch_state.get("trial", 0) == k else None
+                on_checkpoint = None
+                if folder is not None:
+                    def on_checkpoint(s, k=k, best=best):
+                        folder.save_epoch_state(task.index, {**s, "trial": k, "trials": trials, "best": best})
+                summary = train_task(work, method, ctx, state=resume_from, on_checkpoint=on_checkpoint,
+                                     check=check if use_targets and forgetting and config.eval_every else None,
+                                     decide=policy.decide, seed_offset=7919 * k,
+                                     settings=TrainSettings.of(trial_cfg))
+            else:
+                summary = {"steps": 0, "budget": 0, "train_seconds": 0.0, "checks": [], "stopped_early": False}
+            model, info = method.finish(work, ctx)
+        model.eval()
+        info = dict(info)
+        info.setdefault("trainable_params", trainable)
+        val = setup.validate(model)
+        record = {"trial": k + 1, "lr": trial_cfg.lr, "lr_scale": scale, "steps": summary["steps"],
+                  "budget": summary["budget"], "stopped_early": summary["stopped_early"],
+                  "checks": len(summary["checks"]), "val": _brief(val), "targets_met": policy.met(val)}
+        trials.append(record)
+        if best is None or policy.better(record, best[0]):
+            best = (record, {k2: v.detach().to("cpu", copy=True) for k2, v in model.state_dict().items()},
+                    copy.deepcopy(method.state_dict()), info, summary)
+        if all(record["targets_met"].values()) or not use_targets:
+            break
+        k += 1
+    record, weights, method_state, info, summary = best
+    if len(trials) > 1:  # the chosen trial's weights, method state and adapter
+        model.load_state_dict(weights)
+        method.load_state_dict(copy.deepcopy(method_state), device)
+    if folder is not None and n_trials > 1:
+        _keep_adapter(folder, task.index, record["trial"] - 1, info)
+    trainable = info.pop("trainable_params")
+    row, counts_after = setup.result(model, record, trials, info, summary, trainable, total_params, start_weights,
+                                     progress, t0)
+    return row, model, counts_after
+
+
+def _classification_task(model, task: Task, classes, data: DataBundle, config: RunConfig, device, original,
+                         counts_orig, counts_now, used: dict[str, list[int]], policy: TargetPolicy, method: Method,
+                         plan: TaskPlan) -> ProblemTask:
+    """A classification task for the loop: its replay / forget subsets (``used``), the check set (the validation
+    split plus ``check_train``), the periodic check on the forgetting targets, the per-trial validation and the
+    results row (Acc_f / Acc_r / Acc_o on test)."""
+    nc = len(classes)
     missing = missing_classes(config, plan, classes)  # remaining classes without any data (gslora.practical)
     replayed = [c for c in task.remain if c not in set(missing)]
     remain_idx, forget_idx, extra = used["replay"], used["forget"], used["check_train"]
     vs_pre = method.drop_against_pretrained
     forgetting = policy.forgetting
-    use_targets = method.trains and method.uses_targets
-    n_trials = policy.trials_for(method)
     if extra:
         check_set = ConcatDataset([data.val, Subset(data.train, extra)])
         check_orig = _accuracies(original, data, check_set, nc, config, device)
@@ -427,101 +581,42 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         metrics.update(probe(m))
         return policy.check_met(metrics), metrics
 
-    start_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    method_start = copy.deepcopy(method.state_dict())
-    trials: list[dict] = []
-    best = None  # (record, weights, method state, info, summary)
-    first_trial = 0
-    if epoch_state is not None and "trial" in epoch_state:
-        first_trial, trials, best = epoch_state["trial"], epoch_state["trials"], epoch_state["best"]
-    k = first_trial
-    while True:
-        scale = policy.next_trial(trials)
-        if len(trials) >= n_trials or scale is None:
-            break
-        if k > 0:
-            model.load_state_dict(start_weights)
-            method.load_state_dict(copy.deepcopy(method_start), device)
-        trial_cfg = dataclasses.replace(config, lr=config.lr * scale, min_lr=config.min_lr * scale)
-        adapter_dir = None
-        if folder is not None and config.save_adapters:
-            adapter_dir = folder.adapter_dir(task.index)
-            adapter_dir = adapter_dir.with_name(f"{adapter_dir.name}.trial{k}") if n_trials > 1 else adapter_dir
-        ctx = TaskContext(
-            task=task, position=position, num_tasks=len(plan.tasks), num_classes=nc, config=trial_cfg, device=device,
-            remain_data=Subset(data.train, remain_idx), forget_data=Subset(data.train, forget_idx),
-            train_data=data.train, val_data=data.val, constraint=data_constraint(config, missing),
-            original_model=original, out_dir=folder.path if folder is not None else None, progress=progress,
-            adapter_dir=adapter_dir,
-        )
-        with dist.seeded(task_seed(config.seed, task.index) + k, device):  # the trial's own random state
-            work = method.prepare(model, ctx)
-            trainable = sum(p.numel() for p in method.trainable_parameters(work))
-            if method.trains:
-                resume_from = epoch_state if epoch_state is not None and epoch_state.get("trial", 0) == k else None
-                on_checkpoint = None
-                if folder is not None:
-                    def on_checkpoint(s, k=k, best=best):
-                        folder.save_epoch_state(task.index, {**s, "trial": k, "trials": trials, "best": best})
-                summary = train_task(work, method, ctx, state=resume_from, on_checkpoint=on_checkpoint,
-                                     check=check if use_targets and forgetting and config.eval_every else None,
-                                     decide=policy.decide, seed_offset=7919 * k,
-                                     settings=TrainSettings.of(trial_cfg))
-            else:
-                summary = {"steps": 0, "budget": 0, "train_seconds": 0.0, "checks": [], "stopped_early": False}
-            model, info = method.finish(work, ctx)
-        model.eval()
-        info = dict(info)
-        info.setdefault("trainable_params", trainable)
-        val = validate(model)
-        record = {"trial": k + 1, "lr": trial_cfg.lr, "lr_scale": scale, "steps": summary["steps"],
-                  "budget": summary["budget"], "stopped_early": summary["stopped_early"],
-                  "checks": len(summary["checks"]), "val": _brief(val), "targets_met": policy.met(val)}
-        trials.append(record)
-        if best is None or policy.better(record, best[0]):
-            best = (record, {k2: v.detach().to("cpu", copy=True) for k2, v in model.state_dict().items()},
-                    copy.deepcopy(method.state_dict()), info, summary)
-        if all(record["targets_met"].values()) or not use_targets:
-            break
-        k += 1
-    record, weights, method_state, info, summary = best
-    if len(trials) > 1:  # the chosen trial's weights, method state and adapter
-        model.load_state_dict(weights)
-        method.load_state_dict(copy.deepcopy(method_state), device)
-    if folder is not None and n_trials > 1:
-        _keep_adapter(folder, task.index, record["trial"] - 1, info)
-    trainable = info.pop("trainable_params")
-    counts_after = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
-    test = {**task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre, missing),
-            **probe(model, "test")}
-    row: TaskRow = {
-        "task": task.index,
-        "setting": f"{len(task.remain) + len(task.forget)}-{len(task.forget)}",
-        "forget": [classes[c] for c in task.forget],
-        "n_forget": len(task.forget), "n_remain": len(task.remain), "n_old": len(task.old),
-        "n_missing": len(task.remain) - len(replayed),
-        "missing": [classes[c] for c in task.remain if c not in set(replayed)],
-        **test,
-        "val": task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task, vs_pre, missing),
-        "check": {**record["val"], "images": int(check_orig[1].sum()), "train_images": len(extra)},
-        "targets": {"spec": policy.spec(config.target), "val": record["targets_met"],
-                    "test": policy.met(_brief(test))},
-        "trials": trials,
-        "chosen_trial": record["trial"],
-        "tunable_ratio": tunable_ratio(trainable, total_params),
-        "trainable_params": trainable,
-        "replay_images": len(remain_idx), "forget_images": len(forget_idx),
-        "steps": record["steps"], "steps_all_trials": sum(t["steps"] for t in trials),
-        "train_seconds": summary["train_seconds"],
-        "wall_seconds": time.perf_counter() - t0,
-        "method_info": info,
-    }
-    if config.audit:
-        row["audit"] = _gate(model, start_weights, data, check_set, task, replayed, config, device, progress)
-        log.info("task %d: depth gate %s (probe Acc_f %s -> %s, recovery %s%%)", task.index,
-                 "met" if row["audit"]["certified"] else "MISSED", row["audit"]["probe_f_before"],
-                 row["audit"]["probe_f"], row["audit"]["recovery"])
-    return row, model, counts_after
+    def result(model, record, trials, info, summary, trainable, total_params, start_weights, progress, t0):
+        counts_after = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
+        test = {**task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre, missing),
+                **probe(model, "test")}
+        row: TaskRow = {
+            "task": task.index,
+            "setting": f"{len(task.remain) + len(task.forget)}-{len(task.forget)}",
+            "forget": [classes[c] for c in task.forget],
+            "n_forget": len(task.forget), "n_remain": len(task.remain), "n_old": len(task.old),
+            "n_missing": len(task.remain) - len(replayed),
+            "missing": [classes[c] for c in task.remain if c not in set(replayed)],
+            **test,
+            "val": task_metrics(counts_now["val"], counts_after["val"], counts_orig["val"], task, vs_pre, missing),
+            "check": {**record["val"], "images": int(check_orig[1].sum()), "train_images": len(extra)},
+            "targets": {"spec": policy.spec(config.target), "val": record["targets_met"],
+                        "test": policy.met(_brief(test))},
+            "trials": trials,
+            "chosen_trial": record["trial"],
+            "tunable_ratio": tunable_ratio(trainable, total_params),
+            "trainable_params": trainable,
+            "replay_images": len(remain_idx), "forget_images": len(forget_idx),
+            "steps": record["steps"], "steps_all_trials": sum(t["steps"] for t in trials),
+            "train_seconds": summary["train_seconds"],
+            "wall_seconds": time.perf_counter() - t0,
+            "method_info": info,
+        }
+        if config.audit:
+            row["audit"] = _gate(model, start_weights, data, check_set, task, replayed, config, device, progress)
+            log.info("task %d: depth gate %s (probe Acc_f %s -> %s, recovery %s%%)", task.index,
+                     "met" if row["audit"]["certified"] else "MISSED", row["audit"]["probe_f_before"],
+                     row["audit"]["probe_f"], row["audit"]["recovery"])
+        return row, counts_after
+
+    return ProblemTask(remain_data=Subset(data.train, remain_idx), forget_data=Subset(data.train, forget_idx),
+                       check=check, validate=validate, result=result, train_data=data.train, val_data=data.val,
+                       constraint=data_constraint(config, missing))
 
 
 def _gate(model, start_weights: dict, data: DataBundle, check_set, task: Task, replayed: list[int],

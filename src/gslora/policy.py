@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from .config import RunConfig, parse_target
 from .data.plan import Task
 
-FORGETTING_TARGETS = ("acc_f", "acc_o", "probe_f", "probe_keep")
+FORGETTING_TARGETS = ("acc_f", "acc_o", "probe_f", "probe_keep",
+                      "ap_f", "ap_f_share", "ap_o")  # detection's: gslora.detection.config
 PROBE_TARGETS = ("probe_f", "probe_keep")
 
 
@@ -89,7 +90,7 @@ def probe_classes(task: Task, forgetting: dict) -> list[int]:
 def _brief(metrics: dict) -> dict:
     """The numbers a target looks at: acc_f, acc_r, acc_o, acc_r_drop (vs the pre-trained model), h_mean, and the
     probe's probe_f / probe_keep when measured."""
-    if "acc_r_drop" in metrics:
+    if "acc_r_drop" in metrics or "ap_r_drop" in metrics:  # already brief, or detection's metrics
         return metrics
     change = metrics.get("acc_r_change_vs_pretrained")
     out = {"acc_f": metrics["acc_f"], "acc_r": metrics["acc_r"], "acc_o": metrics["acc_o"],

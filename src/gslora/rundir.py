@@ -178,6 +178,13 @@ class RunFolder:
         atomic_write_json(self.results_file, results)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
+    def finish_with(self, results: dict, write) -> None:
+        """A problem's own final files (:mod:`gslora.problem`; detection: its detector folder, report and plots):
+        ``write(path)`` writes them, then ``results.json`` (the finish marker); then drop resume state."""
+        write(self.path)
+        atomic_write_json(self.results_file, results)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+
     # --- resume state -----------------------------------------------------------------------------------------------
     def save_task_state(self, completed: int, state: dict) -> Path:
         """State after ``completed`` finished tasks; keeps the previous generation, drops older ones and the epoch
@@ -223,8 +230,17 @@ class RunFolder:
             results = json.loads(folder.results_file.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise GsloraError(f"{folder.results_file} is not valid JSON ({e}).") from None
-        config = from_dict(RunConfig, results.get("config") or {}, where=f"{folder.results_file} config")
+        config = from_dict(config_class(results), results.get("config") or {}, where=f"{folder.results_file} config")
         return FinishedRun(folder=folder, results=results, config=config)
+
+
+def config_class(results: dict) -> type:
+    """The config class of a run's results: :class:`RunConfig`, or detection's subclass of it."""
+    if results.get("problem") == "detection":
+        from .detection.config import DetectionConfig
+
+        return DetectionConfig
+    return RunConfig
 
 
 def _generation(path: Path) -> int | None:

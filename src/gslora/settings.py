@@ -7,6 +7,7 @@ from .config import RunConfig, from_dict
 from .errors import GsloraError
 from .methods import list_methods
 from .presets import resolve
+from .problem import Problem
 
 SETTINGS = ("single", "continual", "few-shot", "missing")
 # the shared run settings a constrained setting imposes (the user's --set values of the same keys win)
@@ -35,21 +36,53 @@ def setting_plans(setting: str, num_classes: int) -> list[tuple[str, str]]:
     raise GsloraError(f"setting must be one of {', '.join(SETTINGS)}, got {setting!r}.")
 
 
-def parse_methods(spec: str | list[str]) -> list[str]:
-    """``"all"`` or a comma-separated list of method names (checked against the registry)."""
+def _methods_of(problem: str) -> list[str]:
+    if problem == "classification":
+        return list_methods()
+    from .methods import problem_methods
+
+    make_problem(problem)  # its module registers its methods
+    return problem_methods(problem)
+
+
+def parse_methods(spec: str | list[str], problem: str = "classification") -> list[str]:
+    """``"all"`` or a comma-separated list of method names (checked against the registry of ``problem``)."""
+    known = _methods_of(problem)
     names = spec if isinstance(spec, list) else [m.strip() for m in spec.split(",") if m.strip()]
     if names == ["all"]:
-        return list_methods()
+        return known
     if not names:
         raise GsloraError("--methods is empty; pass 'all' or names like gslora,ewc,lwf.")
-    unknown = [m for m in names if m not in list_methods()]
+    unknown = [m for m in names if m not in known]
     if unknown:
-        raise GsloraError(f"unknown method {unknown[0]!r}; choose from {', '.join(list_methods())} or 'all'.")
+        raise GsloraError(f"unknown method {unknown[0]!r}; choose from {', '.join(known)} or 'all'.")
     return list(dict.fromkeys(names))
 
 
-def method_config(name: str, base: dict, tasks: str, own: dict | None = None) -> RunConfig:
+def method_config(name: str, base: dict, tasks: str, own: dict | None = None,
+                  problem: str = "classification") -> RunConfig:
     """The run config of one method: the user's shared ``base``, then ``own`` (run settings for this method only),
-    then the task plan, resolved (:func:`gslora.presets.resolve`: what is still unset comes from the method preset)."""
+    then the task plan, resolved (:func:`gslora.presets.resolve`: what is still unset comes from the method preset;
+    detection: over the detection defaults, :func:`gslora.detection.config.detection_config`)."""
     data = {**base, **(own or {}), "method": name, "tasks": tasks}
+    if problem == "detection":
+        from .detection.config import detection_config
+
+        return detection_config(data)
     return resolve(from_dict(RunConfig, data, where=f"comparison config ({name})"))
+
+
+PROBLEMS = ("classification", "detection")
+
+
+def make_problem(name: str) -> Problem:
+    """A fresh problem of that name (each run gets its own: a problem may keep per-run state)."""
+    if name == "classification":
+        from .forget import Classification
+
+        return Classification()
+    if name == "detection":
+        from .detection.problem import Detection
+
+        return Detection()
+    raise GsloraError(f"unknown problem {name!r}; choose one of {', '.join(PROBLEMS)}.")

@@ -21,7 +21,7 @@ def add_detection_flags(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--detection", action="store_true",
                    help="object detection (DETR / Deformable DETR, COCO-format folders or 'digits'); see "
                    "docs/detection.md")
-    if command in ("pretrain", "forget", "evaluate"):
+    if command in ("pretrain", "forget", "evaluate", "benchmark"):
         p.add_argument("--image-size", dest="image_size", type=int,
                        help="with --detection: side images are resized to (default 64 for tiny models; keep the size "
                        "the detector was trained at)")
@@ -84,13 +84,13 @@ def _load(args):
 
 
 def _run_config(args, base: dict | None = None):
-    from .runner import DetRunConfig
+    from .config import DetectionConfig, detection_defaults
 
     flags = dict(tasks=args.tasks, method=args.method, seed=args.seed, device=args.device)
     if getattr(args, "epochs", None):
         flags.update(epochs=args.epochs, max_steps=0)
-    return build_config(DetRunConfig, args.config, args.overrides, base=base, where="detection run config",
-                        **flags)
+    return build_config(DetectionConfig, args.config, args.overrides, base={**detection_defaults(), **(base or {})},
+                        where="detection run config", **flags)
 
 
 def print_results(results: dict, out: Path | None) -> None:
@@ -101,17 +101,57 @@ def print_results(results: dict, out: Path | None) -> None:
         print(f"run folder: {out}  (results.md, results.json, plots/boxes.png, final/, adapters/)")
 
 
-def cmd_forget(args) -> int:
-    from .runner import run_detection_forgetting
+def run(model, classes, data, cfg, out, overwrite: bool, progress: bool, source_checkpoint, history=None,
+        resume: bool = False):
+    """A detection run through the one task loop (:func:`gslora.forget.run_forgetting`)."""
+    from ..forget import run_forgetting
+    from .problem import Detection
 
+    return run_forgetting(model, classes, data, cfg, out_dir=out, overwrite=overwrite, progress=progress,
+                          source_checkpoint=source_checkpoint, history=history, resume=resume, problem=Detection())
+
+
+def cmd_forget(args) -> int:
     model, meta, data = _load(args)
     cfg = _run_config(args)
-    cfg = dataclasses.replace(cfg, data=args.data, image_size=data.train.image_size)
-    result = run_detection_forgetting(model, meta["classes"], data, cfg, out_dir=args.out, overwrite=args.overwrite,
-                                      progress=not args.no_progress, source_checkpoint=args.checkpoint,
-                                      history=meta.get("history"))
+    cfg = dataclasses.replace(cfg, data=args.data, image_size=data.train.image_size).validate()
+    result = run(model, meta["classes"], data, cfg, args.out, args.overwrite, not args.no_progress, args.checkpoint,
+                 history=meta.get("history"), resume=args.resume)
     print_results(result.results, Path(args.out))
     return 0
+
+
+def cmd_benchmark(args) -> int:
+    """``gslora benchmark --detection``: every detection method (or ``--methods``) from one detector, with the same
+    task plan and subsets, through :func:`gslora.compare.run_comparison` (``args.method_args``: the parsed
+    ``--method-set`` items)."""
+    from ..compare import run_comparison
+    from ..config import config_data
+    from ..report.comparison import comparison_markdown_table
+
+    if args.tuned:
+        raise GsloraError("--tuned does not apply to `gslora benchmark --detection` (there is no detection tuning); "
+                          "leave it out.")
+    model, meta, data = _load(args)
+    base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device,
+                       data=args.data, image_size=data.train.image_size)
+    if base.get("epochs"):
+        base["max_steps"] = 0
+    print(f"benchmark --detection ({args.setting}) on {data.name}: {args.methods}")
+
+    def done(entry):
+        state = "ok" if entry["status"] == "ok" else f"{entry['status'].upper()} ({entry['error']})"
+        print(f"  {entry['method']:<8} {state}  {entry['wall_seconds']:.1f} s", flush=True)
+
+    comparison = run_comparison(model, meta["classes"], data, args.setting, args.methods, base_config=base,
+                                method_args=args.method_args, out_dir=args.out,
+                                overwrite=args.overwrite, progress=not args.no_progress, on_method_done=done,
+                                source_checkpoint=args.checkpoint, resume=args.resume, strict=args.strict,
+                                problem="detection")
+    print()
+    print(comparison_markdown_table(comparison))
+    print(f"\nbenchmark folder: {args.out}  (comparison.md, comparison.csv, comparison.json, plots/h_mean.png)")
+    return 0 if any(e["status"] == "ok" for e in comparison["methods"]) else 1
 
 
 def cmd_evaluate(args) -> int:
@@ -146,13 +186,14 @@ def demo_run_config(demo: dict, overrides: list[str] | None, epochs: int | None 
     method_args), then ``--set`` overrides and flags. The method is read from the overrides first (``--set
     method=finetune``), so each method gets its own packaged settings."""
     from ..config import config_data
-    from .runner import DetRunConfig
+    from .config import DetectionConfig, detection_defaults
 
     run = {**demo["run"], **({"epochs": epochs, "max_steps": 0} if epochs else {})}
     method = config_data(None, overrides, run).get("method", "gslora")
     own = dict((demo.get("methods") or {}).get(method) or {})
-    base = {**run, **own, "method_args": {**run.get("method_args", {}), **own.get("method_args", {})}}
-    return build_config(DetRunConfig, None, overrides, base=base, where="detection demo config", device=device)
+    base = {**detection_defaults(), **run, **own,
+            "method_args": {**run.get("method_args", {}), **own.get("method_args", {})}}
+    return build_config(DetectionConfig, None, overrides, base=base, where="detection demo config", device=device)
 
 
 def cmd_demo(args, cache_dir: Path) -> int:
@@ -160,7 +201,6 @@ def cmd_demo(args, cache_dir: Path) -> int:
     from .data import digits_data
     from .models import TINY_CONFIGS, build_detector, load_detector, save_detector
     from .pretrain import DetPretrainConfig, pretrain_detector
-    from .runner import run_detection_forgetting
 
     demo = demo_settings()
     t0 = time.perf_counter()
@@ -186,12 +226,11 @@ def cmd_demo(args, cache_dir: Path) -> int:
               f"{stats['train_seconds']:.0f} s{warm_text} -> {ckpt}")
     model, meta = load_detector(ckpt)
     budget = f"{cfg.max_steps} steps" if cfg.max_steps else f"{cfg.epochs} epochs"
-    stop = (f"up to {budget} per task, stopping once validation AP_f <= {cfg.forget_target:g} x its value before "
-            "the task" if cfg.eval_every else f"{budget} per task")
+    stop = (f"up to {budget} per task, stopping once the target {cfg.target} holds on the validation split"
+            if cfg.eval_every else f"{budget} per task")
     print(f"forgetting {cfg.tasks} with {cfg.method} ({stop})...")
     out = Path(args.out if args.out != "runs/demo" else "runs/demo-detection")
-    result = run_detection_forgetting(model, meta["classes"], data, cfg, out_dir=out, overwrite=True,
-                                      progress=not args.no_progress, source_checkpoint=ckpt)
+    result = run(model, meta["classes"], data, cfg, out, True, not args.no_progress, ckpt)
     print_results(result.results, out)
     print(f"demo finished in {time.perf_counter() - t0:.0f} s")
     return 0

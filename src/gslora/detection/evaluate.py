@@ -152,6 +152,7 @@ def det_task_metrics(before: dict, after: dict, original: dict) -> dict:
     ap_r, ap_r_orig = g(after, "remain"), g(original, "remain")
     return {
         "ap_f": ap_f, "ap50_f": g(after, "forget", "ap50"), "ap_f_before": ap_f_before,
+        "ap_f_pretrained": g(original, "forget"),
         "ap_r": ap_r, "ap50_r": g(after, "remain", "ap50"), "ap_r_pretrained": ap_r_orig,
         "ap_r_drop": None if ap_r is None or ap_r_orig is None else ap_r_orig - ap_r,
         "ap_o": g(after, "old"), "ap50_o": g(after, "old", "ap50"),

@@ -1,15 +1,17 @@
-"""Forgetting methods for detectors, on the library's :class:`~gslora.methods.base.Method` interface (the same engine
-runs them). A batch is ``(x, y)`` with ``y`` the padded box tensor of :mod:`gslora.detection.data`.
+"""Forgetting methods for detectors, on the library's :class:`~gslora.methods.base.Method` interface and in its
+registry under the problem ``detection`` (:func:`gslora.methods.get_problem_method`); the same loop and engine run
+them. A batch is ``(x, y)`` with ``y`` the padded box tensor of :mod:`gslora.detection.data`.
 
-- ``gslora``: LoRA (r = 8) on fc1 / fc2 of every encoder and decoder layer, one group per layer; retention = the DETR
-  set loss on the replayed remaining boxes, forgetting = max(0, BND − 2·L_cls) + box terms on forget boxes (β per
-  task), group sparsity by the proximal group-lasso step of the classification GS-LoRA.
+- ``gslora``: classification's GS-LoRA (:class:`gslora.methods.gslora.GSLoRA`: its proximal group-lasso step and its
+  ``finish``) with the detector's groups: LoRA (r = 8) on fc1 / fc2 of every encoder and decoder layer, one group per
+  layer; retention = the DETR set loss on the replayed remaining boxes, forgetting = max(0, BND − 2·L_cls) + box
+  terms on forget boxes (β per task).
 - ``finetune``: retrain-free fine-tuning of the backbone, encoder and decoder (heads frozen) with the set loss on
   remain images and on forget images whose forget boxes are removed (``forget_boxes: remove``: they become
   background) or relabelled to random remaining classes (``relabel``).
 - ``l2``: ``finetune`` plus λ · Σ_tasks ‖θ − θ*‖² (θ*: the model before each task).
 
-These live in their own registry (:data:`DET_METHODS`): the classification methods' presets do not apply here.
+Their arguments default to the ``Args`` dataclasses here (the classification presets do not apply to detectors).
 """
 
 from __future__ import annotations
@@ -21,48 +23,26 @@ from torch import nn
 
 from ..config import from_dict
 from ..errors import GsloraError
-from ..lora import LoraGroups, block_is_zero, delta_norms, group_norms, merge_lora, prox_group_b, save_adapter
+from ..lora import block_is_zero
 from ..losses import group_lasso
-from ..methods.base import Method, StepState, TaskContext, per_task
+from ..methods.base import Method, StepState, TaskContext, per_task, register
+from ..methods.gslora import GSLoRA
 from .data import targets_from_tensor
 from .losses import forget_loss, layer_outputs, set_criterion, set_loss
 from .models import arch_of, attach_detr_lora, group_names, unwrap
 
-DET_METHODS: dict[str, type[Method]] = {}
-
-
-def register_detection(cls):
-    DET_METHODS[cls.name] = cls
-    return cls
-
-
-def get_detection_method(name: str, **args) -> Method:
-    if name not in DET_METHODS:
-        raise GsloraError(f"unknown detection method {name!r}; choose one of {', '.join(sorted(DET_METHODS))}.")
-    return DET_METHODS[name](**args)
-
 
 class DetectionMethod(Method):
     """Base: method arguments come from the ``Args`` dataclass defaults (overridable), not from the classification
-    presets."""
+    presets; each step clips the gradients to the run config's ``grad_clip`` (Method.train_step)."""
+
+    problem = "detection"
 
     def __init__(self, **overrides):
         self.args = from_dict(self.Args, overrides, where=f"method_args ({self.name})") if self.Args else None
         validate = getattr(self.args, "validate", None)
         if validate:
             validate()
-
-    def train_step(self, model, remain, forget, optimizer, state: StepState) -> dict:
-        """One step with DETR's gradient clipping (``grad_clip`` of the run config, set by the runner)."""
-        with state.autocast():
-            loss, logs = self.loss(model, remain, forget, state)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        clip = getattr(self, "grad_clip", 0.0)
-        if clip:
-            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip)
-        optimizer.step()
-        return {"loss": float(loss.detach()), **logs}
 
     def _split(self, model, remain, forget):
         (x_r, y_r), (x_f, y_f) = remain, forget
@@ -100,18 +80,23 @@ class DetGSLoRAArgs:
                               f"{self.forget_queries!r}.")
 
 
-@register_detection
-class DetGSLoRA(DetectionMethod):
+@register
+class DetGSLoRA(DetectionMethod, GSLoRA):
+    """GS-LoRA on a detector: GSLoRA's proximal step and ``finish`` (group norms, the groups selected, the adapter,
+    the merge) on the detector's per-layer FFN groups; its own prepare and loss."""
+
     name = "gslora"
     Args = DetGSLoRAArgs
+    off_log = "groups_off"
 
     def prepare(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         a = self.args
-        self.grad_clip = getattr(ctx.config, "grad_clip", 0.0)
+        self.grad_clip = ctx.config.grad_clip
         self.beta = float(per_task(a.beta, ctx.position))
         self.focal = arch_of(model) == "deformable_detr"
         self.names = group_names(model)
         self.criterion = set_criterion(model)
+        self.prototypes = None  # GS-LoRA++'s prototype term is classification's
         peft_model, self.groups = attach_detr_lora(model, rank=a.lora_rank, alpha=a.lora_alpha)
         return peft_model
 
@@ -126,27 +111,18 @@ class DetGSLoRA(DetectionMethod):
             total = total + self.args.alpha * structure
         return total, {"retain": float(retain.detach()), **flogs, "gl": float(structure.detach())}
 
-    def train_step(self, model, remain, forget, optimizer, state: StepState) -> dict:
-        logs = super().train_step(model, remain, forget, optimizer, state)
-        if self.args.sparsity == "prox" and self.args.alpha > 0:
-            from ..methods.gslora import adam_metric_weights
+    def _alpha(self, state: StepState) -> float:
+        return self.args.alpha  # no warm-up of the sparsity weight on detectors
 
-            steps = [self.args.alpha * state.lr * w for w in adam_metric_weights(self.groups, optimizer)]
-            logs["groups_off"] = float(sum(prox_group_b(self.groups, steps)))
-        return logs
+    def _selected(self, groups, delta_rel: list[float]) -> list[int]:
+        return [b.index for b, zero in zip(groups.blocks, block_is_zero(groups)) if not zero]
+
+    def _extra_info(self, selected: list[int]) -> dict:
+        return {"groups": self.names, "selected_groups": [self.names[i] for i in selected]}
 
     def finish(self, model, ctx: TaskContext):
-        groups: LoraGroups = self.groups
-        delta_abs, delta_rel = delta_norms(groups)
-        selected = [b.index for b, zero in zip(groups.blocks, block_is_zero(groups)) if not zero]
-        info = {"groups": self.names, "group_norms": group_norms(groups), "delta_norms": delta_abs,
-                "relative_delta_norms": delta_rel, "selected_groups": [self.names[i] for i in selected],
-                "trainable_params": sum(p.numel() for ps in groups.params for p in ps), "beta": self.beta}
-        if ctx.adapter_dir is not None and selected:
-            folder = save_adapter(model, ctx.adapter_dir, groups, keep=selected)
-            info["adapter"] = str(folder.relative_to(ctx.out_dir)) if ctx.out_dir is not None else str(folder)
-        merged = merge_lora(model)
-        self.groups = self.criterion = None
+        merged, info = super().finish(model, ctx)
+        self.criterion = None
         return merged, info
 
 
@@ -166,7 +142,7 @@ class DetFinetuneArgs:
             raise GsloraError(f"method_args.lam must be ≥ 0, got {self.lam}.")
 
 
-@register_detection
+@register
 class DetFinetune(DetectionMethod):
     name = "finetune"
     Args = DetFinetuneArgs
@@ -176,7 +152,7 @@ class DetFinetune(DetectionMethod):
         self.anchors: list[dict[str, torch.Tensor]] = []
 
     def prepare(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
-        self.grad_clip = getattr(ctx.config, "grad_clip", 0.0)
+        self.grad_clip = ctx.config.grad_clip
         self.criterion = set_criterion(model)
         self.remain = torch.as_tensor(list(ctx.task.remain), dtype=torch.long)
         self.gen = torch.Generator().manual_seed(self.args.seed + ctx.task.index)
@@ -226,7 +202,7 @@ class DetL2Args(DetFinetuneArgs):
     # relabel forget samples
 
 
-@register_detection
+@register
 class DetL2(DetFinetune):
     name = "l2"
     Args = DetL2Args

@@ -68,8 +68,14 @@ def build_detector(name_or_config: str | dict, class_names: list[str], seed: int
     arch = spec.pop("arch", "deformable_detr")
     width = spec.pop("backbone_width", 16)
     labels = {"id2label": dict(enumerate(class_names)), "label2id": {n: i for i, n in enumerate(class_names)}}
-    torch.manual_seed(seed)
     common = dict(num_labels=len(class_names), auxiliary_loss=True, dropout=0.0, **labels)
+    with torch.random.fork_rng(devices=[]):  # the initialisation is seeded without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = _build(arch, width, spec, common)
+    return trainable_backbone(model)
+
+
+def _build(arch: str, width: int, spec: dict, common: dict) -> nn.Module:
     if arch == "deformable_detr":
         from transformers import DeformableDetrConfig, DeformableDetrForObjectDetection
 
@@ -85,7 +91,7 @@ def build_detector(name_or_config: str | dict, class_names: list[str], seed: int
         model = DetrForObjectDetection(cfg)
     else:
         raise GsloraError(f"unknown detector architecture {arch!r}; choose one of {', '.join(DETECTORS)}.")
-    return trainable_backbone(model)
+    return model
 
 
 def _focal_prior_init(model: nn.Module, prior: float = 0.01) -> None:

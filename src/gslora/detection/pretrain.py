@@ -81,7 +81,9 @@ def warm_up_backbone(model: nn.Module, data: DetectionData, cfg: DetPretrainConf
     channels = getattr(net, "channels", None)
     if channels is None:
         raise GsloraError("this detector's backbone does not list its channels; set backbone_warmup_steps to 0.")
-    head = nn.Linear(sum(channels), data.num_classes).to(device)
+    with torch.random.fork_rng(devices=[]):  # the throw-away head's initialisation, seeded locally
+        torch.manual_seed(cfg.seed + 2)
+        head = nn.Linear(sum(channels), data.num_classes).to(device)
     params = [p for p in net.parameters() if p.requires_grad] + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.backbone_warmup_lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)

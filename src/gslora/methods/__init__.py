@@ -8,7 +8,7 @@ import importlib
 import pkgutil
 
 from ..errors import GsloraError
-from .base import METHODS, Method, StepState, TaskContext, method_defaults, method_label, register
+from .base import METHODS, REGISTRY, Method, StepState, TaskContext, method_defaults, method_label, register
 
 for _module in pkgutil.iter_modules(__path__):
     importlib.import_module(f"{__name__}.{_module.name}")
@@ -24,5 +24,18 @@ def get_method(name: str, **args) -> Method:
     return METHODS[name](**args)
 
 
-__all__ = ["METHODS", "Method", "StepState", "TaskContext", "get_method", "list_methods", "method_defaults",
-           "method_label", "register"]
+def problem_methods(problem: str) -> list[str]:
+    """The methods registered for ``problem`` (classification: :func:`list_methods`)."""
+    return sorted(REGISTRY.get(problem, {}))
+
+
+def get_problem_method(problem: str, name: str, **args) -> Method:
+    """Method ``name`` of ``problem``'s registry (the problem's module registers its methods when imported)."""
+    methods = REGISTRY.get(problem, {})
+    if name not in methods:
+        raise GsloraError(f"unknown {problem} method {name!r}; choose one of {', '.join(sorted(methods))}.")
+    return methods[name](**args)
+
+
+__all__ = ["METHODS", "REGISTRY", "Method", "StepState", "TaskContext", "get_method", "get_problem_method",
+           "list_methods", "method_defaults", "method_label", "problem_methods", "register"]

@@ -22,14 +22,18 @@ from ..config import RunConfig, from_dict
 from ..data.plan import Task
 from ..presets import method_preset
 
-METHODS: dict[str, type[Method]] = {}
+METHODS: dict[str, type[Method]] = {}  # the classification methods
+REGISTRY: dict[str, dict[str, type[Method]]] = {"classification": METHODS}  # per problem (gslora.problem)
 
 
 def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: make a method selectable by its ``name`` (one file + one YAML preset adds a method)."""
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        raise ValueError(f"two methods are named {cls.name!r}: {METHODS[cls.name].__qualname__} and {cls.__qualname__}")
-    METHODS[cls.name] = cls
+    """Class decorator: make a method selectable by its ``name`` among the methods of its ``problem`` (one file + one
+    YAML preset adds a classification method)."""
+    methods = REGISTRY.setdefault(cls.problem, {})
+    if cls.name in methods and methods[cls.name] is not cls:
+        raise ValueError(f"two methods are named {cls.name!r}: {methods[cls.name].__qualname__} and "
+                         f"{cls.__qualname__}")
+    methods[cls.name] = cls
     return cls
 
 
@@ -84,6 +88,7 @@ class Method:
     """Base class. Subclasses set ``name`` and ``Args`` (a dataclass) and override what they need."""
 
     name: str = "base"
+    problem: str = "classification"  # the registry the method is in (gslora.problem): classification | detection
     label: str | None = None  # how tables name the method (None: its name), e.g. "retrain (paper)"
     Args: type | None = None
     trains: bool = True  # False for methods that edit weights without a training loop
@@ -94,6 +99,8 @@ class Method:
     # False for methods that forget by construction (Retrain: a fresh model meets acc_f at step 0)
     moves_features: bool = True  # False for methods that leave the embeddings as they are (head forgetting): the
     # probe targets (probe_f, probe_keep: a read-out of the embeddings) are reported but cannot be reached by training
+    grad_clip: float = 0.0  # > 0: the gradients' total norm is clipped to this before each step (detection: DETR's
+    # max gradient norm, the run config's grad_clip)
 
     def __init__(self, **overrides):
         defaults = method_preset(self.name).get("args", {}) if self.Args is not None else {}
@@ -118,6 +125,8 @@ class Method:
             loss, logs = self.loss(model, remain, forget, state)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], self.grad_clip)
         optimizer.step()
         return {"loss": float(loss.detach()), **logs}
 

@@ -71,6 +71,7 @@ class GSLoRAArgs:
 class GSLoRA(Method):
     name = "gslora"
     Args = GSLoRAArgs
+    off_log = "blocks_off"  # the training log's name for the blocks at zero after the proximal step
 
     def prepare(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         a = self.args
@@ -136,8 +137,7 @@ class GSLoRA(Method):
         logs = super().train_step(model, remain, forget, optimizer, state)
         alpha = self._alpha(state)
         if self.args.sparsity == "prox" and alpha > 0:
-            steps = [alpha * state.lr * w for w in adam_metric_weights(self.groups, optimizer)]
-            logs["blocks_off"] = float(sum(prox_group_b(self.groups, steps)))
+            logs[self.off_log] = float(proximal_step(self.groups, optimizer, alpha, state.lr))
         return logs
 
     def _margin(self, state: StepState) -> float:
@@ -163,14 +163,27 @@ class GSLoRA(Method):
             term = term + bounded_forget_loss(logits_f[~is_old], y_f[~is_old], bound)
         return term
 
+    def _selected(self, groups: LoraGroups, delta_rel: list[float]) -> list[int]:
+        """The blocks the task changed: prox, those whose update is not exactly zero; penalty, those whose relative
+        update exceeds ``selection_threshold``."""
+        if self.args.sparsity == "prox":  # a block is selected when its update is not exactly zero
+            return [b.index for b, zero in zip(groups.blocks, block_is_zero(groups)) if not zero]
+        return [b.index for b, r in zip(groups.blocks, delta_rel) if r > self.args.selection_threshold]
+
+    def _extra_info(self, selected: list[int]) -> dict:
+        """What the results add to the groups' norms (GS-LoRA++: its prototype term's trace)."""
+        if self.prototypes is None:
+            return {}
+        return {"prototype": {"w_f": self.w_f, "w_r": self.w_r, "bound": self.args.prototype_bound,
+                              "computed_from": "the model at the start of the task", **self.prototype_trace}}
+
     def finish(self, model, ctx: TaskContext):
+        """Group norms and the blocks selected, the adapter of the selected blocks (PEFT format; blocks left exactly
+        zero are not stored), then the LoRA merged into the model."""
         groups: LoraGroups = self.groups
         norms = group_norms(groups)
         delta_abs, delta_rel = delta_norms(groups)
-        if self.args.sparsity == "prox":  # a block is selected when its update is not exactly zero
-            selected = [b.index for b, zero in zip(groups.blocks, block_is_zero(groups)) if not zero]
-        else:
-            selected = [b.index for b, r in zip(groups.blocks, delta_rel) if r > self.args.selection_threshold]
+        selected = self._selected(groups, delta_rel)
         trainable = sum(p.numel() for ps in groups.params for p in ps)
         info = {
             "group_norms": norms,
@@ -179,10 +192,8 @@ class GSLoRA(Method):
             "selected_blocks": selected,
             "trainable_params": trainable,
             "beta": self.beta,
+            **self._extra_info(selected),
         }
-        if self.prototypes is not None:
-            info["prototype"] = {"w_f": self.w_f, "w_r": self.w_r, "bound": self.args.prototype_bound,
-                                 "computed_from": "the model at the start of the task", **self.prototype_trace}
         if ctx.adapter_dir is not None and selected:  # blocks left exactly zero are not stored
             folder = save_adapter(model, ctx.adapter_dir, groups, keep=selected)
             info["adapter"] = str(folder.relative_to(ctx.out_dir)) if ctx.out_dir is not None else str(folder)
@@ -200,6 +211,13 @@ class GSLoRAPlus(GSLoRA):
     journal's few-shot values: w_f per task, BND_pro 50, batch 4)."""
 
     name = "gslora++"
+
+
+def proximal_step(groups: LoraGroups, optimizer, alpha: float, lr: float) -> int:
+    """GS-LoRA's proximal group-lasso step after an optimizer step: each block's B matrices are soft-thresholded by
+    ``alpha · lr`` times the block's Adam metric weight (:func:`adam_metric_weights`). Returns the blocks at zero."""
+    steps = [alpha * lr * w for w in adam_metric_weights(groups, optimizer)]
+    return sum(prox_group_b(groups, steps))
 
 
 @torch.no_grad()

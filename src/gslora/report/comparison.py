@@ -11,6 +11,18 @@ from .tables import fmt, markdown
 from .tuning import comparison_tuning_text
 
 
+def _metric(comparison: dict) -> tuple[str, str]:
+    """(key prefix, column name) of the comparison's metric: accuracy, or AP for a detection comparison."""
+    return ("ap", "AP") if comparison.get("problem") == "detection" else ("acc", "Acc")
+
+
+def _pretrained(r: dict) -> dict:
+    """The pre-trained model's numbers on a task's sets (a detection row has them flat: ap_r_pretrained, ...)."""
+    if "pretrained" in r:
+        return r["pretrained"]
+    return {"ap_r": r.get("ap_r_pretrained"), "ap_f": r.get("ap_f_pretrained")}
+
+
 def _columns(comparison: dict) -> list[dict]:
     """One column group per run (single step) or per task (continual), with the Pre-train numbers of the first method
     that produced them (every method starts from the same model, so they agree)."""
@@ -25,7 +37,7 @@ def _columns(comparison: dict) -> list[dict]:
             if comparison["setting"] != "single" and r:
                 label = f"T{r['task']} {r['setting']}"
             cols.append({"run": i, "task": j, "label": label, "old": bool(r and r["n_old"]),
-                         "missing": bool(r and r.get("n_missing")), "pre": r["pretrained"] if r else None})
+                         "missing": bool(r and r.get("n_missing")), "pre": _pretrained(r) if r else None})
     return cols
 
 
@@ -63,16 +75,17 @@ def comparison_markdown_table(comparison: dict) -> str:
     Acc_f (and Acc_o); wall time. A failed method says so, a method the setting's data constraint rules out is
     marked "not run" with what it needs."""
     cols = _columns(comparison)
+    k, name = _metric(comparison)
     header, sub = ["Method", "Tunable ratio"], ["", ""]
     pre = ["Pre-train", "-"]
     for c in cols:
-        names = (["H ↑", "Acc_r ↑"] + (["Acc_m ↑"] if c["missing"] else []) + ["Acc_f ↓"]
-                 + (["Acc_o ↓"] if c["old"] else []))
+        names = (["H ↑", f"{name}_r ↑"] + ([f"{name}_m ↑"] if c["missing"] else []) + [f"{name}_f ↓"]
+                 + ([f"{name}_o ↓"] if c["old"] else []))
         header += [c["label"]] + [""] * (len(names) - 1)
         sub += names
         p = c["pre"] or {}
-        pre += (["-", fmt(p.get("acc_r"))] + ([fmt(p.get("acc_m"))] if c["missing"] else []) + [fmt(p.get("acc_f"))]
-                + (["-"] if c["old"] else []))
+        pre += (["-", fmt(p.get(f"{k}_r"))] + ([fmt(p.get(f"{k}_m"))] if c["missing"] else [])
+                + [fmt(p.get(f"{k}_f"))] + (["-"] if c["old"] else []))
     header += ["Time (s)", "Status"]
     sub += ["", ""]
     pre += ["", ""]
@@ -86,8 +99,8 @@ def comparison_markdown_table(comparison: dict) -> str:
             if r is None:
                 line += [e["status"]] + ["-"] * (n - 1)
             else:
-                line += ([fmt(r["h_mean"]), fmt(r["acc_r"])] + ([fmt(r.get("acc_m"))] if c["missing"] else [])
-                         + [fmt(r["acc_f"])] + ([fmt(r["acc_o"])] if c["old"] else []))
+                line += ([fmt(r["h_mean"]), fmt(r[f"{k}_r"])] + ([fmt(r.get(f"{k}_m"))] if c["missing"] else [])
+                         + [fmt(r[f"{k}_f"])] + ([fmt(r[f"{k}_o"])] if c["old"] else []))
         line += [f"{e['wall_seconds']:.1f}", _status(e)]
         lines.append(line)
     return markdown(lines)
@@ -99,6 +112,9 @@ def comparison_markdown(comparison: dict) -> str:
     constraint = comparison.get("constraint")
     setting_text = (f"Data constraint of this setting: {constraint}, the same for every method; a method that needs "
                     "more data is marked not run. " if constraint else "")
+    if comparison.get("problem") == "detection":
+        setting_text += ("Detection: COCO AP (.50:.95, %) instead of accuracy, on the test split; H-Mean of AP_r and "
+                         "the drop of AP_f. ")
     if has_acc_m(comparison):
         setting_text += ("Acc_m: the missing classes (remaining, without any replay or validation data); Acc_r and "
                          "H-Mean: the remaining classes that keep their replay data. ")
@@ -128,6 +144,8 @@ CSV_FIELDS = ["method", "status", "run", "task", "setting", "tunable_ratio", "h_
 
 def comparison_csv(comparison: dict) -> str:
     """Long format: one line per method and task (one line for a failed method)."""
+    if comparison.get("problem") == "detection":
+        return _detection_csv(comparison)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
     w.writeheader()
@@ -142,6 +160,28 @@ def comparison_csv(comparison: dict) -> str:
                             "run": run["label"], "acc_f_before": r["before"]["acc_f"],
                             "acc_r_pretrained": r["pretrained"]["acc_r"], "acc_f_pretrained": r["pretrained"]["acc_f"],
                             "val_h_mean": r["val"]["h_mean"], "method_wall_seconds": f"{e['wall_seconds']:.2f}"})
+    return buf.getvalue()
+
+
+DETECTION_CSV_FIELDS = ["method", "status", "run", "task", "setting", "tunable_ratio", "h_mean", "ap_r", "ap_f", "ap_o",
+                        "drop", "ap_f_before", "ap_r_pretrained", "ap_f_pretrained", "val_h_mean", "trainable_params",
+                        "steps", "train_seconds", "wall_seconds", "method_wall_seconds", "error"]
+
+
+def _detection_csv(comparison: dict) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=DETECTION_CSV_FIELDS, extrasaction="ignore")
+    w.writeheader()
+    for e in comparison["methods"]:
+        if e["status"] != "ok":
+            w.writerow({"method": e["method"], "status": e["status"], "error": e["error"],
+                        "method_wall_seconds": f"{e['wall_seconds']:.2f}"})
+            continue
+        for run in e["runs"]:
+            for r in run["tasks"]:
+                w.writerow({**{k: r.get(k) for k in DETECTION_CSV_FIELDS if k in r}, "method": e["method"],
+                            "status": "ok", "run": run["label"], "val_h_mean": r["val"]["h_mean"],
+                            "method_wall_seconds": f"{e['wall_seconds']:.2f}"})
     return buf.getvalue()
 
 
