@@ -191,11 +191,12 @@ def calibration(original, retrained, data, plan_tasks, device) -> list[dict]:
     return out
 
 
-def save(path: Path, saved: dict, name: str, record: dict) -> None:
-    """Merge this dataset's record into the results file as it is now (other runs may write it meanwhile)."""
+def save(path: Path, saved: dict, name: str, record: dict, keys) -> None:
+    """Merge the entries ``keys`` of this dataset's record into the results file as it is now (another run may have
+    written other entries meanwhile)."""
     now = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     now["machine"] = saved["machine"]
-    now["runs"].setdefault(name, {}).update(record)
+    now["runs"].setdefault(name, {}).update({k: record[k] for k in keys if k in record})
     path.write_text(json.dumps(now, indent=1))
 
 
@@ -268,7 +269,7 @@ def main(argv=None) -> int:
                 print(f"  task {r['task']}: Acc_f {r['acc_f']:.1f} Acc_o {r['acc_o']} dAcc_r {r['acc_r_change']:+.1f}"
                       f" H {r['h_mean'] or 0:.1f} probe_f {r['probe_f']} keep {r['probe_keep']} check "
                       f"{r['check']} blocks {r['blocks']} steps {r['steps']} ({r['steps_all_trials']})", flush=True)
-            save(path, saved, name, record)
+            save(path, saved, name, record, ["pretrain", "pretrain_seconds", label])
         head = runs.get("head" + args.label) or (out / f"{name}-head")
         for label, folder in runs.items():
             if label.startswith("head"):
@@ -277,10 +278,10 @@ def main(argv=None) -> int:
                                retrain_full=True, write=True)
             record[label]["audit"] = audit_summary(report)
             a = record[label]["audit"]["models"]
+            save(path, saved, name, record, [label])
             print(f"{name} {label} audit: " + "; ".join(
                 f"{k} probe {v['probe_f']:.1f} rec {v['recovery']} mia {v['mia_auc']}" for k, v in a.items()),
                 flush=True)
-            save(path, saved, name, record)
         if "calibration" not in record and runs:
             folder = next(iter(v for k, v in runs.items() if not k.startswith("head")), None)
             if folder is not None:
@@ -292,7 +293,7 @@ def main(argv=None) -> int:
                 tasks_ = [{"task": t["index"], "forget_ids": t["forget"]} for t in results["plan"]["tasks"]]
                 record["calibration"] = calibration(model, retrained, data, tasks_, "cpu")
                 print(f"{name} calibration: {record['calibration']}", flush=True)
-                save(path, saved, name, record)
+                save(path, saved, name, record, ["calibration"])
     return 0
 
 

@@ -141,6 +141,108 @@ def demo(r: Results) -> str:
     return md_table(["Task", "Acc_f", "Acc_o", "ΔAcc_r", "H-Mean", "steps (all trials)", "time (s)"], rows)
 
 
+# --- depth (docs/results/DECISIONS.md, docs/audit.md) ---------------------------------------------------------------
+
+DEPTH_SETS = (("orl-4x5", "ORL 4 × 5"), ("gt-4x10", "Georgia Tech 4 × 10"), ("faces-4x20", "bundled faces 4 × 20"),
+              ("omniglot-4x20", "Omniglot 4 × 20"))
+DEPTH_LABELS = {"defaults": "GS-LoRA, previous defaults (no feature term, no probe target)",
+                "paper-ce": "paper's bounded CE, full budget, all blocks free",
+                "attack": "attack in the loop (ridge, weight 10) + probe_keep ≤ 80",
+                "collapse": "**class-mean collapse (weight 10) + probe_keep ≤ 80: adopted**",
+                "collapse-w3": "class-mean collapse, weight 3",
+                "collapse-k65": "class-mean collapse + probe_keep ≤ 65",
+                "collapse-a0.1": "class-mean collapse, α 0.1",
+                "collapse-a0.6": "class-mean collapse, α 0.6",
+                "rmu": "RMU at the middle block (weight 10) + probe_keep ≤ 80"}
+
+
+def _rec(v):
+    return f0(v["recovery"]) + "%" if v.get("recovery") is not None else "-"
+
+
+@table("depth_objectives")
+def depth_objectives(r: Results) -> str:
+    """benchmarks/depth_objectives.py: per objective the worst task and the final audit against the references."""
+    runs = r("depth_objectives.json")["runs"]
+    rows = []
+    for key, label in DEPTH_SETS:
+        record = runs.get(key)
+        if not record:
+            continue
+        first = next((v for v in record.values() if isinstance(v, dict) and "audit" in v), None)
+        if first is None:
+            continue
+        ref = first["audit"]["models"]
+        for who in ("retrained", "head"):
+            v = ref[who]
+            rows.append([label, "model retrained without them" if who == "retrained" else "head forgetting", "-",
+                         "-", f1(v["probe_f"]), _rec(v), f"{v['mia_auc']:.3f}", "-", "-"])
+        for variant, name in DEPTH_LABELS.items():
+            v = record.get(variant)
+            if not v or "audit" not in v:
+                continue
+            ts = v["tasks"]
+            a = v["audit"]["models"]["forgotten"]
+            blocks = sorted({b for t in ts for b in (t["blocks"] or [])})
+            rows.append([label, name, signed(min(t["acc_r_change"] for t in ts)),
+                         f1(max((t["acc_o"] or 0.0) for t in ts)), f1(a["probe_f"]), _rec(a), f"{a['mia_auc']:.3f}",
+                         ",".join(map(str, blocks)), f"{sum(t['steps_all_trials'] for t in ts)} / {v['seconds']:.0f}"])
+    return md_table(["data", "objective", "worst ΔAcc_r", "worst Acc_o", "probe Acc_f", "recovery", "MIA AUC",
+                     "blocks changed", "steps / s"], rows)
+
+
+@table("depth_calibration")
+def depth_calibration(r: Results) -> str:
+    """The in-loop probe of the original and of a model retrained without the forgotten classes."""
+    runs = r("depth_objectives.json")["runs"]
+    rows = []
+    for key, label in DEPTH_SETS:
+        cal = (runs.get(key) or {}).get("calibration")
+        if cal:
+            rows.append([label, per_task([c["original"] for c in cal]), per_task([c["retrained"] for c in cal]),
+                         per_task([c["retrained_keep"] for c in cal], f0), f0(cal[0]["images"])])
+    return md_table(["data", "probe_f, original (task 1 / 2 / 3 / 4)", "probe_f, retrained", "retrained keeps (%)",
+                     "images"], rows)
+
+
+@table("depth_proof")
+def depth_proof(r: Results) -> str:
+    """benchmarks/depth_proof.py: the defaults from the CLI, per task, with each check met or missed."""
+    runs = r("depth_proof.json")["runs"]
+    rows = []
+    for key, label in DEPTH_SETS:
+        rec = runs.get(key)
+        if not rec:
+            continue
+        for t in rec["tasks"]:
+            missed = [k for k, ok in t["checks"].items() if not ok]
+            rows.append([label, str(t["task"]), f1(t["acc_f"]), f1(t["acc_o"]), signed(t["acc_r_change"]),
+                         f"{f1(t['h_mean'])} ({f1(t['head_h_mean'])})", f1(t["probe_f"]),
+                         f"{f0(t['wall_seconds'])} ({f0(t['head_wall_seconds'])})",
+                         "met" if not missed else "MISSED " + ", ".join(missed)])
+    return md_table(["data", "task", "Acc_f", "Acc_o", "ΔAcc_r", "H (head)", "probe_f", "s (head)", "checks"], rows)
+
+
+@table("depth_proof_audit")
+def depth_proof_audit(r: Results) -> str:
+    """The audit after the last task of each proof run, against the retrained model and head forgetting."""
+    runs = r("depth_proof.json")["runs"]
+    rows = []
+    for key, label in DEPTH_SETS:
+        rec = runs.get(key)
+        if not rec:
+            continue
+        m = rec["audit"]["models"]
+        for who, name in (("original", "original"), ("forgotten", "GS-LoRA, defaults"), ("head", "head forgetting"),
+                          ("retrained", "retrained without them")):
+            v = m[who]
+            rows.append([label, name, f1(v["acc_f"]), f1(v["acc_r"]), f1(v["probe_f"]),
+                         _rec(v) if who != "original" else "-", f"{v['mia_auc']:.3f}"])
+        missed = [k for k, ok in rec["audit"]["checks"].items() if not ok]
+        rows.append([label, "checks", "", "", "", "", "all met" if not missed else "MISSED: " + "; ".join(missed)])
+    return md_table(["data", "model", "Acc_f", "Acc_r", "probe Acc_f", "recovery", "MIA AUC"], rows)
+
+
 # --- forgetting with the defaults (docs/benchmarks.md) ------------------------------------------------------------
 
 

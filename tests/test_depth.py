@@ -87,13 +87,25 @@ def test_a_probe_target_stops_a_task_like_the_other_targets_and_is_reported(micr
     assert row["targets"]["val"] == {"acc_f": True, "probe_keep": True}
     for key in ("probe_f", "probe_keep"):
         assert row[key] is not None and row["check"][key] is not None
-    # one no model can reach: the task trains its whole budget, misses it, and the trial rule doubles the lr
-    hard = _cfg(tasks="1x4", max_steps=12, max_trials=2, eval_every=4, target_checks=1,
+    # one no model can reach: the task trains its whole budget and misses it; with every other target met no
+    # second trial follows (another lr costs a whole budget for depth the trials did not buy)
+    hard = _cfg(tasks="1x4", max_steps=12, max_trials=3, eval_every=4, target_checks=1,
                 target="acc_f<=100,probe_f<=-1")
     row = run_forgetting(copy.deepcopy(micro_model), micro_data.classes, micro_data, hard).rows[0]
-    assert [t["stopped_early"] for t in row["trials"]] == [False, False]
-    assert [t["lr_scale"] for t in row["trials"]] == [1.0, 2.0]
+    assert [t["stopped_early"] for t in row["trials"]] == [False] and row["steps"] == 12
     assert row["targets"]["val"]["probe_f"] is False and row["targets"]["test"]["probe_f"] is False
+
+
+def test_trials_after_a_missed_probe_target_follow_the_other_targets():
+    from gslora.policy import next_trial
+
+    def trial(scale, **met):
+        return {"lr_scale": scale, "targets_met": met, "checks": 3, "stopped_early": False}
+
+    assert next_trial([trial(1.0, acc_f=True, acc_r_drop=True, probe_keep=False)]) is None
+    assert next_trial([trial(1.0, acc_f=False, acc_r_drop=True, probe_keep=False)]) == 2.0
+    stopped = {**trial(1.0, acc_f=True, acc_r_drop=False, probe_keep=True), "stopped_early": True}
+    assert next_trial([stopped]) == 0.5
 
 
 def test_collapse_term_trains_only_the_adapters(micro_model, micro_data):

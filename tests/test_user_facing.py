@@ -157,7 +157,7 @@ def test_list_shows_every_key_with_its_default_and_help(capsys):
     from gslora.config import RunConfig, config_reference
 
     code, out, _ = run(capsys, "list")
-    assert code == 0 and "max_steps = 200" in out and "target = 'acc_f<=2,acc_r_drop<=2'" in out
+    assert code == 0 and "max_steps = 200" in out and "target = 'acc_f<=2,acc_r_drop<=2,probe_keep<=80'" in out
     code, out, _ = run(capsys, "list", "--config")
     reference = config_reference(RunConfig)
     assert len(reference) == len(RunConfig.__dataclass_fields__)
