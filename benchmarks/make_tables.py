@@ -620,18 +620,6 @@ def cli_startup(r: Results) -> str:
 # --- the summary (README) ------------------------------------------------------------------------------------------
 
 
-def _defaults_summary(r: Results, run: str) -> tuple[str, str]:
-    fd = r("forget_defaults.json")["runs"][run]
-    ts = fd["defaults"]["tasks"]
-    misses = sum(1 for t in ts if not all(t["bar_met"].values()))
-    acc_o = [t["acc_o"] for t in ts if t["acc_o"] is not None]
-    pre = fd.get("pretrain", {}).get("test_acc")
-    result = (f"Acc_f ≤ {f1(max(t['acc_f'] for t in ts))}, Acc_o ≤ {f1(max(acc_o))}, mean ΔAcc_r "
-              f"{signed(mean(-t['acc_r_drop'] for t in ts))}; bar met on {len(ts) - misses} of {len(ts)} tasks; "
-              f"{fd['defaults']['seconds']:.0f} s")
-    return (f"pre-trained {f1(pre)}% test" if pre is not None else ""), result
-
-
 @table("summary")
 def summary(r: Results) -> str:
     """One line per benchmark with its headline figures; the details are on the linked pages."""
@@ -646,11 +634,22 @@ def summary(r: Results) -> str:
                  f"{signed(min(t['acc_r_change_vs_pretrained'] for t in ts))} to "
                  f"{signed(max(t['acc_r_change_vs_pretrained'] for t in ts))}",
                  f"{cpu}, 2 threads", "[above](#the-demo)"])
-    for name, label in (("orl-4x5", "ORL 4 × 5"), ("orl-4x8", "ORL 4 × 8"), ("gt-4x10", "Georgia Tech 4 × 10"),
-                        ("faces-4x20", "bundled faces 4 × 20"), ("omniglot-4x20", "omniglot 4 × 20")):
-        pre, result = _defaults_summary(r, name)
-        rows.append([f"defaults only, {label} ({pre})", result, f"{cpu}, 1 thread, shared",
-                     "[benchmarks](docs/benchmarks.md#forgetting-on-your-own-data-defaults-only)"])
+    proof = r("depth_proof.json")
+    for name, label in DEPTH_SETS:
+        rec = proof["runs"].get(name)
+        if rec is None:
+            continue
+        ts, m = rec["tasks"], rec["audit"]["models"]
+        bar = sum(1 for t in ts if not bar_misses(t["acc_f"], t["acc_o"], t["acc_r_change"]))
+        acc_o = [t["acc_o"] for t in ts if t["acc_o"] is not None]
+        result = (f"Acc_f ≤ {f1(max(t['acc_f'] for t in ts))}, Acc_o ≤ {f1(max(acc_o))}, mean ΔAcc_r "
+                  f"{signed(mean(t['acc_r_change'] for t in ts))}; bar met on {bar} of {len(ts)} tasks; probe Acc_f "
+                  f"{f1(m['forgotten']['probe_f'])} (retrained {f1(m['retrained']['probe_f'])}, head "
+                  f"{f1(m['head']['probe_f'])}), recovery {_rec(m['forgotten'])} ({_rec(m['retrained'])}, "
+                  f"{_rec(m['head'])}); {sum(t['wall_seconds'] for t in ts):.0f} s")
+        pre = rec["pretrain"].get("test_acc")
+        rows.append([f"defaults only, {label} (pre-trained {f1(pre)}% test)", result, f"{cpu}, 1 thread, shared",
+                     "[audit](docs/audit.md#depth-with-the-defaults)"])
     # (the tuned comparisons predate the current defaults: docs/results/ARCHIVE.md, not this summary)
     plus = r("gslora_plus.json")["datasets"]
     cells = []
