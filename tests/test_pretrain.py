@@ -219,3 +219,17 @@ def test_pretraining_goes_on_past_the_budget_while_validation_improves_and_stops
     stats = pretrain(create_model("vit_face_micro", small_data.num_classes, seed=0), small_data,
                      PretrainConfig(max_steps=20, eval_every=4, standardize=False, device="cpu"))
     assert stats["extensions"] == 0 and stats["steps"] == 20 and stats["still_improving"]
+
+
+def test_cli_says_when_the_cap_stopped_a_model_still_improving(tmp_path, micro_folder, capsys, monkeypatch):
+    _rising(monkeypatch, [float(i) for i in range(1, 1000)])  # validation rises at every check
+    out = tmp_path / "capped.safetensors"
+    code = main(["pretrain", "--data", str(micro_folder), "--model", "vit_face_micro", "--out", str(out),
+                 "--device", "cpu", "--no-progress", "--set", "budget_min_steps=20", "--set", "budget_max_steps=20",
+                 "--set", "eval_every=5", "--set", "extend_cap=2", "--set", "standardize=false"])
+    printed = capsys.readouterr().out
+    assert code in (0, 3)
+    assert "40 steps, budget 20" in printed and "2 extension(s) past the 20-step budget" in printed
+    assert "stopped at the cap (40 steps) while validation was STILL IMPROVING" in printed
+    stats = json.loads(out.with_suffix(".json").read_text())["pretrain"]
+    assert stats["stopped_at_cap"] and stats["extensions"] == 2
