@@ -106,6 +106,10 @@ def test_trials_after_a_missed_probe_target_follow_the_other_targets():
     assert next_trial([trial(1.0, acc_f=False, acc_r_drop=True, probe_keep=False)]) == 2.0
     stopped = {**trial(1.0, acc_f=True, acc_r_drop=False, probe_keep=True), "stopped_early": True}
     assert next_trial([stopped]) == 0.5
+    # a whole budget spent because the probe never held says nothing about how fast the accuracy targets were met:
+    # retention comes first, half the lr is tried
+    assert next_trial([trial(1.0, acc_f=True, acc_r_drop=False, probe_keep=False)]) == 0.5
+    assert next_trial([trial(1.0, acc_f=True, acc_r_drop=False, probe_keep=True)]) is None
 
 
 def test_collapse_term_trains_only_the_adapters(micro_model, micro_data):

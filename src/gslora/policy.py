@@ -132,9 +132,11 @@ def next_trial(trials: list[dict]) -> float | None:
             return None  # only a probe target missed: it ran its whole budget at it, and a trial at another lr
             # costs a whole budget more for depth the trials did not buy (bundled faces: 3 trials per task, the
             # probe still 83-89% kept; docs/results/DECISIONS.md)
-        if last.get("checks", 1) and not last.get("stopped_early", True):
+        probe_missed = any(not v for k, v in met.items() if k in PROBE_TARGETS)
+        if last.get("checks", 1) and not last.get("stopped_early", True) and not probe_missed:
             return None  # forgetting took the whole budget: half the lr would not get there in it (without periodic
-            # checks, eval_every 0, no trial can stop early, so the budget says nothing)
+            # checks, eval_every 0, no trial can stop early, so the budget says nothing; with a probe target missed,
+            # the probe kept it training, not the accuracy targets: retention comes first, half the lr is tried)
         want = last["lr_scale"] * 0.5
     else:
         want = last["lr_scale"] * 2.0
