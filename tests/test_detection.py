@@ -304,3 +304,27 @@ def test_build_detector_seeds_locally():
     c = build_detector("deformable_detr_micro", CLASSES, seed=4)
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     assert any(not torch.equal(p, q) for p, q in zip(a.state_dict().values(), c.state_dict().values()))
+
+
+def test_every_detection_method_has_a_search_space_around_its_packaged_values(monkeypatch):
+    """configs/detection_tune.yaml: every detection method has a space over its own arguments, and each knob's range
+    holds the packaged value (trial 1 of `gslora tune --detection`); a knob on an unknown argument is one error."""
+    from dataclasses import asdict
+
+    from gslora.detection import methods as det_methods
+    from gslora.detection.config import detection_defaults
+    from gslora.methods import REGISTRY
+
+    assert sorted(REGISTRY["detection"]) == ["finetune", "gslora", "l2"]
+    for name, cls in REGISTRY["detection"].items():
+        space = det_methods.tune_space(name)
+        assert space["run"], name
+        packaged = {**{k: detection_defaults()[k] for k in space["run"]}, **asdict(cls.Args())}
+        for key, spec in {**space["run"], **space["args"]}.items():
+            kind, values = next(iter(spec.items()))
+            value = packaged[key]
+            assert value in values if kind == "choice" else values[0] <= value <= values[1], (name, key)
+    monkeypatch.setattr(det_methods, "packaged_yaml", lambda name: {"l2": {"args": {"bound": {"log": [1, 2]}}}})
+    with pytest.raises(GsloraError, match="varies 'bound', which is not an argument of the method"):
+        det_methods.tune_space("l2")
+    assert det_methods.tune_space("finetune") == {}

@@ -223,3 +223,106 @@ def test_benchmark_works_on_detection(pretrained, tmp_path, capsys):
     capsys.readouterr()
     assert main([*argv[:-12], "--setting", "few-shot", "--out", str(tmp_path / "c")]) == 2
     assert "few-shot setting does not apply to detection" in capsys.readouterr().err
+
+
+TUNE = ["--setting", "single", "--budget", "2", "--device", "cpu", "--no-progress", "--set", "replay_ratio=1.0",
+        "--set", "max_steps=12", "--set", "eval_every=0", "--set", "batch_size=16", "--set", "lr=1e-2"]
+
+
+def test_tune_works_on_detection_and_benchmark_applies_its_values(pretrained, tmp_path, capsys):
+    """`gslora tune --detection`: each method gets the same 2 trials (trial 1 the packaged values, trial 2 a draw
+    from configs/detection_tune.yaml), scored by validation H-Mean on AP; the chosen values go to tuned.yaml and
+    tuning.md, and `benchmark --detection --tuned` runs with them."""
+    import yaml
+
+    from gslora.detection.methods import tune_space
+
+    root, ckpt = pretrained
+    out = tmp_path / "tune"
+    assert main(["tune", "--detection", "--checkpoint", str(ckpt), "--data", str(root), "--methods", "gslora,l2",
+                 "--out", str(out), "--strict", *TUNE]) == 0
+    tuned = yaml.safe_load((out / "tuned.yaml").read_text())
+    assert tuned["problem"] == "detection" and tuned["budget"] == 2 and tuned["setting"] == "single"
+    assert tuned["plan"]["tasks"] == "1x2"  # the single-step run of the comparison's second plan (3 − 2)
+    assert list(tuned["methods"]) == ["gslora", "l2"]
+    # trial 1: the shared settings (lr 1e-2 here) and the methods' packaged arguments
+    packaged = {"gslora": {"run": {"lr": 1e-2}, "args": {"beta": 0.2, "alpha": 0.3}},
+                "l2": {"run": {"lr": 1e-2}, "args": {"lam": 0.01}}}
+    for name, entry in tuned["methods"].items():
+        assert entry["status"] == "ok"
+        assert entry["search_space"] == tune_space(name)
+        first, second = entry["trials"]
+        assert first["values"] == packaged[name]  # trial 1: the packaged values
+        assert second["values"] != first["values"]
+        for section, knobs in entry["search_space"].items():  # trial 2: inside the search space
+            for key, spec in knobs.items():
+                kind, values = next(iter(spec.items()))
+                v = second["values"][section][key]
+                assert v in values if kind == "choice" else values[0] <= v <= values[1]
+        for t in entry["trials"]:
+            assert t["status"] == "ok" and set(t["val"][0]) == {"ap_f", "ap_r", "ap_o", "drop", "h_mean"}
+            assert t["score"] == t["val"][0]["h_mean"]  # one task: the score is its validation H-Mean on AP
+        scores = [t["score"] for t in entry["trials"]]
+        chosen = entry["chosen"]
+        assert chosen["trial"] == 1 + scores.index(max(scores))  # the best; a tie goes to the earlier trial
+        assert chosen["score"] == max(scores)
+        assert chosen["values"] == entry["trials"][chosen["trial"] - 1]["values"]
+    report = (out / "tuning.md").read_text()
+    assert "(detection)" in report and "val AP_r" in report and "val Acc_r" not in report
+    for name in ("gslora", "l2"):
+        assert sum(line.split("|")[1:2] == [f" {name} ".ljust(len(line.split("|")[1]))]
+                   for line in report.splitlines() if line.startswith("|")) == 3  # chosen + 2 trials
+    assert "gslora benchmark --detection" in capsys.readouterr().out
+
+    bench = tmp_path / "bench"
+    argv = ["benchmark", "--detection", "--checkpoint", str(ckpt), "--data", str(root), "--methods", "gslora",
+            "--tuned", str(out / "tuned.yaml"), "--strict", "--out", str(bench), *TUNE[:2], *TUNE[4:]]
+    assert main(argv) == 0
+    comparison = json.loads((bench / "comparison.json").read_text())
+    chosen = tuned["methods"]["gslora"]["chosen"]
+    for run in comparison["methods"][0]["runs"]:
+        assert run["config"]["lr"] == chosen["values"]["run"]["lr"]
+        assert {k: run["method"]["args"][k] for k in ("beta", "alpha")} == chosen["values"]["args"]
+    assert comparison["tuning"]["budget"] == 2 and "tuned by `gslora tune`" in (bench / "comparison.md").read_text()
+    classification = dict(tuned)
+    del classification["problem"]  # a tuned file without a problem is classification's
+    (tmp_path / "cls.yaml").write_text(yaml.safe_dump(classification))
+    capsys.readouterr()
+    assert main([*argv[:9], str(tmp_path / "cls.yaml"), *argv[10:-2], "--out", str(tmp_path / "b2")]) == 2
+    assert "chosen for classification methods, not detection" in capsys.readouterr().err
+    from gslora.compare import _apply_tuned
+    from gslora.errors import GsloraError
+
+    with pytest.raises(GsloraError, match="chosen for detection methods, not classification"):
+        _apply_tuned(str(out / "tuned.yaml"), ["gslora"], "single", None, CLASSES, {}, {}, "classification")
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """stderr without transformers' weight-loading progress bar."""
+    return [line for line in stderr.strip().splitlines() if not line.startswith("Loading weights")]
+
+
+def test_tune_detection_failures_and_refusals(pretrained, tmp_path, capsys):
+    """A trial that raises stops `tune --detection --strict` with its one-sentence error; without --strict it is a
+    failed trial (ranked last; nothing chosen: exit 1). Classification-only flags and settings are refused."""
+    import yaml
+
+    root, ckpt = pretrained
+    base = ["tune", "--detection", "--checkpoint", str(ckpt), "--data", str(root), "--methods", "gslora", *TUNE]
+    bad = ["--method-set", "gslora.sparsity=bogus"]  # fixed in every trial; fails when a trial builds the method
+    capsys.readouterr()
+    assert main([*base, *bad, "--strict", "--out", str(tmp_path / "strict")]) == 2
+    err = _error_lines(capsys.readouterr().err)
+    assert err == ["gslora: error: method_args.sparsity must be prox or penalty, got 'bogus'."]
+    assert not (tmp_path / "strict" / "tuned.yaml").exists()
+    assert main([*base, *bad, "--out", str(tmp_path / "loose")]) == 1
+    entry = yaml.safe_load((tmp_path / "loose" / "tuned.yaml").read_text())["methods"]["gslora"]
+    assert entry["status"] == "failed" and entry["chosen"] is None
+    assert [t["status"] for t in entry["trials"]] == ["failed", "failed"]
+    assert all("sparsity must be prox or penalty" in t["error"] for t in entry["trials"])
+    for extra, sentence in ((["--head-subset"], "--head-subset does not apply to `gslora tune --detection`"),
+                            (["--setting", "few-shot"], "the few-shot setting does not apply to detection")):
+        capsys.readouterr()
+        assert main([*base, *extra, "--out", str(tmp_path / "x")]) == 2
+        err = _error_lines(capsys.readouterr().err)
+        assert len(err) == 1 and sentence in err[0]

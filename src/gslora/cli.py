@@ -530,7 +530,7 @@ def _detection(args):
 
     if args.command == "demo":
         return det.cmd_demo(args, _cache_dir())
-    if args.command == "benchmark":
+    if args.command in ("benchmark", "tune"):
         args.method_args = _method_overrides(args.method_overrides)
     return getattr(det, f"cmd_{args.command}")(args)
 
@@ -699,6 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished tuning in --out")
     p.add_argument("--resume", action="store_true", help="continue the unfinished tuning in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal anyway)")
+    add_detection_flags(p, "tune")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("history", help="a model's erasure record, oldest request first")

@@ -89,7 +89,8 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
                           f"{', '.join(names)}.")
     tuning = None
     if tuned is not None:
-        tuning, method_args, method_run = _apply_tuned(tuned, names, setting, data, classes, method_args, method_run)
+        tuning, method_args, method_run = _apply_tuned(tuned, names, setting, data, classes, method_args, method_run,
+                                                       problem)
     out = Path(out_dir) if out_dir is not None else None
     if out is not None:
         if (out / "comparison.json").exists() and not overwrite:
@@ -178,7 +179,7 @@ def _constraint_text(cfg: RunConfig, classes: list[str]) -> str | None:
 
 
 def _apply_tuned(tuned, names: list[str], setting: str, data: DataBundle, classes: list[str], method_args: dict,
-                 method_run: dict) -> tuple[dict, dict, dict]:
+                 method_run: dict, problem: str = "classification") -> tuple[dict, dict, dict]:
     """The tuned file's chosen values under the explicit per-method settings; and what the table says of them."""
     from .tune import check_tuned, load_tuned, tuned_settings
 
@@ -188,6 +189,9 @@ def _apply_tuned(tuned, names: list[str], setting: str, data: DataBundle, classe
     else:
         tuned = check_tuned(tuned)
     where = f"tuned file {source}" if source else "the tuned values"
+    if tuned.get("problem", "classification") != problem:
+        raise GsloraError(f"{where} were chosen for {tuned.get('problem', 'classification')} methods, not {problem}; "
+                          f"tune with `gslora tune{' --detection' if problem == 'detection' else ''}`.")
     if tuned["setting"] != setting:
         raise GsloraError(f"{where} were chosen for the {tuned['setting']} setting, not {setting}; tune with "
                           f"--setting {setting} (values differ between the protocols).")

@@ -78,7 +78,15 @@ def method_tune_space(name: str) -> dict:
     tune = preset.get("tune")
     if tune is None:
         return {}
-    where = f"the tune: search space of method {name!r} (configs/methods/{name}.yaml)"
+    return check_tune_space(tune, preset.get("args") or {},
+                            f"the tune: search space of method {name!r} (configs/methods/{name}.yaml)")
+
+
+def check_tune_space(tune, args: dict, where: str) -> dict:
+    """``tune`` (a preset's ``tune`` mapping) checked against the method's arguments ``args`` (name → default; a
+    dotted knob needs a mapping argument) and returned as ``{"run": {...}, "args": {...}}``; every problem is one
+    GsloraError starting with ``where``. Shared by the classification presets and detection's
+    (:func:`gslora.detection.methods.tune_space`)."""
     if not isinstance(tune, dict):
         raise GsloraError(f"{where} must be a mapping with keys run and args, got {tune!r}.")
     bad = [k for k in tune if k not in ("run", "args")]
@@ -86,7 +94,6 @@ def method_tune_space(name: str) -> dict:
         raise GsloraError(f"{where} has the key {bad[0]!r}; only run (run settings) and args (method arguments) are "
                           "allowed.")
     out: dict[str, dict] = {"run": {}, "args": {}}
-    args = preset.get("args") or {}
     for section in ("run", "args"):
         knobs = tune.get(section) or {}
         if not isinstance(knobs, dict):

@@ -9,9 +9,10 @@ trial scored by validation H-Mean alone; the chosen values go to a versioned fil
         → <out>/tuned.yaml (versioned), <out>/tuning.md
 
 The search space of method ``m`` is the ``tune:`` key of ``configs/methods/m.yaml``
-(:func:`gslora.presets.method_tune_space`): ``run`` knobs (lr, min_lr, weight_decay) and ``args`` knobs (the method's
-loss weights; ``pretrain.lr`` reaches into a mapping argument), each ``{log: [low, high]}``, ``{uniform: [low, high]}``
-or ``{choice: [...]}``.
+(:func:`gslora.presets.method_tune_space`; detection, ``problem="detection"``: its entry in
+``configs/detection_tune.yaml``, :func:`gslora.detection.methods.tune_space`): ``run`` knobs (lr, min_lr,
+weight_decay) and ``args`` knobs (the method's loss weights; ``pretrain.lr`` reaches into a mapping argument), each
+``{log: [low, high]}``, ``{uniform: [low, high]}`` or ``{choice: [...]}``.
 
 Sampling (deterministic: one generator per method, seeded from (seed, method name), so adding a method changes no
 other method's trials):
@@ -24,6 +25,11 @@ other method's trials):
 Selection: the highest score; ties go to the earlier trial (so the packaged values win a tie); a trial that fails or
 has no validation H-Mean ranks last. The runs of a trial see ``data.val`` in place of ``data.test``: the test split is
 never evaluated while choosing.
+
+Detection (``problem="detection"``, ``gslora tune --detection``): the same trials, sampling and selection on a
+detector, with the detection methods and the detection run config (:mod:`gslora.detection.config`); the score is the
+validation H-Mean on AP (``row['val']['h_mean']`` = H(AP_r, AP_f before − AP_f after) on the validation split); the
+settings are ``continual`` and ``single`` (few-shot and missing are classification's data constraints).
 """
 
 from __future__ import annotations
@@ -49,9 +55,10 @@ from .data.base import DataBundle
 from .errors import GsloraError
 from .files import atomic_write_json, atomic_write_text
 from .forget import run_forgetting
-from .methods import get_method, list_methods
+from .methods import get_method, get_problem_method, list_methods, problem_methods
 from .practical import DataConstraintError
 from .presets import TUNABLE_RUN_KEYS, method_preset, method_tune_space
+from .settings import PROBLEMS
 
 log = logging.getLogger(__name__)
 
@@ -177,14 +184,15 @@ def sample_trials(space: dict, budget: int, seed: int, method: str, sampler: str
 
 def method_overrides(method: str, args: dict) -> dict:
     """Flat tuned argument values (``{"lam": 5, "pretrain.lr": 1e-3}``) as method arguments: a dotted key is merged
-    into the preset's mapping (``pretrain: {..., lr: 1e-3}``)."""
-    preset = method_preset(method).get("args") or {}
+    into the preset's mapping (``pretrain: {..., lr: 1e-3}``; only a dotted key reads the preset, so detection's
+    methods, whose spaces have none, need no classification preset)."""
     out: dict = {}
     for key, value in args.items():
         head, dot, rest = key.partition(".")
         if not dot:
             out[head] = value
             continue
+        preset = method_preset(method).get("args") or {}
         node = out.setdefault(head, copy.deepcopy(preset.get(head) or {}))
         parts = rest.split(".")
         for p in parts[:-1]:
@@ -232,8 +240,35 @@ def _best(trials: list[dict]) -> dict | None:
     return best
 
 
-def _brief(metrics: dict) -> dict:
-    return {k: metrics.get(k) for k in ("acc_f", "acc_r", "acc_o", "drop", "h_mean")}
+BRIEF = {"classification": ("acc_f", "acc_r", "acc_o", "drop", "h_mean"),
+         "detection": ("ap_f", "ap_r", "ap_o", "drop", "h_mean")}  # a trial's validation metrics as recorded
+
+
+def _brief(metrics: dict, problem: str = "classification") -> dict:
+    return {k: metrics.get(k) for k in BRIEF[problem]}
+
+
+def tune_space(name: str, problem: str = "classification") -> dict:
+    """Method ``name``'s search space for ``problem`` ({}: it has none)."""
+    if problem == "detection":
+        from .detection.methods import tune_space as detection_space
+
+        return detection_space(name)
+    return method_tune_space(name)
+
+
+def _space_file(name: str, problem: str) -> str:
+    return "configs/detection_tune.yaml" if problem == "detection" else f"configs/methods/{name}.yaml"
+
+
+def make_method(problem: str, name: str, args: dict):
+    """Method ``name`` of ``problem`` with ``args``."""
+    return get_method(name, **args) if problem == "classification" else get_problem_method(problem, name, **args)
+
+
+def _arch(model) -> str | None:
+    """A classifier's ``arch``; a detector's transformers model type."""
+    return model.config.get("arch") if isinstance(model.config, dict) else model.config.model_type
 
 
 def run_tuning(model, classes: list[str], data: DataBundle, setting: str = "continual",
@@ -241,28 +276,32 @@ def run_tuning(model, classes: list[str], data: DataBundle, setting: str = "cont
                base_config: dict | None = None, method_args: dict[str, dict] | None = None, tasks: int = 1,
                out_dir: str | Path | None = None, overwrite: bool = False, resume: bool = False,
                progress: bool = False, on_trial_done=None, source_checkpoint: str | Path | None = None,
-               strict: bool = False) -> dict:
+               problem: str = "classification", strict: bool = False) -> dict:
     """Tune every method of ``methods`` with ``budget`` trials each on the tuning plan (:func:`tuning_plan`) and
     return the tuned document (written to ``out_dir/tuned.yaml`` with ``out_dir/tuning.md`` when given).
 
     ``base_config``: run settings shared by every trial (as the comparison's); ``method_args``: per-method arguments
     fixed in every trial (a fixed knob leaves the search space). ``on_trial_done(method, trial)`` is called after
     each trial. ``resume``: continue a killed tuning in ``out_dir`` (its finished trials are read back). A trial that
-    raises is recorded as failed and ranks last; with ``strict`` the error is raised instead."""
-    from .settings import method_config, parse_methods
+    raises is recorded as failed and ranks last; with ``strict`` the error is raised instead. ``problem``:
+    ``detection`` tunes the detection methods on a detector (module docstring)."""
+    from .settings import SETTING_CONSTRAINTS, method_config, parse_methods
 
     t_start = time.perf_counter()
-    names = parse_methods(methods)
+    if problem not in PROBLEMS:
+        raise GsloraError(f"unknown problem {problem!r}; choose one of {', '.join(PROBLEMS)}.")
+    if problem != "classification" and setting in SETTING_CONSTRAINTS:
+        raise GsloraError(f"the {setting} setting does not apply to {problem}; use continual or single.")
+    names = parse_methods(methods, problem)
     spaces = {}
     for name in names:
-        space = method_tune_space(name)
+        space = tune_space(name, problem)
         if not space:
-            raise GsloraError(f"method {name!r} has no search space (a tune: key in configs/methods/{name}.yaml); "
+            raise GsloraError(f"method {name!r} has no search space (a tune: key in {_space_file(name, problem)}); "
                               "add one or leave the method out of --methods.")
         spaces[name] = space
     if sampler not in SAMPLERS:
         raise GsloraError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}.")
-    from .settings import SETTING_CONSTRAINTS
 
     # the setting's data constraint (few-shot: 4 images per class, batch 4; missing: half the remaining classes
     # without data), as the comparison applies it; the user's shared settings go over it
@@ -280,15 +319,17 @@ def run_tuning(model, classes: list[str], data: DataBundle, setting: str = "cont
         spaces[name] = {"run": dict(spaces[name]["run"]),
                         "args": {k: v for k, v in spaces[name]["args"].items() if k.split(".")[0] not in args}}
     plan = tuning_plan(setting, len(classes), tasks, base.get("protocol", "auto"))
-    shared = {**base, "protocol": plan["protocol"]}
-    method_config(names[0], shared, plan["tasks"])  # bad shared keys fail before any trial
-    seed = method_config(names[0], shared, plan["tasks"]).seed
+    if problem == "classification":
+        shared = {**base, "protocol": plan["protocol"]}
+    else:  # the protocol picks a classification preset; a detection run's config is the comparison's
+        shared, plan = dict(base), {**plan, "protocol": None}
+    seed = method_config(names[0], shared, plan["tasks"], problem=problem).seed  # bad shared keys fail here
     trial_sets = {n: sample_trials(spaces[n], budget, seed, n, sampler) for n in names}
     header = {
         "version": TUNED_VERSION,
         "gslora_version": __version__,
         "data": data.describe(),
-        "model": {"arch": model.config.get("arch"), "num_classes": len(classes)},
+        "model": {"arch": _arch(model), "num_classes": len(classes)},
         "source_checkpoint": str(Path(source_checkpoint).resolve()) if source_checkpoint else None,
         "setting": setting,
         "plan": plan,
@@ -298,6 +339,8 @@ def run_tuning(model, classes: list[str], data: DataBundle, setting: str = "cont
         "selection": SELECTION,
         "base_config": base,
     }
+    if problem != "classification":
+        header["problem"] = problem
     out = Path(out_dir) if out_dir is not None else None
     done: dict[str, list[dict]] = {}
     if out is not None:
@@ -315,7 +358,7 @@ def run_tuning(model, classes: list[str], data: DataBundle, setting: str = "cont
             else:
                 trials.append(_run_trial(model, classes, tuning_data, name, k + 1, over, shared, plan,
                                          fixed.get(name, {}), spaces[name], progress, source_checkpoint,
-                                         strict=strict))
+                                         problem=problem, strict=strict))
                 if out is not None:
                     done[name] = trials
                     atomic_write_json(out / PARTIAL_FILE, {"header": header, "trials": done})
@@ -370,21 +413,21 @@ def _prepare_out(out: Path, header: dict, overwrite: bool, resume: bool) -> dict
 
 
 def _run_trial(model, classes, data, name, number, over, shared, plan, fixed, space, progress,
-               source_checkpoint, strict: bool = False) -> dict:
-    from .settings import method_config
+               source_checkpoint, problem: str = "classification", strict: bool = False) -> dict:
+    from .settings import make_problem, method_config
 
     t0 = time.perf_counter()
     record = {"trial": number, "overrides": over, "values": None, "status": "ok", "error": None, "score": None,
               "val": None, "steps": None, "wall_seconds": None}
     try:
         args = {**method_overrides(name, over["args"]), **fixed}
-        cfg = method_config(name, shared, plan["tasks"], {**over["run"], "method_args": args})
-        method = get_method(name, **cfg.method_args)
+        cfg = method_config(name, shared, plan["tasks"], {**over["run"], "method_args": args}, problem=problem)
+        method = make_method(problem, name, cfg.method_args)
         record["values"] = _effective(space, cfg, method)
         result = run_forgetting(copy.deepcopy(model), classes, data, cfg, method=method, progress=progress,
-                                source_checkpoint=source_checkpoint)
+                                source_checkpoint=source_checkpoint, problem=make_problem(problem))
         rows = result.rows
-        record["val"] = [_brief(r["val"]) for r in rows]
+        record["val"] = [_brief(r["val"], problem) for r in rows]
         record["score"] = _score(rows)
         record["steps"] = sum(r["steps_all_trials"] for r in rows)
     except DataConstraintError as e:  # the setting withholds data the method needs: no trial of it can run
@@ -442,9 +485,17 @@ def check_tuned(doc, where: str = "tuned values") -> dict:
     methods = doc["methods"]
     if not isinstance(methods, dict) or not methods:
         raise GsloraError(f"{where}: methods must be a non-empty mapping of method names.")
+    problem = doc.get("problem", "classification")
+    if problem not in PROBLEMS:
+        raise GsloraError(f"{where} is for the unknown problem {problem!r}; this gslora knows {', '.join(PROBLEMS)}.")
+    if problem != "classification":
+        from .settings import make_problem
+
+        make_problem(problem)  # its module registers its methods
+    known = list_methods() if problem == "classification" else problem_methods(problem)
     for name, entry in methods.items():
-        if name not in list_methods():
-            raise GsloraError(f"{where} has values for unknown method {name!r}; known: {', '.join(list_methods())}.")
+        if name not in known:
+            raise GsloraError(f"{where} has values for unknown method {name!r}; known ({problem}): {', '.join(known)}.")
         if not isinstance(entry, dict) or "chosen" not in entry:
             raise GsloraError(f"{where}: method {name!r} has no chosen entry.")
         chosen = entry["chosen"]
@@ -460,7 +511,7 @@ def check_tuned(doc, where: str = "tuned values") -> dict:
         try:
             settings = tuned_settings(doc, name)
             from_dict(RunConfig, settings["run"], where=f"the chosen run settings of {name!r}").validate()
-            get_method(name, **settings["args"])
+            make_method(problem, name, settings["args"])
         except GsloraError as e:
             raise GsloraError(f"{where}: the chosen values of {name!r} are not valid: {e}") from None
     return doc

@@ -1,4 +1,5 @@
-"""The ``--detection`` side of ``gslora pretrain | forget | evaluate | demo`` (the CLI prints; the library does not).
+"""The ``--detection`` side of ``gslora pretrain | forget | evaluate | demo | benchmark | tune`` (the CLI prints; the
+library does not).
 
 ``gslora.cli`` adds the flags with :func:`add_detection_flags` and hands a command over when ``--detection`` is set.
 """
@@ -21,7 +22,7 @@ def add_detection_flags(p: argparse.ArgumentParser, command: str) -> None:
     p.add_argument("--detection", action="store_true",
                    help="object detection (DETR / Deformable DETR, COCO-format folders or 'digits'); see "
                    "docs/detection.md")
-    if command in ("pretrain", "forget", "evaluate", "benchmark"):
+    if command in ("pretrain", "forget", "evaluate", "benchmark", "tune"):
         p.add_argument("--image-size", dest="image_size", type=int,
                        help="with --detection: side images are resized to (default 64 for tiny models; keep the size "
                        "the detector was trained at)")
@@ -126,17 +127,15 @@ def cmd_benchmark(args) -> int:
     task plan and subsets, through :func:`gslora.compare.run_comparison` (``args.method_args``: the parsed
     ``--method-set`` items)."""
     from ..compare import run_comparison
-    from ..config import config_data
     from ..report.comparison import comparison_markdown_table
+    from ..report.tuning import comparison_tuning_text
 
-    if args.tuned:
-        raise GsloraError("--tuned does not apply to `gslora benchmark --detection` (there is no detection tuning); "
-                          "leave it out.")
+    if args.tuned:  # a bad tuned file fails before the model and data are read
+        from ..tune import load_tuned
+
+        load_tuned(args.tuned)
     model, meta, data = _load(args)
-    base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device,
-                       data=args.data, image_size=data.train.image_size)
-    if base.get("epochs"):
-        base["max_steps"] = 0
+    base = _shared(args, data)
     print(f"benchmark --detection ({args.setting}) on {data.name}: {args.methods}")
 
     def done(entry):
@@ -147,11 +146,59 @@ def cmd_benchmark(args) -> int:
                                 method_args=args.method_args, out_dir=args.out,
                                 overwrite=args.overwrite, progress=not args.no_progress, on_method_done=done,
                                 source_checkpoint=args.checkpoint, resume=args.resume, strict=args.strict,
-                                problem="detection")
+                                problem="detection", tuned=args.tuned)
     print()
     print(comparison_markdown_table(comparison))
+    print()
+    print(comparison_tuning_text(comparison))
     print(f"\nbenchmark folder: {args.out}  (comparison.md, comparison.csv, comparison.json, plots/h_mean.png)")
     return 0 if any(e["status"] == "ok" for e in comparison["methods"]) else 1
+
+
+def _shared(args, data) -> dict:
+    """The shared run settings of benchmark and tune (the same keys, so a tuning matches its comparison)."""
+    from ..config import config_data
+
+    base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device,
+                       data=args.data, image_size=data.train.image_size)
+    if base.get("epochs"):
+        base["max_steps"] = 0
+    return base
+
+
+def cmd_tune(args) -> int:
+    """``gslora tune --detection``: every detection method (or ``--methods``) gets the same number of trials over its
+    search space (``configs/detection_tune.yaml``), chosen by validation H-Mean on AP, through
+    :func:`gslora.tune.run_tuning` (``args.method_args``: the parsed ``--method-set`` items, fixed in every trial)."""
+    from ..report.tuning import values_text
+    from ..tune import TUNED_FILE, run_tuning
+
+    model, meta, data = _load(args)
+    base = _shared(args, data)
+
+    def trial_done(method, trial):
+        score = "-" if trial["score"] is None else f"{trial['score']:.1f}"
+        state = "" if trial["status"] == "ok" else f"  {trial['status'].upper()} ({trial['error']})"
+        print(f"  {method:<8} trial {trial['trial']}/{args.budget}  val H(AP) {score:>5}  "
+              f"{values_text(trial['values'])}  {trial['wall_seconds']:.1f} s{state}", flush=True)
+
+    print(f"tuning --detection ({args.setting}, {args.budget} trials per method, {args.sampler} sampling) on "
+          f"{data.name}: {args.methods}")
+    tuned = run_tuning(model, meta["classes"], data, args.setting, args.methods, budget=args.budget,
+                       sampler=args.sampler, base_config=base, method_args=args.method_args, tasks=args.tasks,
+                       out_dir=args.out, overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+                       on_trial_done=trial_done, source_checkpoint=args.checkpoint, problem="detection",
+                       strict=args.strict)
+    print()
+    for name, e in tuned["methods"].items():
+        c = e["chosen"]
+        chosen = (f"trial {c['trial']}: {values_text(c['values'])}  (val H(AP) {c['score']:.1f})" if c else
+                  "nothing (every trial failed)")
+        print(f"  {name:<8} {chosen}")
+    out = Path(args.out)
+    print(f"\ntuning folder: {out}  ({TUNED_FILE}, tuning.md); use it with: gslora benchmark --detection ... "
+          f"--setting {args.setting} --tuned {out / TUNED_FILE}")
+    return 0 if any(e["status"] == "ok" for e in tuned["methods"].values()) else 1
 
 
 def cmd_evaluate(args) -> int:

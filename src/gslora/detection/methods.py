@@ -11,12 +11,13 @@ them. A batch is ``(x, y)`` with ``y`` the padded box tensor of :mod:`gslora.det
   background) or relabelled to random remaining classes (``relabel``).
 - ``l2``: ``finetune`` plus λ · Σ_tasks ‖θ − θ*‖² (θ*: the model before each task).
 
-Their arguments default to the ``Args`` dataclasses here (the classification presets do not apply to detectors).
+Their arguments default to the ``Args`` dataclasses here (the classification presets do not apply to detectors). The
+search spaces of ``gslora tune --detection`` are in ``configs/detection_tune.yaml`` (:func:`tune_space`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -27,6 +28,7 @@ from ..lora import block_is_zero
 from ..losses import group_lasso
 from ..methods.base import Method, StepState, TaskContext, per_task, register
 from ..methods.gslora import GSLoRA
+from ..presets import check_tune_space, packaged_yaml
 from .data import targets_from_tensor
 from .losses import forget_loss, layer_outputs, set_criterion, set_loss
 from .models import arch_of, attach_detr_lora, group_names, unwrap
@@ -206,3 +208,24 @@ class DetL2Args(DetFinetuneArgs):
 class DetL2(DetFinetune):
     name = "l2"
     Args = DetL2Args
+
+
+TUNE_FILE = "detection_tune.yaml"
+
+
+def tune_space(name: str) -> dict:
+    """The search space of ``gslora tune --detection`` for detection method ``name``: its entry in
+    ``configs/detection_tune.yaml``, checked as a classification preset's ``tune:`` key is
+    (:func:`gslora.presets.check_tune_space`, against the method's ``Args`` fields); {} when it has none (``gslora
+    tune`` then refuses the method)."""
+    from ..methods import REGISTRY
+
+    known = REGISTRY["detection"]
+    if name not in known:
+        raise GsloraError(f"unknown detection method {name!r}; choose one of {', '.join(sorted(known))}.")
+    cls = known[name]
+    tune = (packaged_yaml(TUNE_FILE) or {}).get(name)
+    if tune is None:
+        return {}
+    return check_tune_space(tune, asdict(cls.Args()) if cls.Args else {},
+                            f"the search space of detection method {name!r} (configs/{TUNE_FILE})")

@@ -49,11 +49,14 @@ def _label(method: str) -> str:
 def tuning_markdown(tuned: dict) -> str:
     """The tuned document as a report: the plan and budget, the chosen values per method, then every trial."""
     d, plan = tuned["data"], tuned["plan"]
+    detection = tuned.get("problem") == "detection"
+    metric = "AP" if detection else "Acc"  # the validation H-Mean is on AP for a detector
+    protocol = f", protocol {plan['protocol']}" if plan.get("protocol") else ""
     lines = [
-        f"# Tuning: {tuned['setting']} on {d['name']}",
+        f"# Tuning: {tuned['setting']} on {d['name']}" + (" (detection)" if detection else ""),
         "",
         f"Budget: **{tuned['budget']} trials per method** ({tuned['sampler']} sampling, seed {tuned['seed']}; trial 1 "
-        f"runs the packaged values). Plan: {plan['note']} (`{plan['tasks']}`, protocol {plan['protocol']}). "
+        f"runs the packaged values). Plan: {plan['note']} (`{plan['tasks']}`{protocol}). "
         f"Selection: {tuned['selection']} gslora {tuned['gslora_version']}, {tuned['wall_seconds']:.0f} s in all.",
         "",
     ]
@@ -66,13 +69,13 @@ def tuning_markdown(tuned: dict) -> str:
                      f"{c['trial']} of {len(e['trials'])}" if c else f"- of {len(e['trials'])}",
                      fmt(c["score"]) if c else "-", space_text(e["search_space"]), f"{e['wall_seconds']:.1f}"])
     lines += [markdown(rows), "", "## Every trial (validation split)", ""]
-    rows = [["Method", "Trial", "Values", "val H-Mean", "val Acc_r", "val Acc_f", "Steps", "Status"]]
+    rows = [["Method", "Trial", "Values", "val H-Mean", f"val {metric}_r", f"val {metric}_f", "Steps", "Status"]]
     for name, e in tuned["methods"].items():
         for t in e["trials"]:
             val = t["val"] or []
             status = "ok" if t["status"] == "ok" else (f"{t['status']}: " + (t["error"] or "")).replace("|", "/")[:120]
             rows.append([_label(name), str(t["trial"]), values_text(t["values"]), fmt(t["score"]),
-                         fmt(_mean(val, "acc_r")), fmt(_mean(val, "acc_f")),
+                         fmt(_mean(val, f"{metric.lower()}_r")), fmt(_mean(val, f"{metric.lower()}_f")),
                          "-" if t["steps"] is None else str(t["steps"]), status])
     lines += [markdown(rows), ""]
     return "\n".join(lines)
@@ -82,6 +85,10 @@ def comparison_tuning_text(comparison: dict) -> str:
     """What a comparison table says about the values each method ran with: the tuning budget and the chosen values
     (``gslora benchmark --tuned``), or that every method ran at its packaged values."""
     tuning = comparison.get("tuning")
+    if not tuning and comparison.get("problem") == "detection":
+        return ("Values: every method at its packaged values (`src/gslora/configs/detection.yaml` and the method "
+                "defaults of `gslora/detection/methods.py`), no tuning (`gslora tune --detection`, then `gslora "
+                "benchmark --detection --tuned FILE`, gives each method the same trial budget).")
     if not tuning:
         return ("Values: every method at its packaged values (`src/gslora/configs/methods/<name>.yaml`), no tuning "
                 "(`gslora tune`, then `gslora benchmark --tuned FILE`, gives each method the same trial budget).")
