@@ -306,7 +306,7 @@ def cmd_demo(args) -> int:
         where = "cached" if source.parent == _cache_dir() else "bundled"
         print(f"using the {where} pre-trained model {ckpt} (this demo's pre-training recipe: test accuracy "
               f"{pre.get('test_acc', float('nan')):.1f}%, {pre.get('steps', '?')} steps; --retrain pre-trains "
-              f"it again, 2.5-3.5 minutes on a 2-core CPU)")
+              f"it again, about 20 minutes on a 2-core CPU)")
     else:
         print(f"pre-training {demo['model']} on the bundled faces ({data.describe()['train']} training views of "
               f"{data.num_classes} photos)...")
