@@ -160,15 +160,17 @@ def _rec(v):
     return f0(v["recovery"]) + "%" if v.get("recovery") is not None else "-"
 
 
+def _depth_runs(r: Results, name: str):
+    """(label, record) of each dataset of DEPTH_SETS that the results file ``name`` holds, in that order."""
+    runs = r(name)["runs"]
+    return [(label, runs[key]) for key, label in DEPTH_SETS if runs.get(key)]
+
+
 @table("depth_objectives")
 def depth_objectives(r: Results) -> str:
     """benchmarks/depth_objectives.py: per objective the worst task and the final audit against the references."""
-    runs = r("depth_objectives.json")["runs"]
     rows = []
-    for key, label in DEPTH_SETS:
-        record = runs.get(key)
-        if not record:
-            continue
+    for label, record in _depth_runs(r, "depth_objectives.json"):
         first = next((v for v in record.values() if isinstance(v, dict) and "audit" in v), None)
         if first is None:
             continue
@@ -194,10 +196,9 @@ def depth_objectives(r: Results) -> str:
 @table("depth_calibration")
 def depth_calibration(r: Results) -> str:
     """The in-loop probe of the original and of a model retrained without the forgotten classes."""
-    runs = r("depth_objectives.json")["runs"]
     rows = []
-    for key, label in DEPTH_SETS:
-        cal = (runs.get(key) or {}).get("calibration")
+    for label, record in _depth_runs(r, "depth_objectives.json"):
+        cal = record.get("calibration")
         if cal:
             rows.append([label, per_task([c["original"] for c in cal]), per_task([c["retrained"] for c in cal]),
                          per_task([c["retrained_keep"] for c in cal], f0), f0(cal[0]["images"])])
@@ -208,12 +209,8 @@ def depth_calibration(r: Results) -> str:
 @table("depth_proof")
 def depth_proof(r: Results) -> str:
     """benchmarks/depth_proof.py: the defaults from the CLI, per task, with each check met or missed."""
-    runs = r("depth_proof.json")["runs"]
     rows = []
-    for key, label in DEPTH_SETS:
-        rec = runs.get(key)
-        if not rec:
-            continue
+    for label, rec in _depth_runs(r, "depth_proof.json"):
         for t in rec["tasks"]:
             missed = [k for k, ok in t["checks"].items() if not ok]
             rows.append([label, str(t["task"]), f1(t["acc_f"]), f1(t["acc_o"]), signed(t["acc_r_change"]),
@@ -226,12 +223,8 @@ def depth_proof(r: Results) -> str:
 @table("depth_proof_audit")
 def depth_proof_audit(r: Results) -> str:
     """The audit after the last task of each proof run, against the retrained model and head forgetting."""
-    runs = r("depth_proof.json")["runs"]
     rows = []
-    for key, label in DEPTH_SETS:
-        rec = runs.get(key)
-        if not rec:
-            continue
+    for label, rec in _depth_runs(r, "depth_proof.json"):
         m = rec["audit"]["models"]
         for who, name in (("original", "original"), ("forgotten", "GS-LoRA, defaults"), ("head", "head forgetting"),
                           ("retrained", "retrained without them")):
@@ -634,11 +627,7 @@ def summary(r: Results) -> str:
                  f"{signed(min(t['acc_r_change_vs_pretrained'] for t in ts))} to "
                  f"{signed(max(t['acc_r_change_vs_pretrained'] for t in ts))}",
                  f"{cpu}, 2 threads", "[above](#the-demo)"])
-    proof = r("depth_proof.json")
-    for name, label in DEPTH_SETS:
-        rec = proof["runs"].get(name)
-        if rec is None:
-            continue
+    for label, rec in _depth_runs(r, "depth_proof.json"):
         ts, m = rec["tasks"], rec["audit"]["models"]
         bar = sum(1 for t in ts if not bar_misses(t["acc_f"], t["acc_o"], t["acc_r_change"]))
         acc_o = [t["acc_o"] for t in ts if t["acc_o"] is not None]

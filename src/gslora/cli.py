@@ -425,7 +425,7 @@ def _method_overrides(items: list[str] | None) -> dict:
 def cmd_tune(args) -> int:
     from .data import load_data
     from .models.loading import classes_for_run
-    from .report.tuning import values_text
+    from .report.tuning import trial_line, values_text
     from .tune import TUNED_FILE, run_tuning
 
     base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device)
@@ -438,10 +438,7 @@ def cmd_tune(args) -> int:
     classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
 
     def trial_done(method, trial):
-        score = "-" if trial["score"] is None else f"{trial['score']:.1f}"
-        state = "" if trial["status"] == "ok" else f"  {trial['status'].upper()} ({trial['error']})"
-        print(f"  {method:<12} trial {trial['trial']}/{args.budget}  val H {score:>5}  {values_text(trial['values'])}"
-              f"  {trial['wall_seconds']:.1f} s{state}", flush=True)
+        print(trial_line(method, trial, args.budget), flush=True)
 
     print(f"tuning ({args.setting}, {args.budget} trials per method, {args.sampler} sampling) on {data.name}: "
           f"{args.methods}")

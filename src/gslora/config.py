@@ -284,17 +284,19 @@ class PretrainConfig:
         return self
 
 
-def parse_target(text: str) -> dict[str, float]:
-    """``"acc_f<=2,acc_r_drop<=2"`` → ``{"acc_f": 2.0, "acc_r_drop": 2.0}`` (upper bounds; "" means no target)."""
+def parse_target(text: str, metrics=None, what: str = "target",
+                 example: str = "acc_f<=2,acc_r_drop<=2") -> dict[str, float]:
+    """``"acc_f<=2,acc_r_drop<=2"`` → ``{"acc_f": 2.0, "acc_r_drop": 2.0}`` (upper bounds; "" means no target).
+    ``metrics``: the names allowed (default :data:`TARGET_METRICS`; detection passes its own)."""
+    metrics = TARGET_METRICS if metrics is None else metrics
     out: dict[str, float] = {}
     for part in (p.strip() for p in str(text or "").split(",")):
         if not part:
             continue
         m = re.fullmatch(r"([a-z_]+)\s*<=\s*(\S+)", part)
-        if not m or m.group(1) not in TARGET_METRICS or not _NUMBER.match(m.group(2)):
-            names = ", ".join(TARGET_METRICS)
-            raise GsloraError(f"target {part!r} must look like METRIC<=NUMBER with METRIC one of {names} "
-                              "(e.g. acc_f<=2,acc_r_drop<=2).")
+        if not m or m.group(1) not in metrics or not _NUMBER.match(m.group(2)):
+            raise GsloraError(f"{what} {part!r} must look like METRIC<=NUMBER with METRIC one of "
+                              f"{', '.join(metrics)} (e.g. {example}).")
         out[m.group(1)] = float(m.group(2))
     return out
 

@@ -45,7 +45,7 @@ from .policy import (  # noqa: F401 (re-exported: the rule's pieces, as the test
     checked_classes,
     forgetting_met,
     next_trial,
-    probe_classes,
+    probing,
     targets_met,
 )
 from .practical import check_method_fits, data_constraint, missing_classes
@@ -569,12 +569,12 @@ def _classification_task(model, task: Task, classes, data: DataBundle, config: R
     checked = checked_classes(task, forgetting)
     forgetting_set = _subset_of_classes(data, check_set, {c for v in checked.values() for c in v})
 
-    probing = bool(probe_classes(task, forgetting))
+    reads_probe = probing(forgetting)
 
     def check(m) -> tuple[bool, dict]:
         correct, total = _accuracies(m, data, forgetting_set, nc, config, device)
         metrics = {k: accuracy(correct, total, v) for k, v in checked.items()}
-        if not probing:
+        if not reads_probe:
             return policy.check_met(metrics), metrics
         if not policy.check_met(metrics):  # the probe is read only once the accuracy targets hold
             return False, metrics

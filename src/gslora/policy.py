@@ -78,14 +78,14 @@ class TargetPolicy:
 def checked_classes(task: Task, forgetting: dict) -> dict[str, list[int]]:
     """Per forgetting target of ``forgetting`` (acc_f, acc_o) the classes the periodic check must score: this task's
     forgotten classes for acc_f, the earlier-forgotten ones for acc_o (the probe targets read this task's forgotten
-    classes' images too: :func:`probe_classes`)."""
+    classes' images too: :func:`probing`)."""
     return {k: list(v) for k, v in (("acc_f", task.forget), ("acc_o", task.old)) if k in forgetting}
 
 
-def probe_classes(task: Task, forgetting: dict) -> list[int]:
-    """The classes the in-loop probe scores (this task's forgotten ones; it is fitted on every class's check images),
-    or [] without a probe target."""
-    return list(task.forget) if any(k in forgetting for k in PROBE_TARGETS) else []
+def probing(forgetting: dict) -> bool:
+    """Whether the periodic check reads the in-loop probe: a probe target is among the forgetting targets (it is fitted
+    on every class's check images and scores this task's forgotten classes)."""
+    return any(k in forgetting for k in PROBE_TARGETS)
 
 
 def _brief(metrics: dict) -> dict:

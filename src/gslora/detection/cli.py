@@ -170,17 +170,14 @@ def cmd_tune(args) -> int:
     """``gslora tune --detection``: every detection method (or ``--methods``) gets the same number of trials over its
     search space (``configs/detection_tune.yaml``), chosen by validation H-Mean on AP, through
     :func:`gslora.tune.run_tuning` (``args.method_args``: the parsed ``--method-set`` items, fixed in every trial)."""
-    from ..report.tuning import values_text
+    from ..report.tuning import trial_line, values_text
     from ..tune import TUNED_FILE, run_tuning
 
     model, meta, data = _load(args)
     base = _shared(args, data)
 
     def trial_done(method, trial):
-        score = "-" if trial["score"] is None else f"{trial['score']:.1f}"
-        state = "" if trial["status"] == "ok" else f"  {trial['status'].upper()} ({trial['error']})"
-        print(f"  {method:<8} trial {trial['trial']}/{args.budget}  val H(AP) {score:>5}  "
-              f"{values_text(trial['values'])}  {trial['wall_seconds']:.1f} s{state}", flush=True)
+        print(trial_line(method, trial, args.budget, score="val H(AP)", width=8), flush=True)
 
     print(f"tuning --detection ({args.setting}, {args.budget} trials per method, {args.sampler} sampling) on "
           f"{data.name}: {args.methods}")

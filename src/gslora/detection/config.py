@@ -15,10 +15,9 @@ set (the validation split), AP in points (COCO AP .50:.95, %):
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass
 
-from ..config import _NUMBER, RunConfig, from_dict
+from ..config import RunConfig, from_dict, parse_target
 from ..errors import GsloraError
 from ..presets import packaged_yaml
 
@@ -78,13 +77,4 @@ def detection_config(settings: dict | None = None, **overrides) -> DetectionConf
 
 def parse_detection_target(text: str) -> dict[str, float]:
     """``"ap_f_share<=20,ap_r_drop<=3"`` → ``{"ap_f_share": 20.0, "ap_r_drop": 3.0}`` (upper bounds; "": none)."""
-    out: dict[str, float] = {}
-    for part in (p.strip() for p in str(text or "").split(",")):
-        if not part:
-            continue
-        m = re.fullmatch(r"([a-z_]+)\s*<=\s*(\S+)", part)
-        if not m or m.group(1) not in DETECTION_TARGETS or not _NUMBER.match(m.group(2)):
-            raise GsloraError(f"detection target {part!r} must look like METRIC<=NUMBER with METRIC one of "
-                              f"{', '.join(DETECTION_TARGETS)} (e.g. ap_f_share<=20,ap_r_drop<=3).")
-        out[m.group(1)] = float(m.group(2))
-    return out
+    return parse_target(text, DETECTION_TARGETS, "detection target", "ap_f_share<=20,ap_r_drop<=3")

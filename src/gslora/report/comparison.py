@@ -141,36 +141,17 @@ CSV_FIELDS = ["method", "status", "run", "task", "setting", "tunable_ratio", "h_
               "acc_o", "n_missing", "drop", "acc_f_before", "acc_r_pretrained", "acc_f_pretrained", "val_h_mean",
               "trainable_params", "steps", "train_seconds", "wall_seconds", "method_wall_seconds", "error"]
 
-
-def comparison_csv(comparison: dict) -> str:
-    """Long format: one line per method and task (one line for a failed method)."""
-    if comparison.get("problem") == "detection":
-        return _detection_csv(comparison)
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    w.writeheader()
-    for e in comparison["methods"]:
-        if e["status"] != "ok":
-            w.writerow({"method": e["method"], "status": e["status"], "error": e["error"],
-                        "method_wall_seconds": f"{e['wall_seconds']:.2f}"})
-            continue
-        for run in e["runs"]:
-            for r in run["tasks"]:
-                w.writerow({**{k: r.get(k) for k in CSV_FIELDS if k in r}, "method": e["method"], "status": "ok",
-                            "run": run["label"], "acc_f_before": r["before"]["acc_f"],
-                            "acc_r_pretrained": r["pretrained"]["acc_r"], "acc_f_pretrained": r["pretrained"]["acc_f"],
-                            "val_h_mean": r["val"]["h_mean"], "method_wall_seconds": f"{e['wall_seconds']:.2f}"})
-    return buf.getvalue()
-
-
 DETECTION_CSV_FIELDS = ["method", "status", "run", "task", "setting", "tunable_ratio", "h_mean", "ap_r", "ap_f", "ap_o",
                         "drop", "ap_f_before", "ap_r_pretrained", "ap_f_pretrained", "val_h_mean", "trainable_params",
                         "steps", "train_seconds", "wall_seconds", "method_wall_seconds", "error"]
 
 
-def _detection_csv(comparison: dict) -> str:
+def comparison_csv(comparison: dict) -> str:
+    """Long format: one line per method and task (one line for a failed method); AP columns for detection."""
+    detection = comparison.get("problem") == "detection"
+    fields = DETECTION_CSV_FIELDS if detection else CSV_FIELDS
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=DETECTION_CSV_FIELDS, extrasaction="ignore")
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
     w.writeheader()
     for e in comparison["methods"]:
         if e["status"] != "ok":
@@ -179,8 +160,12 @@ def _detection_csv(comparison: dict) -> str:
             continue
         for run in e["runs"]:
             for r in run["tasks"]:
-                w.writerow({**{k: r.get(k) for k in DETECTION_CSV_FIELDS if k in r}, "method": e["method"],
-                            "status": "ok", "run": run["label"], "val_h_mean": r["val"]["h_mean"],
+                # a detection row has its pre-trained / before numbers flat (ap_r_pretrained, ...), in fields already
+                nested = {} if detection else {"acc_f_before": r["before"]["acc_f"],
+                                               "acc_r_pretrained": r["pretrained"]["acc_r"],
+                                               "acc_f_pretrained": r["pretrained"]["acc_f"]}
+                w.writerow({**{k: r.get(k) for k in fields if k in r}, "method": e["method"], "status": "ok",
+                            "run": run["label"], **nested, "val_h_mean": r["val"]["h_mean"],
                             "method_wall_seconds": f"{e['wall_seconds']:.2f}"})
     return buf.getvalue()
 

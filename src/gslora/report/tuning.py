@@ -103,3 +103,11 @@ def comparison_tuning_text(comparison: dict) -> str:
         rows.append([_label(name), values_text(c["values"]) + note, f"{c['trial']} of {c['trials']}",
                      fmt(c["val_score"])])
     return head + "\n\n" + markdown(rows)
+
+
+def trial_line(method: str, trial: dict, budget: int, score: str = "val H", width: int = 12) -> str:
+    """The line `gslora tune` prints after each trial: method, trial, score, values, time, and a failure's error."""
+    value = "-" if trial["score"] is None else f"{trial['score']:.1f}"
+    state = "" if trial["status"] == "ok" else f"  {trial['status'].upper()} ({trial['error']})"
+    return (f"  {method:<{width}} trial {trial['trial']}/{budget}  {score} {value:>5}  {values_text(trial['values'])}"
+            f"  {trial['wall_seconds']:.1f} s{state}")
