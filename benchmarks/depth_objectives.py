@@ -208,6 +208,8 @@ def main(argv=None) -> int:
     p.add_argument("--weight", type=float, default=10.0, help="weight of the feature terms")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="extra RunConfig settings for every variant but head")
+    p.add_argument("--tasks", default=None, help="another NxK than the dataset's (e.g. 2x10: its first two tasks)")
+    p.add_argument("--no-audit", action="store_true", help="per-task numbers only (no audit, no calibration)")
     p.add_argument("--label", default="", help="suffix of the variants' names in the JSON")
     p.add_argument("--out", default="runs/depth")
     p.add_argument("--results", default=str(HERE.parent / "docs" / "results" / "depth_objectives.json"))
@@ -226,6 +228,7 @@ def main(argv=None) -> int:
     variants = make_variants()
     for name in args.only or ["orl-4x5"]:
         data_spec, tasks = RUNS[name]
+        tasks = args.tasks or tasks
         stem = name.split("-")[0]
         ckpt = out / f"{stem}.safetensors"
         record = saved["runs"].setdefault(name, {})
@@ -270,6 +273,8 @@ def main(argv=None) -> int:
                       f" H {r['h_mean'] or 0:.1f} probe_f {r['probe_f']} keep {r['probe_keep']} check "
                       f"{r['check']} blocks {r['blocks']} steps {r['steps']} ({r['steps_all_trials']})", flush=True)
             save(path, saved, name, record, ["pretrain", "pretrain_seconds", label])
+        if args.no_audit:
+            continue
         head = runs.get("head" + args.label) or (out / f"{name}-head")
         for label, folder in runs.items():
             if label.startswith("head"):

@@ -83,6 +83,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", action="append", choices=sorted(RUNS))
     p.add_argument("--out", default="runs/depth")
+    p.add_argument("--reuse-head", action="store_true",
+                   help="keep an existing head run of the same plan (head forgetting does not depend on GS-LoRA's "
+                        "settings) and its time from the results file")
     p.add_argument("--results", default=str(HERE.parent / "docs" / "results" / "depth_proof.json"))
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -106,7 +109,12 @@ def main(argv=None) -> int:
         gs, head = out / f"proof-{name}", out / f"proof-{name}-head"
         common = ["--checkpoint", str(ckpt), "--data", data, "--tasks", tasks, "--overwrite", "--no-progress"]
         record["forget_seconds"] = run(["forget", *common, "--out", str(gs)])
-        record["head_seconds"] = run(["forget", *common, "--method", "head", "--out", str(head)])
+        before = json.loads(Path(args.results).read_text())["runs"].get(name, {}) if Path(args.results).exists() else {}
+        if args.reuse_head and (head / "results.json").exists() and "head_seconds" in before:
+            record["head_seconds"] = before["head_seconds"]
+            print(f"head run kept: {head}", flush=True)
+        else:
+            record["head_seconds"] = run(["forget", *common, "--method", "head", "--out", str(head)])
         record["audit_seconds"] = run(["audit", str(gs), "--retrain-full", "--compare",
                                        f"head={head / 'final.safetensors'}", "--no-progress"])
         results = json.loads((gs / "results.json").read_text())

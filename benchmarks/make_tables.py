@@ -148,7 +148,8 @@ DEPTH_SETS = (("orl-4x5", "ORL 4 × 5"), ("gt-4x10", "Georgia Tech 4 × 10"), ("
 DEPTH_LABELS = {"defaults": "GS-LoRA, previous defaults (no feature term, no probe target)",
                 "paper-ce": "paper's bounded CE, full budget, all blocks free",
                 "attack": "attack in the loop (ridge, weight 10) + probe_keep ≤ 80",
-                "collapse": "**class-mean collapse (weight 10) + probe_keep ≤ 80: adopted**",
+                "collapse": ("**class-mean collapse (weight 10) + probe_keep ≤ 80: adopted** "
+                             "(later 20, with the anchor)"),
                 "collapse-w3": "class-mean collapse, weight 3",
                 "collapse-k65": "class-mean collapse + probe_keep ≤ 65",
                 "collapse-a0.1": "class-mean collapse, α 0.1",
@@ -191,6 +192,29 @@ def depth_objectives(r: Results) -> str:
                          ",".join(map(str, blocks)), f"{sum(t['steps_all_trials'] for t in ts)} / {v['seconds']:.0f}"])
     return md_table(["data", "objective", "worst ΔAcc_r", "worst Acc_o", "probe Acc_f", "recovery", "MIA AUC",
                      "blocks changed", "steps / s"], rows)
+
+
+ANCHOR_LABELS = {"previous": "collapse 10, no anchor (before)",
+                 "keep10": "collapse 10, anchor 10 (fixed)", "keep30": "collapse 10, anchor 30 (fixed)",
+                 "keep100": "collapse 10, anchor 100 (fixed)", "keep10-c30": "collapse 30, anchor 10 (fixed)",
+                 "a10x3-c30": "collapse 30, anchor 10, x3 after a retention miss",
+                 "a10x3-c20": "**collapse 20, anchor 10, x3 after a retention miss: adopted**"}
+
+
+@table("depth_anchor")
+def depth_anchor(r: Results) -> str:
+    """benchmarks/depth_objectives.py --tasks 2xK: the anchor and the collapse weight, per task (test split)."""
+    rows = []
+    for label, record in _depth_runs(r, "depth_anchor.json"):
+        for key, name in ANCHOR_LABELS.items():
+            v = record.get(key)
+            if not v:
+                continue
+            ts = v["tasks"]
+            rows.append([label, name, per_task([t["acc_f"] for t in ts]), per_task([t["acc_o"] for t in ts[1:]]),
+                         per_task([t["acc_r_change"] for t in ts], signed), per_task([t["probe_f"] for t in ts], f0),
+                         f0(v["seconds"])])
+    return md_table(["data", "setting", "Acc_f", "Acc_o (task 2 on)", "ΔAcc_r", "probe_f", "s"], rows)
 
 
 @table("depth_calibration")

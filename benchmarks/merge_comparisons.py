@@ -65,10 +65,20 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="output prefix: writes PREFIX.md and PREFIX.json")
     p.add_argument("--tuning", nargs="*", type=Path, default=[], help="tuning folders (tuned.yaml in each)")
     p.add_argument("--tuning-out", help="output prefix for the merged tuning: PREFIX.md and PREFIX.yaml")
+    p.add_argument("--depth", type=Path, metavar="FOLDER", help="audit every method's final model against the "
+                   "retrained reference (as `gslora benchmark --depth`), audits written to FOLDER; adds the Depth "
+                   "table")
     args = p.parse_args(argv)
     merged = merge_comparisons(args.folders)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.depth:
+        from gslora.compare import comparison_depth
+
+        home = {e["method"]: folder for folder in args.folders
+                for e in json.loads((folder / "comparison.json").read_text())["methods"]}
+        merged["depth"] = comparison_depth(merged, lambda method, label: home[method] / "runs" / method / label,
+                                           args.depth)
     out.with_suffix(".json").write_text(json.dumps(merged, indent=1, default=str))
     text = comparison_markdown(merged).replace(f"{UNTUNED} of {UNTUNED}", "packaged values, not tuned")
     out.with_suffix(".md").write_text(text)

@@ -156,3 +156,36 @@ def test_a_killed_comparison_resumes_without_redoing_finished_runs(micro_model, 
     reference = compare.run_comparison(copy.deepcopy(micro_model), *args, out_dir=tmp_path / "ref", **kw)
     assert _numbers(resumed["methods"]) == _numbers(reference["methods"])
     assert json.loads((out / "comparison.json").read_text())["methods"][0]["status"] == "ok"
+
+
+def test_depth_columns_audit_every_method_against_one_retrained_reference(micro_model, micro_data, micro_checkpoint,
+                                                                           tmp_path, monkeypatch):
+    import gslora.audit
+
+    calls, real = [], gslora.audit.retrain_full_reference
+    monkeypatch.setattr(gslora.audit, "retrain_full_reference", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = tmp_path / "bench"
+    comp = run_benchmark(micro_model, micro_data.classes, micro_data, "continual", "gslora,head", base_config=FAST,
+                         method_args={"head": {"mode": "mask"}}, out_dir=out, source_checkpoint=micro_checkpoint,
+                         depth={"max_steps": 20, "batch_size": 32, "lr": 3e-3})
+    (run,) = comp["depth"]["runs"].values()
+    assert len(calls) == 1  # one reference for the plan's class set, shared by every method
+    assert set(run["methods"]) == {"gslora", "head"} and run["forgotten_classes"] == 16
+    audit = json.loads((out / "depth" / "continual" / "audit.json").read_text())
+    assert audit["compare"] == ["head"]  # one audit: the first method audited, the others compared
+    ref = audit["models"]["retrained"]
+    assert run["retrained"]["probe_f"] == ref["probe"]["acc_f"]
+    for method, label in (("gslora", "forgotten"), ("head", "head")):
+        m, got = audit["models"][label], run["methods"][method]
+        assert got["probe_f"] == m["probe"]["acc_f"] and got["acc_f"] == m["accuracy"]["acc_f"]
+        assert got["probe_gap"] == pytest.approx(m["probe"]["acc_f"] - ref["probe"]["acc_f"])
+        recovered = 100 * m["recovery"]["recovered_fraction"]
+        assert got["recovery_gap"] == pytest.approx(recovered - 100 * ref["recovery"]["recovered_fraction"])
+        assert m["relearn"] is None  # the comparison's audit leaves the relearn test out
+    md = (out / "comparison.md").read_text()
+    assert "## Depth" in md and "retrain (reference)" in md
+    rows = [line for line in md.split("## Depth")[1].splitlines() if line.startswith("| head ")]
+    assert len(rows) == 1 and f"{run['methods']['head']['probe_gap']:+.1f}" in rows[0]
+    with pytest.raises(GsloraError, match="depth"):
+        run_benchmark(micro_model, micro_data.classes, micro_data, "continual", "head", base_config=FAST,
+                      method_args={"head": {"mode": "mask"}}, depth=True)  # no output folder: nothing to audit

@@ -103,12 +103,12 @@ def test_trials_after_a_missed_probe_target_follow_the_other_targets():
         return {"lr_scale": scale, "targets_met": met, "checks": 3, "stopped_early": False}
 
     assert next_trial([trial(1.0, acc_f=True, acc_r_drop=True, probe_keep=False)]) is None
-    assert next_trial([trial(1.0, acc_f=False, acc_r_drop=True, probe_keep=False)]) == 2.0
+    assert next_trial([trial(1.0, acc_f=False, acc_r_drop=True, probe_keep=False)]) == (2.0, 1.0)
     stopped = {**trial(1.0, acc_f=True, acc_r_drop=False, probe_keep=True), "stopped_early": True}
-    assert next_trial([stopped]) == 0.5
+    assert next_trial([stopped]) == (0.5, 1.0)
     # a whole budget spent because the probe never held says nothing about how fast the accuracy targets were met:
     # retention comes first, half the lr is tried
-    assert next_trial([trial(1.0, acc_f=True, acc_r_drop=False, probe_keep=False)]) == 0.5
+    assert next_trial([trial(1.0, acc_f=True, acc_r_drop=False, probe_keep=False)]) == (0.5, 1.0)
     assert next_trial([trial(1.0, acc_f=True, acc_r_drop=False, probe_keep=True)]) is None
 
 
@@ -142,3 +142,30 @@ def test_head_forgetting_is_not_held_to_a_probe_target_it_cannot_move(micro_mode
     row = run_forgetting(copy.deepcopy(micro_model), micro_data.classes, micro_data, cfg).rows[0]
     assert row["targets"]["spec"] == "acc_f<=100" and len(row["trials"]) == 1
     assert row["probe_f"] is not None  # still reported
+
+
+def test_embedding_anchor_is_zero_at_the_task_start_and_trains_only_the_adapters(micro_model, micro_data):
+    from gslora.methods.gslora import embedding_anchor
+
+    cfg = _cfg(tasks="1x4", max_steps=4, method_args={"anchor_weight": 50.0, "collapse_weight": 5.0})
+    ctx = _ctx(micro_model, micro_data, cfg)
+    method = get_method("gslora", **ctx.config.method_args)
+    before = {k: v.clone() for k, v in micro_model.state_dict().items()}
+    work = method.prepare(micro_model, ctx)
+    x, _ = next(iter(torch.utils.data.DataLoader(ctx.remain_data, batch_size=8)))
+    assert float(embedding_anchor(work, x, work.embed(x)).detach()) == pytest.approx(0.0, abs=1e-10)  # B = 0: no change
+    summary = train_task(work, method, ctx)
+    assert summary["steps"] == 4 and summary["last_logs"]["anchor"] > 0  # the adapters moved the replay embeddings
+    inner = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in work.named_parameters()
+             if "lora_" not in n}
+    assert all(torch.equal(before[k], v) for k, v in inner.items() if k in before)
+    emb = work.embed(x)
+    loss = embedding_anchor(work, x, emb)
+    loss.backward()
+    grads = {n for n, p in work.named_parameters() if p.grad is not None and float(p.grad.abs().max()) > 0}
+    assert grads and all("lora_" in n for n in grads)
+    with torch.no_grad(), work.disable_adapter():
+        start = work.embed(x)
+    expected = (torch.nn.functional.normalize(emb.detach(), dim=-1)
+                - torch.nn.functional.normalize(start, dim=-1)).pow(2).sum(-1).mean()
+    assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)

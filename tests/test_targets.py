@@ -113,11 +113,16 @@ def test_early_stop_at_the_first_check_meeting_the_target_keeps_that_model(micro
     assert all(torch.equal(now[n], seen[-1][n]) for n in now)  # the returned model is the one checked last
 
 
-def test_missed_retention_target_is_retried_with_half_the_lr(micro_model, micro_data):
-    cfg = _cfg(tasks="1x4", target="acc_f<=100,acc_r_drop<=-1000", max_trials=2, eval_every=4, target_checks=1)
+@pytest.mark.parametrize("anchor", [0.0, 10.0])
+def test_missed_retention_target_is_retried_with_a_stronger_anchor_or_half_the_lr(micro_model, micro_data, anchor):
+    cfg = _cfg(tasks="1x4", target="acc_f<=100,acc_r_drop<=-1000", max_trials=2, eval_every=4, target_checks=1,
+               method_args={"anchor_weight": anchor})
     result = run_forgetting(micro_model, micro_data.classes, micro_data, cfg)
     row = result.rows[0]
-    assert [t["lr_scale"] for t in row["trials"]] == [1.0, 0.5]
+    if anchor:  # GS-LoRA's embedding anchor: x3 at the same lr
+        assert [(t["lr_scale"], t["anchor_scale"]) for t in row["trials"]] == [(1.0, 1.0), (1.0, 3.0)]
+    else:
+        assert [(t["lr_scale"], t["anchor_scale"]) for t in row["trials"]] == [(1.0, 1.0), (0.5, 1.0)]
     assert row["trials"][0]["targets_met"] == {"acc_f": True, "acc_r_drop": False}
     assert row["trials"][0]["steps"] == 4  # acc_f<=100 holds at the first check
     assert row["targets"]["val"]["acc_r_drop"] is False and row["chosen_trial"] in (1, 2)
@@ -138,13 +143,13 @@ def test_next_trial_goes_up_on_missed_forgetting_and_never_repeats():
     def rec(scale, **met):
         return {"lr_scale": scale, "targets_met": met}
 
-    assert next_trial([]) == 1.0
-    assert next_trial([rec(1.0, acc_f=False, acc_r_drop=True)]) == 2.0
-    assert next_trial([rec(1.0, acc_f=True, acc_r_drop=False)]) == 0.5
+    assert next_trial([]) == (1.0, 1.0)
+    assert next_trial([rec(1.0, acc_f=False, acc_r_drop=True)]) == (2.0, 1.0)
+    assert next_trial([rec(1.0, acc_f=True, acc_r_drop=False)]) == (0.5, 1.0)
     trials = [rec(1.0, acc_f=True, acc_r_drop=False), rec(0.5, acc_f=False, acc_r_drop=True)]
     assert next_trial(trials) is None  # the search turned back: it ends
     up = [rec(1.0, acc_f=False, acc_r_drop=True), rec(2.0, acc_f=False, acc_r_drop=True)]
-    assert next_trial(up) == 4.0
+    assert next_trial(up) == (4.0, 1.0)
     assert next_trial([*up, rec(4.0, acc_f=True, acc_r_drop=False)]) is None  # 2 was tried
 
 
@@ -152,15 +157,32 @@ def test_no_half_lr_trial_after_a_trial_that_needed_its_whole_budget_to_forget()
     def rec(scale, stopped_early, checks=5, **met):
         return {"lr_scale": scale, "stopped_early": stopped_early, "checks": checks, "targets_met": met}
 
-    assert next_trial([rec(1.0, True, acc_f=True, acc_r_drop=False)]) == 0.5  # forgot with steps to spare
+    assert next_trial([rec(1.0, True, acc_f=True, acc_r_drop=False)]) == (0.5, 1.0)  # forgot with steps to spare
     assert next_trial([rec(1.0, False, acc_f=True, acc_r_drop=False)]) is None  # forgot only at the budget's end
     # without periodic checks (eval_every 0) no trial can stop early: the half-lr trial is still made
-    assert next_trial([rec(1.0, False, checks=0, acc_f=True, acc_r_drop=False)]) == 0.5
+    assert next_trial([rec(1.0, False, checks=0, acc_f=True, acc_r_drop=False)]) == (0.5, 1.0)
     # a missed forgetting target still doubles the lr, whatever the steps
-    assert next_trial([rec(1.0, False, acc_f=False, acc_r_drop=True)]) == 2.0
+    assert next_trial([rec(1.0, False, acc_f=False, acc_r_drop=True)]) == (2.0, 1.0)
     # after doubling, a retention miss at the end of the budget ends the search: the chosen trial is the best so far
     assert next_trial([rec(1.0, False, acc_f=False, acc_r_drop=True), rec(2.0, False, acc_f=True,
                                                                           acc_r_drop=False)]) is None
+
+
+def test_an_anchored_method_strengthens_its_anchor_after_a_retention_miss():
+    def rec(lr, anchor, **met):
+        return {"lr_scale": lr, "anchor_scale": anchor, "stopped_early": True, "checks": 3, "targets_met": met}
+
+    assert next_trial([rec(1.0, 1.0, acc_f=True, acc_r_drop=False)], anchored=True) == (1.0, 3.0)
+    assert next_trial([rec(1.0, 1.0, acc_f=True, acc_r_drop=False), rec(1.0, 3.0, acc_f=True, acc_r_drop=False)],
+                      anchored=True) == (1.0, 9.0)
+    # the stronger anchor forgot too little: twice the lr, the anchor kept
+    assert next_trial([rec(1.0, 1.0, acc_f=True, acc_r_drop=False), rec(1.0, 3.0, acc_f=False, acc_r_drop=True)],
+                      anchored=True) == (2.0, 3.0)
+    assert next_trial([rec(1.0, 1.0, acc_f=False, acc_r_drop=True)], anchored=True) == (2.0, 1.0)
+    # the anchor only grows and the lr only doubles: no pair repeats; a trial meeting every target ends the search
+    assert next_trial([rec(1.0, 1.0, acc_f=True, acc_r_drop=False), rec(1.0, 3.0, acc_f=False, acc_r_drop=True),
+                       rec(2.0, 3.0, acc_f=True, acc_r_drop=False), rec(2.0, 9.0, acc_f=True, acc_r_drop=True)],
+                      anchored=True) is None  # everything met: no further trial
 
 
 def test_single_step_preset_is_applied_to_one_task_and_user_values_win():
@@ -331,8 +353,8 @@ def test_the_policy_decides_stop_or_hold_and_another_policy_changes_the_trials(m
     assert policy.decide([met, missed]) == "hold"
 
     class OneTrialAtHalfLr(TargetPolicy):
-        def next_trial(self, trials):
-            return None if trials else 0.5
+        def next_trial(self, trials, method=None):
+            return None if trials else (0.5, 1.0)
 
     cfg = _cfg(tasks="1x2", target="acc_f<=-1", max_trials=3, eval_every=4, target_checks=1)
     row = run_forgetting(micro_model, micro_data.classes, micro_data, cfg,

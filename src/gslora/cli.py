@@ -398,9 +398,14 @@ def cmd_benchmark(args) -> int:
                                 method_args=method_args, out_dir=args.out, overwrite=args.overwrite,
                                 progress=_progress(args), on_method_done=done,
                                 source_checkpoint=args.checkpoint, resume=args.resume, tuned=args.tuned,
-                                strict=args.strict)
+                                strict=args.strict, depth=args.depth)
     print()
     print(comparison_markdown_table(comparison))
+    if comparison.get("depth"):
+        from .report.comparison import comparison_depth_table
+
+        print()
+        print(comparison_depth_table(comparison))
     from .report.tuning import comparison_tuning_text
 
     print()
@@ -513,7 +518,7 @@ def cmd_list(args) -> int:
 NOT_FOR_DETECTION = {"head_subset": "--head-subset", "missing_check_data": "--missing-check-data",
                      "audit": "--audit", "audit_target": "--audit-target", "retrain_full": "--retrain-full",
                      "request_id": "--request-id", "force": "--force", "class_file": "--classes",
-                     "model_args": "--model-arg"}
+                     "model_args": "--model-arg", "depth": "--depth"}
 
 
 def _detection(args):
@@ -670,6 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "override one method's argument, e.g. --method-set ewc.lam=5")
     p.add_argument("--tuned", metavar="FILE", help="the tuned.yaml of `gslora tune` (same data and setting): run "
                    "each method with its chosen values; the table states the budget and the values")
+    p.add_argument("--depth", action="store_true", help="after the runs, audit every method's final model against a "
+                   "model retrained without the forgotten classes (trained once per class set, cached) and the "
+                   "original: probe Acc_f, recovery and their distance to the retrained model, in comparison.md")
     p.add_argument("--overwrite", action="store_true", help="replace a finished or unfinished comparison in --out")
     p.add_argument("--resume", action="store_true", help="continue the unfinished comparison in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (they show only on a terminal anyway)")

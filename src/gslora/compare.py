@@ -60,7 +60,7 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
                   on_method_done=None, source_checkpoint: str | Path | None = None,
                   method_run: dict[str, dict] | None = None, resume: bool = False,
                   tuned: dict | str | Path | None = None, problem: str = "classification",
-                  strict: bool = False) -> dict:
+                  depth: bool | dict = False, strict: bool = False) -> dict:
     """Run every method of ``methods`` on a fresh copy of ``model`` for each run of ``setting``; return (and write
     to ``out_dir``) the comparison. ``method_args``: per-method overrides of the packaged defaults;
     ``method_run``: per-method run settings (e.g. ``{"gslora": {"lr": 3e-3}}``) over the shared ``base_config``.
@@ -70,7 +70,11 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
     method runs with its chosen values (``method_args`` / ``method_run`` still override them); the table states the
     budget and the values. A method that raises is a "failed" row and the others still run; with ``strict`` the
     error is raised instead (a bug in the code is not a result). ``problem``: ``detection`` compares the detection
-    methods on a detector (:mod:`gslora.detection`; AP instead of accuracy; no data-constrained settings)."""
+    methods on a detector (:mod:`gslora.detection`; AP instead of accuracy; no data-constrained settings).
+    ``depth``: after the runs, every method's final model of each run is audited (:func:`comparison_depth`) against
+    a model retrained without the run's forgotten classes (cached, one per class set; a dict: overrides of its
+    pre-training recipe) and the original: probe Acc_f, recovery and their distance to the retrained model, a table
+    of their own in ``comparison.md``."""
     names = parse_methods(methods, problem)
     if problem != "classification" and setting in SETTING_CONSTRAINTS:
         raise GsloraError(f"the {setting} setting does not apply to {problem}; use continual or single.")
@@ -92,6 +96,9 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
         tuning, method_args, method_run = _apply_tuned(tuned, names, setting, data, classes, method_args, method_run,
                                                        problem)
     out = Path(out_dir) if out_dir is not None else None
+    if depth and (problem != "classification" or out is None or source_checkpoint is None):
+        raise GsloraError("the depth columns audit each method's run folder against its checkpoint: they need a "
+                          "classification comparison with an output folder and its source checkpoint.")
     if out is not None:
         if (out / "comparison.json").exists() and not overwrite:
             raise GsloraError(f"{out} already holds a finished comparison (comparison.json); choose another --out or "
@@ -155,9 +162,57 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
     }
     if problem != "classification":
         comparison["problem"] = problem
+    if depth:
+        comparison["depth"] = comparison_depth(comparison, lambda method, label: out / "runs" / method / label,
+                                               out / "depth", data, progress, depth if isinstance(depth, dict) else {})
     if out is not None:
         write_comparison(out, comparison)
     return comparison
+
+
+def comparison_depth(comparison: dict, run_dir, out: Path, data: DataBundle | None = None, progress: bool = False,
+                     recipe: dict | None = None) -> dict:
+    """Per run of the comparison: one audit (:func:`gslora.audit.audit_run`, without the relearn test) of every
+    method's final model with the retrained reference trained once (cached per class set) and the original: each
+    method's probe Acc_f, recovery (Acc_f after 20 epochs of head retraining, % of the original's), MIA AUC and the
+    distance of the first two to the retrained model's. ``run_dir(method, run label)``: the method's run folder;
+    the audits are written to ``out/<run>/``; ``data``: None reloads the runs' data."""
+    from .audit import AuditConfig, audit_run
+
+    runs = {}
+    for plan in comparison["plans"]:
+        label = plan["label"]
+        ok = [e["method"] for e in comparison["methods"] if e["status"] == "ok"]
+        finished = {m: Path(run_dir(m, label)) for m in ok if (Path(run_dir(m, label)) / "final.safetensors").is_file()}
+        if not finished:
+            continue
+        first, *others = finished
+        report = audit_run(finished[first], compare={m: finished[m] / "final.safetensors" for m in others},
+                           config=AuditConfig(relearn_epochs=0), data=data, write=True, out_dir=out / label,
+                           progress=progress, retrain_full=dict(recipe) if recipe else True)
+        models = report["models"]
+
+        def numbers(m: dict) -> dict:
+            rec = (m.get("recovery") or {}).get("recovered_fraction")
+            return {"acc_f": m["accuracy"]["acc_f"], "probe_f": m["probe"]["acc_f"],
+                    "recovery": None if rec is None else 100.0 * rec, "mia_auc": (m.get("mia") or {}).get("auc")}
+
+        ref, orig = numbers(models["retrained"]), numbers(models["original"])
+        methods = {}
+        for method in finished:
+            got = numbers(models["forgotten" if method == first else method])
+            got["probe_gap"] = None if got["probe_f"] is None else got["probe_f"] - ref["probe_f"]
+            got["recovery_gap"] = (None if got["recovery"] is None or ref["recovery"] is None
+                                   else got["recovery"] - ref["recovery"])
+            got["depth"] = {k: v for k, v in report["depth"]["forgotten" if method == first else method].items()
+                            if k in ("probe_f", "recovery", "mia")}
+            methods[method] = got
+        runs[label] = {"original": orig, "retrained": ref, "methods": methods, "audit": str(out / label),
+                       "forgotten_classes": report["classes"]["n_forget"], "seconds": report["wall_seconds"]}
+    return {"what": "after the run's last task, every forgotten class; probe: logistic regression on train-split "
+                    "embeddings, test split; recovery: Acc_f after 20 epochs of head retraining on images the runs "
+                    "never used, % of the original's; gaps: this model minus the retrained model (points)",
+            "runs": runs}
 
 
 def _model_description(model, classes: list[str]) -> dict:

@@ -439,7 +439,8 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
 
     The task has ``max_trials`` step budgets. Every trial trains from the task's start; the first uses the configured
     lr. A trial that missed the forgetting target is followed by one at twice the lr; one that met it but missed the
-    retention target by one at half the lr, unless it needed its whole budget to forget; the search ends when it
+    retention target by one with a 3x retention anchor (GS-LoRA), or at half the lr (methods without one), unless it
+    needed its whole budget to forget; the search ends when it
     would turn back to a trial already made. The first trial meeting every target on validation is kept, else the
     best. The rule is the policy's (:class:`gslora.policy.TargetPolicy`); only the check set is ever looked at to
     choose."""
@@ -462,9 +463,10 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         first_trial, trials, best = epoch_state["trial"], epoch_state["trials"], epoch_state["best"]
     k = first_trial
     while True:
-        scale = policy.next_trial(trials)
-        if len(trials) >= n_trials or scale is None:
+        scales = policy.next_trial(trials, method)
+        if len(trials) >= n_trials or scales is None:
             break
+        scale, anchor_scale = scales
         if k > 0:
             model.load_state_dict(start_weights)
             method.load_state_dict(copy.deepcopy(method_start), device)
@@ -478,7 +480,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
             remain_data=setup.remain_data, forget_data=setup.forget_data,
             train_data=setup.train_data, val_data=setup.val_data, constraint=setup.constraint,
             original_model=original, out_dir=folder.path if folder is not None else None, progress=progress,
-            adapter_dir=adapter_dir,
+            adapter_dir=adapter_dir, anchor_scale=anchor_scale,
         )
         with dist.seeded(task_seed(config.seed, task.index) + k, device):  # the trial's own random state
             work = method.prepare(model, ctx)
@@ -500,7 +502,8 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
         info = dict(info)
         info.setdefault("trainable_params", trainable)
         val = setup.validate(model)
-        record = {"trial": k + 1, "lr": trial_cfg.lr, "lr_scale": scale, "steps": summary["steps"],
+        record = {"trial": k + 1, "lr": trial_cfg.lr, "lr_scale": scale, "anchor_scale": anchor_scale,
+                  "steps": summary["steps"],
                   "budget": summary["budget"], "stopped_early": summary["stopped_early"],
                   "checks": len(summary["checks"]), "val": _brief(val), "targets_met": policy.met(val)}
         trials.append(record)

@@ -4,9 +4,10 @@ stop. One place for the rule, so a different policy is one class (benchmarks/ ke
 
     checks:  every ``eval_every`` steps the runner scores the forgetting targets on the check set; the policy says
              ``stop`` once they held at ``target_checks`` consecutive checks, else ``hold`` (train on)
-    trials:  the first trial at the configured lr; x2 after a missed accuracy forgetting target (acc_f, acc_o), x1/2
-             after a missed retention target (unless forgetting took the whole budget), none after a trial that
-             missed only a probe target, never an lr tried before, at most ``max_trials``
+    trials:  the first trial at the configured lr; x2 after a missed accuracy forgetting target (acc_f, acc_o); after
+             a missed retention target (unless forgetting took the whole budget) the retention anchor x3 at the same
+             lr for a method that has one (GS-LoRA's anchor_weight), else x1/2 the lr; none after a trial that
+             missed only a probe target, never a trial made before, at most ``max_trials``
     choice:  the first trial meeting every target, else the best by (all met, validation H, forgetting met)
 """
 
@@ -68,8 +69,8 @@ class TargetPolicy:
     def met(self, metrics: dict) -> dict[str, bool]:
         return targets_met(metrics, self.targets)
 
-    def next_trial(self, trials: list[dict]) -> float | None:
-        return next_trial(trials)
+    def next_trial(self, trials: list[dict], method=None) -> tuple[float, float] | None:
+        return next_trial(trials, anchored=bool(getattr(method, "anchored", False)))
 
     def better(self, record: dict, other: dict) -> bool:
         return _better(record, other)
@@ -114,18 +115,22 @@ def targets_met(metrics: dict, targets: dict) -> dict[str, bool]:
     return {k: bool(brief.get(k) is None or brief[k] <= bound(k, v)) for k, v in targets.items()}
 
 
-def next_trial(trials: list[dict]) -> float | None:
-    """The lr multiplier of the next trial: 1 first; then, after a trial that missed a forgetting target, twice the
-    lr; after one that met them but missed the retention target,
-    half the lr, unless it needed its whole step budget to get there (it ran periodic checks and did not stop early):
-    a trial at half the lr forgets more slowly, so it would not meet the forgetting target within the same budget,
-    and the search ends (no such half-lr trial was kept on the five benchmark task plans or in the demo:
-    docs/results/DECISIONS.md). None (the search ends) also when the pair was already tried, i.e. the search
-    turned back. The geometric midpoint it used to try then was kept on 1 of 20 tasks over the five benchmark task
-    plans, and that one still missed its retention target."""
+ANCHOR_STEP = 3.0  # a trial after a retention miss multiplies the retention anchor by this (10 -> 30 -> 90)
+
+
+def next_trial(trials: list[dict], anchored: bool = False) -> tuple[float, float] | None:
+    """The next trial's (lr multiplier, anchor multiplier), or None when the search ends. First (1, 1); then, after
+    a trial that missed a forgetting target, twice the lr; after one that met them but missed the retention target,
+    for an ``anchored`` method (GS-LoRA's embedding anchor on the replay batch) the anchor x ``ANCHOR_STEP`` at the
+    same lr, else half the lr (halving the lr did not win retention back under the class-mean collapse: Georgia Tech
+    task 1 kept its check-set drop at 4.5, 4.0, 6.0 over lr x1, x1/2, x1/4; docs/results/DECISIONS.md), unless it
+    needed its whole step budget to get there (it ran periodic checks and did not stop early): a trial that forgets
+    more slowly would not meet the forgetting target within the same budget, and the search ends. None also when
+    the pair was already tried, i.e. the search turned back."""
     if not trials:
-        return 1.0
+        return 1.0, 1.0
     last = trials[-1]
+    lr, anchor = last["lr_scale"], last.get("anchor_scale", 1.0)
     met = last["targets_met"]
     if all(v for k, v in met.items() if k in FORGETTING_TARGETS and k not in PROBE_TARGETS):
         if all(v for k, v in met.items() if k not in PROBE_TARGETS):
@@ -134,13 +139,14 @@ def next_trial(trials: list[dict]) -> float | None:
             # probe still 83-89% kept; docs/results/DECISIONS.md)
         probe_missed = any(not v for k, v in met.items() if k in PROBE_TARGETS)
         if last.get("checks", 1) and not last.get("stopped_early", True) and not probe_missed:
-            return None  # forgetting took the whole budget: half the lr would not get there in it (without periodic
+            return None  # forgetting took the whole budget: a slower trial would not get there in it (without periodic
             # checks, eval_every 0, no trial can stop early, so the budget says nothing; with a probe target missed,
-            # the probe kept it training, not the accuracy targets: retention comes first, half the lr is tried)
-        want = last["lr_scale"] * 0.5
+            # the probe kept it training, not the accuracy targets: retention comes first, another trial is made)
+        want = (lr, anchor * ANCHOR_STEP) if anchored else (lr * 0.5, anchor)
     else:
-        want = last["lr_scale"] * 2.0
-    if any(abs(want - t["lr_scale"]) < 1e-9 * want for t in trials):
+        want = (lr * 2.0, anchor)
+    if any(abs(want[0] - t["lr_scale"]) < 1e-9 * want[0] and abs(want[1] - t.get("anchor_scale", 1.0)) < 1e-9 * want[1]
+           for t in trials):
         return None
     return want
 

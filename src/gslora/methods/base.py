@@ -56,6 +56,7 @@ class TaskContext:
     train_data: Dataset | None = None  # the whole training split, every class (SSD's D, retrain-full's data);
     #                                    None: see full_training_data
     val_data: Dataset | None = None  # the whole validation split (retrain-full's early stopping); None: none
+    anchor_scale: float = 1.0  # this trial's multiplier of the method's retention anchor (gslora.policy.next_trial)
     constraint: str | None = None  # the data the setting withholds (few-shot, missing classes: gslora.practical);
     #                                 None: full data. Under a constraint only the replay / forget subsets exist
 
@@ -99,6 +100,8 @@ class Method:
     # False for methods that forget by construction (Retrain: a fresh model meets acc_f at step 0)
     moves_features: bool = True  # False for methods that leave the embeddings as they are (head forgetting): the
     # probe targets (probe_f, probe_keep: a read-out of the embeddings) are reported but cannot be reached by training
+    anchored: bool = False  # True for a method whose retention anchor a trial can strengthen (TaskContext.anchor_scale;
+    # GS-LoRA with anchor_weight > 0): after a retention miss the next trial multiplies it instead of halving the lr
     grad_clip: float = 0.0  # > 0: the gradients' total norm is clipped to this before each step (detection: DETR's
     # max gradient norm, the run config's grad_clip)
 

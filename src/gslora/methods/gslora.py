@@ -44,6 +44,9 @@ class GSLoRAArgs:
     forget_margin_ramp: bool = True  # grow the margin linearly from 0 to forget_margin over the step budget
     collapse_weight: float = 0.0  # weight of the class-mean collapse term on the forget batch's embeddings
     # (gslora.depth.collapse_loss: the between-class share η² of the forgotten classes' embedding variance)
+    anchor_weight: float = 0.0  # weight of the embedding anchor on the replay batch: mean squared distance of its
+    # L2-normalised embeddings from the task-start model's (adapters off); a trial after a retention miss multiplies
+    # it (gslora.policy.next_trial)
 
     def validate(self):
         if self.lora_rank < 1:
@@ -51,7 +54,8 @@ class GSLoRAArgs:
         betas = self.beta if isinstance(self.beta, list) else [self.beta]
         if not betas or any(b < 0 for b in betas):
             raise GsloraError(f"method_args.beta must be ≥ 0 (a number or a per-task list), got {self.beta}.")
-        for name in ("bound", "alpha", "lora_alpha", "prototype_bound", "selection_threshold", "collapse_weight"):
+        for name in ("bound", "alpha", "lora_alpha", "prototype_bound", "selection_threshold", "collapse_weight",
+                     "anchor_weight"):
             if getattr(self, name) < 0:
                 raise GsloraError(f"method_args.{name} must be ≥ 0, got {getattr(self, name)}.")
         for name in ("prototype_weight_forget", "prototype_weight_remain"):
@@ -73,10 +77,17 @@ class GSLoRA(Method):
     Args = GSLoRAArgs
     off_log = "blocks_off"  # the training log's name for the blocks at zero after the proximal step
 
+    @property
+    def anchored(self) -> bool:
+        """Whether the replay embeddings are anchored (``anchor_weight`` > 0): a trial after a retention miss then
+        strengthens the anchor instead of halving the lr (:func:`gslora.policy.next_trial`)."""
+        return self.args.anchor_weight > 0
+
     def prepare(self, model: nn.Module, ctx: TaskContext) -> nn.Module:
         a = self.args
         self.position = ctx.position
         self.beta = float(per_task(a.beta, ctx.position))
+        self.anchor = a.anchor_weight * ctx.anchor_scale  # the trial's anchor (gslora.policy.next_trial)
         # earlier-forgotten classes in the forget batch (RunConfig.old_forget_shots) get their own hinge: in one
         # batch-mean hinge their already-huge CE would saturate the bound and weaken forgetting of the current task
         self.old_classes = torch.as_tensor(list(ctx.task.old), dtype=torch.long, device=ctx.device)
@@ -109,6 +120,10 @@ class GSLoRA(Method):
         if feature is not None:
             total = total + feature
             logs["feature"] = float(feature.detach())
+        if self.anchor > 0:
+            anchor = self.anchor * embedding_anchor(model, x_r, emb[:n_r])
+            total = total + anchor
+            logs["anchor"] = float(anchor.detach())
         if self.prototypes is not None:  # GS-LoRA++: on the embedding, so any head (CosFace, linear)
             protos = self.prototypes.to(emb.device, emb.dtype)
             pro, kl_f, kl_r = prototype_terms(emb[n_r:], protos[y_f], emb[:n_r], protos[y_r], self.w_f, self.w_r,
@@ -211,6 +226,14 @@ class GSLoRAPlus(GSLoRA):
     journal's few-shot values: w_f per task, BND_pro 50, batch 4)."""
 
     name = "gslora++"
+
+
+def embedding_anchor(peft_model, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between the L2-normalised embeddings ``emb`` of ``x`` and the task-start model's (the
+    same network with its adapters off, no gradient): 0 at the task start, at most 4."""
+    with torch.no_grad(), peft_model.disable_adapter():
+        start = peft_model.embed(x)
+    return (F.normalize(emb.float(), dim=-1) - F.normalize(start.float(), dim=-1)).pow(2).sum(-1).mean()
 
 
 def proximal_step(groups: LoraGroups, optimizer, alpha: float, lr: float) -> int:

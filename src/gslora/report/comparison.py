@@ -132,8 +132,41 @@ def comparison_markdown(comparison: dict) -> str:
         "",
         comparison_markdown_table(comparison),
         "",
+        *([comparison_depth_text(comparison), ""] if comparison.get("depth") else []),
         comparison_tuning_text(comparison),
         "",
+    ])
+
+
+def comparison_depth_table(comparison: dict) -> str:
+    """Depth per method and run (``gslora benchmark --depth``): probe Acc_f, recovery, MIA AUC, and the distance of
+    the first two to the model retrained without the forgotten classes (+: shallower than it)."""
+    depth = comparison["depth"]["runs"]
+    lines = [["Method", "Run", "Acc_f", "Probe Acc_f ↓", "Recovery (%) ↓", "MIA AUC", "Probe − retrained",
+              "Recovery − retrained"]]
+    for label, run in depth.items():
+        for name, key in (("original", "original"), ("retrain (reference)", "retrained")):
+            m = run[key]
+            lines.append([name, label, fmt(m["acc_f"]), fmt(m["probe_f"]), fmt(m["recovery"]),
+                          fmt(m["mia_auc"], 3), "-", "-"])
+        for method, m in run["methods"].items():
+            gap = [("-" if m[k] is None else f"{m[k]:+.1f}") for k in ("probe_gap", "recovery_gap")]
+            lines.append([_label(method), label, fmt(m["acc_f"]), fmt(m["probe_f"]), fmt(m["recovery"]),
+                          fmt(m["mia_auc"], 3), *gap])
+    return markdown(lines)
+
+
+def comparison_depth_text(comparison: dict) -> str:
+    return "\n".join([
+        "## Depth",
+        "",
+        "Each method's model after the run's last task, audited with every forgotten class: probe Acc_f (a linear "
+        "probe on the embeddings, test split), recovery (Acc_f after 20 epochs of head retraining on training images "
+        "no run used, % of the original's) and MIA AUC, against a model retrained from scratch without the forgotten "
+        "classes (`gslora audit --retrain-full`'s reference) and the original. The gaps are points above the retrained "
+        "model (0: as deep as retraining; +: shallower).",
+        "",
+        comparison_depth_table(comparison),
     ])
 
 
