@@ -58,6 +58,17 @@ def task_checks(rows: list[dict], head_rows: list[dict]) -> list[dict]:
     return out
 
 
+def probe_by_task(report: dict, plan_tasks: list[dict]) -> dict:
+    """The audit's per-class probe Acc_f averaged over the classes of each task (task 1 first): whether the classes
+    forgotten early stay as deep as the ones just forgotten."""
+    out = {}
+    for label, m in report["models"].items():
+        per = {int(c): v for c, v in m["probe"]["per_class_f"].items() if v is not None}
+        out[label] = [(sum(per[c] for c in t["forget"] if c in per) / n) if (n := sum(c in per for c in t["forget"]))
+                      else None for t in plan_tasks]
+    return out
+
+
 def audit_checks(report: dict) -> dict:
     m = report["models"]
 
@@ -87,7 +98,19 @@ def main(argv=None) -> int:
                    help="keep an existing head run of the same plan (head forgetting does not depend on GS-LoRA's "
                         "settings) and its time from the results file")
     p.add_argument("--results", default=str(HERE.parent / "docs" / "results" / "depth_proof.json"))
+    p.add_argument("--refresh", action="store_true", help="run nothing: re-read the audits of the run folders in "
+                   "--out into the results file (after a change to what is summarised)")
     args = p.parse_args(argv)
+    if args.refresh:
+        path = Path(args.results)
+        saved = json.loads(path.read_text())
+        for name, record in saved["runs"].items():
+            gs = Path(args.out) / f"proof-{name}"
+            report = json.loads((gs / "audit" / "audit.json").read_text())
+            results = json.loads((gs / "results.json").read_text())
+            record["audit"] = {**audit_checks(report), "probe_by_task": probe_by_task(report, results["plan"]["tasks"])}
+        path.write_text(json.dumps(saved, indent=1))
+        return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = Path(args.results)
@@ -120,7 +143,9 @@ def main(argv=None) -> int:
         results = json.loads((gs / "results.json").read_text())
         head_results = json.loads((head / "results.json").read_text())
         record["tasks"] = task_checks(results["tasks"], head_results["tasks"])
-        record["audit"] = audit_checks(json.loads((gs / "audit" / "audit.json").read_text()))
+        report = json.loads((gs / "audit" / "audit.json").read_text())
+        record["audit"] = audit_checks(report)
+        record["audit"]["probe_by_task"] = probe_by_task(report, results["plan"]["tasks"])
         record["commands"] = [f"gslora forget --checkpoint CKPT --data {data} --tasks {tasks}",
                               f"gslora forget --checkpoint CKPT --data {data} --tasks {tasks} --method head",
                               "gslora audit RUN --retrain-full --compare head=HEAD_RUN/final.safetensors"]

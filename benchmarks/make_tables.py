@@ -198,7 +198,8 @@ ANCHOR_LABELS = {"previous": "collapse 10, no anchor (before)",
                  "keep10": "collapse 10, anchor 10 (fixed)", "keep30": "collapse 10, anchor 30 (fixed)",
                  "keep100": "collapse 10, anchor 100 (fixed)", "keep10-c30": "collapse 30, anchor 10 (fixed)",
                  "a10x3-c30": "collapse 30, anchor 10, x3 after a retention miss",
-                 "a10x3-c20": "**collapse 20, anchor 10, x3 after a retention miss: adopted**"}
+                 "a10x3-c20": "**collapse 20, anchor 10, x3 after a retention miss: adopted**",
+                 "old2": "the adopted, + 2 images of each earlier-forgotten class collapsed with them"}
 
 
 @table("depth_anchor")
@@ -258,6 +259,21 @@ def depth_proof_audit(r: Results) -> str:
         missed = [k for k, ok in rec["audit"]["checks"].items() if not ok]
         rows.append([label, "checks", "", "", "", "", "all met" if not missed else "MISSED: " + "; ".join(missed)])
     return md_table(["data", "model", "Acc_f", "Acc_r", "probe Acc_f", "recovery", "MIA AUC"], rows)
+
+
+@table("depth_proof_by_task")
+def depth_proof_by_task(r: Results) -> str:
+    """The final audit's probe Acc_f per group of classes, by the task that forgot them."""
+    rows = []
+    for label, rec in _depth_runs(r, "depth_proof.json"):
+        by = rec["audit"].get("probe_by_task")
+        if not by:
+            continue
+        gap = [None if g is None or t is None else g - t for g, t in zip(by["forgotten"], by["retrained"])]
+        rows.append([label, per_task(by["original"], f0), per_task(by["forgotten"], f0), per_task(by["retrained"], f0),
+                     per_task(gap, signed)])
+    return md_table(["data", "original (classes of task 1 / 2 / 3 / 4)", "GS-LoRA, defaults", "retrained",
+                     "GS-LoRA − retrained"], rows)
 
 
 # --- forgetting with the defaults (docs/benchmarks.md) ------------------------------------------------------------

@@ -136,6 +136,18 @@ def test_collapse_weight_zero_adds_no_term(micro_model, micro_data):
     assert method.feature_term(work.embed(x), y, None) is None
 
 
+def test_collapse_also_holds_the_earlier_forgotten_classes_whose_images_the_batch_keeps(micro_model, micro_data):
+    ctx = _ctx(micro_model, micro_data, _cfg(tasks="1x4", method_args={"collapse_weight": 2.0}))
+    method = get_method("gslora", **ctx.config.method_args)
+    method.prepare(micro_model, ctx)
+    method.old_classes = torch.tensor([7])  # as if class 7 was forgotten earlier and old_forget_shots kept images
+    emb, y = _blobs(seed=3, classes=3, per_class=4)
+    y = torch.tensor([5, 6, 7])[y]  # classes 5, 6 forgotten now, 7 earlier
+    term = float(method.feature_term(emb, y, None))
+    assert term == pytest.approx(2.0 * float(collapse_loss(emb, y)))
+    assert term != pytest.approx(2.0 * float(collapse_loss(emb[y != 7], y[y != 7])))  # the old images count
+
+
 def test_head_forgetting_is_not_held_to_a_probe_target_it_cannot_move(micro_model, micro_data):
     cfg = _cfg(tasks="1x4", max_steps=12, max_trials=3, eval_every=4, target_checks=1, method="head",
                target="acc_f<=100,probe_f<=-1")

@@ -137,13 +137,15 @@ class GSLoRA(Method):
         return total, logs
 
     def feature_term(self, emb_f: torch.Tensor, y_f: torch.Tensor, state: StepState) -> torch.Tensor | None:
-        """A term on the forget batch's embeddings (None: none). GS-LoRA's: ``collapse_weight`` × η² of this task's
-        forgotten classes (:func:`gslora.depth.collapse_loss`); benchmarks/depth_objectives.py measures others."""
+        """A term on the forget batch's embeddings (None: none). GS-LoRA's: ``collapse_weight`` × η² of every
+        forgotten class in the batch (:func:`gslora.depth.collapse_loss`): this task's, and the earlier-forgotten ones
+        whose images ``old_forget_shots`` keeps (without them, their depth erodes in later tasks: ORL 4x5's audit
+        probe 90.0 without, 85.0 with 2 images each; docs/results/DECISIONS.md#depth). benchmarks/depth_objectives.py
+        measures other terms."""
         w = self.args.collapse_weight
         if w <= 0:
             return None
-        current = ~torch.isin(y_f, self.old_classes) if self.old_classes.numel() else torch.ones_like(y_f, dtype=bool)
-        return w * collapse_loss(emb_f[current], y_f[current])
+        return w * collapse_loss(emb_f, y_f)
 
     def _alpha(self, state: StepState) -> float:
         return self.args.alpha if state.epoch >= self.args.alpha_warmup_epochs else 0.0
