@@ -218,6 +218,22 @@ def depth_anchor(r: Results) -> str:
     return md_table(["data", "setting", "Acc_f", "Acc_o (task 2 on)", "ΔAcc_r", "probe_f", "s"], rows)
 
 
+@table("depth_timing")
+def depth_timing(r: Results) -> str:
+    """benchmarks/depth_timing.py: the defaults against the ones before the depth work, started together."""
+    rows = []
+    for label, rec in _depth_runs(r, "depth_timing.json"):
+        now, before = rec["now"], rec["before"]
+        rows.append([label, per_task([t["wall_seconds"] for t in now["tasks"]], f0),
+                     per_task([t["wall_seconds"] for t in before["tasks"]], f0),
+                     f"{sum(t['steps_all_trials'] for t in now['tasks'])} / "
+                     f"{sum(t['steps_all_trials'] for t in before['tasks'])}",
+                     per_task([t["probe_f"] for t in now["tasks"]], f0),
+                     per_task([t["probe_f"] for t in before["tasks"]], f0), f"{rec['ratio']:.2f}"])
+    return md_table(["data", "s per task, now", "s per task, before", "steps now / before", "probe_f now",
+                     "probe_f before", "time ratio"], rows)
+
+
 @table("depth_calibration")
 def depth_calibration(r: Results) -> str:
     """The in-loop probe of the original and of a model retrained without the forgotten classes."""
@@ -413,7 +429,35 @@ def comparison_single(name: str, r: Results) -> str:
     return md_table(header, [row for _, row in sorted(scored, key=lambda s: -s[0])])
 
 
+def comparison_depth(name: str, r: Results) -> str:
+    """A comparison run with --depth (comparison_NAME_depth.json): per method mean H over the tasks, worst Acc_f and
+    Acc_o, then after the last task probe Acc_f, recovery, MIA AUC and the distance of the first two to the retrained
+    reference; sorted by mean H."""
+    comp = r(f"comparison_{name}_depth.json")
+    depth = next(iter(comp["depth"]["runs"].values()))
+    ref = depth["retrained"]
+    rows = [["retrained reference (audit)", "-", "-", "-", f1(ref["probe_f"]), f0(ref["recovery"]) + "%",
+             f"{ref['mia_auc']:.3f}", "0", "0", "-"],
+            ["original", "-", "-", "-", f1(depth["original"]["probe_f"]), "-", f"{depth['original']['mia_auc']:.3f}",
+             "-", "-", "-"]]
+    scored = []
+    for m in comp["methods"]:
+        d = depth["methods"].get(m["method"])
+        if m["status"] != "ok" or d is None:
+            continue
+        ts = [t for run in m["runs"] for t in run["tasks"]]
+        h = mean(t["h_mean"] or 0.0 for t in ts)
+        scored.append((h, [LABELS.get(m["method"], m["method"]), f1(h), f1(max(t["acc_f"] for t in ts)),
+                           f1(max((t["acc_o"] or 0.0) for t in ts)), f1(d["probe_f"]), f0(d["recovery"]) + "%",
+                           f"{d['mia_auc']:.3f}", signed(d["probe_gap"]), signed(d["recovery_gap"]),
+                           f0(m["wall_seconds"])]))
+    rows += [row for _, row in sorted(scored, key=lambda s: -s[0])]
+    return md_table(["Method", "mean H", "worst Acc_f", "worst Acc_o", "probe Acc_f", "recovery", "MIA AUC",
+                     "probe − retrained", "recovery − retrained", "time (s)"], rows)
+
+
 for _name in ("orl", "faces"):
+    TABLES[f"comparison_{_name}_depth"] = partial(comparison_depth, _name)
     TABLES[f"comparison_{_name}_continual"] = partial(comparison_continual, _name)
     TABLES[f"comparison_{_name}_single"] = partial(comparison_single, _name)
 

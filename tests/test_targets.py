@@ -119,10 +119,14 @@ def test_missed_retention_target_is_retried_with_a_stronger_anchor_or_half_the_l
                method_args={"anchor_weight": anchor})
     result = run_forgetting(micro_model, micro_data.classes, micro_data, cfg)
     row = result.rows[0]
-    if anchor:  # GS-LoRA's embedding anchor: x3 at the same lr
+    from gslora.report.tables import task_line
+
+    if anchor:  # GS-LoRA's embedding anchor: x3 at the same lr, and the task line says so
         assert [(t["lr_scale"], t["anchor_scale"]) for t in row["trials"]] == [(1.0, 1.0), (1.0, 3.0)]
+        assert "anchor x3" in task_line(row, 1)
     else:
         assert [(t["lr_scale"], t["anchor_scale"]) for t in row["trials"]] == [(1.0, 1.0), (0.5, 1.0)]
+        assert "anchor" not in task_line(row, 1)
     assert row["trials"][0]["targets_met"] == {"acc_f": True, "acc_r_drop": False}
     assert row["trials"][0]["steps"] == 4  # acc_f<=100 holds at the first check
     assert row["targets"]["val"]["acc_r_drop"] is False and row["chosen_trial"] in (1, 2)

@@ -31,10 +31,12 @@ def target_results(row: dict) -> list[tuple[str, float, float | None, bool]]:
 
 
 def task_line(row: dict, num_tasks: int) -> str:
-    """One line saying what a task did: the classes forgotten, the trials and their lr, each target on the check set
-    (met or missed, with the value reached), the blocks changed and the time."""
+    """One line saying what a task did: the classes forgotten, the trials and their lr (and retention anchor, when a
+    trial strengthened it), each target on the check set (met or missed, with the value reached), the blocks changed
+    and the time."""
     trials = row.get("trials") or []
-    lrs = ", ".join(f"{t['lr']:.3g}" for t in trials)
+    lrs = ", ".join(f"{t['lr']:.3g}" + (f" anchor x{t['anchor_scale']:g}" if t.get("anchor_scale", 1.0) != 1.0 else "")
+                    for t in trials)
     chosen = f", kept {row.get('chosen_trial')}" if len(trials) > 1 else ""
     trial_text = f"{len(trials)} trial{'s' if len(trials) != 1 else ''} (lr {lrs}{chosen})" if trials else "no trial"
     targets = "; ".join(f"{k} {fmt(v)} {'met' if ok else 'MISSED'} (≤ {bound:g})" for k, bound, v, ok
