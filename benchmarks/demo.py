@@ -65,6 +65,7 @@ def record(out: Path) -> int:
     import platform
     from datetime import date
 
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "GSLORA_CACHE": cache}
         cmd = [sys.executable, "-m", "gslora.cli", "demo", "--out", str(out), "--no-progress"]
@@ -81,7 +82,8 @@ def record(out: Path) -> int:
     saved["runs"]["bundled model (default)"] = {
         "command": "gslora demo --out runs/demo", "printed_demo_seconds": seconds, "process_wall_seconds": wall,
         "pretraining_seconds": 0.0, "tasks": [{k: t.get(k) for k in keys} for t in results["tasks"]],
-        "machine": f"{platform.machine()} {os.cpu_count()}-core CPU", "date": date.today().isoformat()}
+        "machine": f"{platform.machine()} {os.cpu_count()}-core CPU", "date": date.today().isoformat(),
+        "load_average_before": load_before, "load_average_after": os.getloadavg()}
     path.write_text(json.dumps(saved, indent=1))
     print(printed)
     return 0

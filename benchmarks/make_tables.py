@@ -450,7 +450,8 @@ def comparison_depth(name: str, r: Results) -> str:
         scored.append((h, [LABELS.get(m["method"], m["method"]), f1(h), f1(max(t["acc_f"] for t in ts)),
                            f1(max((t["acc_o"] or 0.0) for t in ts)), f1(d["probe_f"]), f0(d["recovery"]) + "%",
                            f"{d['mia_auc']:.3f}", signed(d["probe_gap"]), signed(d["recovery_gap"]),
-                           f0(m["wall_seconds"])]))
+                           f0(sum(run["wall_seconds"] for run in m["runs"]))]))  # the runs' own time: a
+        # comparison resumed from its run folders reads them back in no time
     rows += [row for _, row in sorted(scored, key=lambda s: -s[0])]
     return md_table(["Method", "mean H", "worst Acc_f", "worst Acc_o", "probe Acc_f", "recovery", "MIA AUC",
                      "probe − retrained", "recovery − retrained", "time (s)"], rows)
