@@ -164,14 +164,10 @@ def summarise(results: dict) -> list[dict]:
 
 
 def audit_summary(report: dict) -> dict:
-    models = {}
-    for label, m in report["models"].items():
-        rec = m.get("recovery") or {}
-        models[label] = {"acc_f": m["accuracy"]["acc_f"], "acc_r": m["accuracy"]["acc_r"],
-                         "probe_f": m["probe"]["acc_f"],
-                         "recovery": None if rec.get("recovered_fraction") is None else 100 * rec["recovered_fraction"],
-                         "mia_auc": (m.get("mia") or {}).get("auc")}
-    return {"models": models, "depth": report.get("depth"), "seconds": report["wall_seconds"]}
+    from gslora.audit import model_numbers
+
+    return {"models": {label: model_numbers(m) for label, m in report["models"].items()}, "depth": report.get("depth"),
+            "seconds": report["wall_seconds"]}
 
 
 def calibration(original, retrained, data, plan_tasks, device) -> list[dict]:

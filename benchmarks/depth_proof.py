@@ -69,25 +69,27 @@ def probe_by_task(report: dict, plan_tasks: list[dict]) -> dict:
     return out
 
 
-def audit_checks(report: dict) -> dict:
-    m = report["models"]
+def audit_checks(report: dict, plan_tasks: list[dict]) -> dict:
+    """The audit's numbers per model, the proof's checks after the last task and the probe per task's classes."""
+    from gslora.audit import model_numbers
 
-    def rec(label):
-        f = (m[label].get("recovery") or {}).get("recovered_fraction")
-        return None if f is None else 100.0 * f
-
-    g, h, r = m["forgotten"], m["head"], m["retrained"]
-    values = {label: {"probe_f": m[label]["probe"]["acc_f"], "recovery": rec(label), "mia_auc": m[label]["mia"]["auc"],
-                      "acc_f": m[label]["accuracy"]["acc_f"], "acc_r": m[label]["accuracy"]["acc_r"]}
-              for label in m}
+    values = {label: model_numbers(m) for label, m in report["models"].items()}
+    g, h, r = values["forgotten"], values["head"], values["retrained"]
     checks = {
-        "probe within 5 of retrained": g["probe"]["acc_f"] <= r["probe"]["acc_f"] + 5.0,
-        "recovery within 10 of retrained": rec("forgotten") <= rec("retrained") + 10.0,
-        "probe 10 deeper than head": g["probe"]["acc_f"] <= h["probe"]["acc_f"] - 10.0,
-        "recovery 10 deeper than head": rec("forgotten") <= rec("head") - 10.0,
-        "MIA AUC within 0.05 of retrained": abs(g["mia"]["auc"] - r["mia"]["auc"]) <= 0.05,
+        "probe within 5 of retrained": g["probe_f"] <= r["probe_f"] + 5.0,
+        "recovery within 10 of retrained": g["recovery"] <= r["recovery"] + 10.0,
+        "probe 10 deeper than head": g["probe_f"] <= h["probe_f"] - 10.0,
+        "recovery 10 deeper than head": g["recovery"] <= h["recovery"] - 10.0,
+        "MIA AUC within 0.05 of retrained": abs(g["mia_auc"] - r["mia_auc"]) <= 0.05,
     }
-    return {"models": values, "checks": checks, "depth": report.get("depth"), "seconds": report["wall_seconds"]}
+    return {"models": values, "checks": checks, "depth": report.get("depth"), "seconds": report["wall_seconds"],
+            "probe_by_task": probe_by_task(report, plan_tasks)}
+
+
+def read_audit(run: Path) -> dict:
+    """:func:`audit_checks` of a proof run folder's audit (``RUN/audit/audit.json``) and plan."""
+    report = json.loads((run / "audit" / "audit.json").read_text())
+    return audit_checks(report, json.loads((run / "results.json").read_text())["plan"]["tasks"])
 
 
 def main(argv=None) -> int:
@@ -105,10 +107,7 @@ def main(argv=None) -> int:
         path = Path(args.results)
         saved = json.loads(path.read_text())
         for name, record in saved["runs"].items():
-            gs = Path(args.out) / f"proof-{name}"
-            report = json.loads((gs / "audit" / "audit.json").read_text())
-            results = json.loads((gs / "results.json").read_text())
-            record["audit"] = {**audit_checks(report), "probe_by_task": probe_by_task(report, results["plan"]["tasks"])}
+            record["audit"] = read_audit(Path(args.out) / f"proof-{name}")
         path.write_text(json.dumps(saved, indent=1))
         return 0
     out = Path(args.out)
@@ -143,9 +142,7 @@ def main(argv=None) -> int:
         results = json.loads((gs / "results.json").read_text())
         head_results = json.loads((head / "results.json").read_text())
         record["tasks"] = task_checks(results["tasks"], head_results["tasks"])
-        report = json.loads((gs / "audit" / "audit.json").read_text())
-        record["audit"] = audit_checks(report)
-        record["audit"]["probe_by_task"] = probe_by_task(report, results["plan"]["tasks"])
+        record["audit"] = read_audit(gs)
         record["commands"] = [f"gslora forget --checkpoint CKPT --data {data} --tasks {tasks}",
                               f"gslora forget --checkpoint CKPT --data {data} --tasks {tasks} --method head",
                               "gslora audit RUN --retrain-full --compare head=HEAD_RUN/final.safetensors"]

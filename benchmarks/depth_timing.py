@@ -41,6 +41,7 @@ def main(argv=None) -> int:
         folders = {"now": Path(args.out) / f"timing-{name}-now", "before": Path(args.out) / f"timing-{name}-before"}
         common = [sys.executable, "-m", "gslora", "forget", "--checkpoint", str(ckpt), "--data", data, "--tasks", tasks,
                   "--overwrite", "--no-progress"]
+        load = os.getloadavg()
         t0 = time.perf_counter()
         procs = {k: subprocess.Popen([*common, "--out", str(f), *(BEFORE if k == "before" else [])], env=env,
                                      stdout=subprocess.DEVNULL) for k, f in folders.items()}
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
             if proc.wait() != 0:
                 raise SystemExit(f"{name} {k}: gslora forget failed")
             seconds[k] = time.perf_counter() - t0  # the first to finish ran alone for a while: per task below
-        record = {"load_average_at_start": os.getloadavg(), "machine": f"{platform.machine()} {os.cpu_count()}-core"}
+        record = {"load_average_at_start": load, "machine": f"{platform.machine()} {os.cpu_count()}-core"}
         for k, f in folders.items():
             res = json.loads((f / "results.json").read_text())
             record[k] = {"tasks": [{"task": t["task"], "wall_seconds": t["wall_seconds"], "trials": len(t["trials"]),

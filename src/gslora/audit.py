@@ -424,6 +424,14 @@ def _recovered(m: dict) -> float | None:
     return None if rec.get("recovered_fraction") is None else 100.0 * rec["recovered_fraction"]
 
 
+def model_numbers(m: dict) -> dict:
+    """One audited model's headline numbers (an entry of an audit report's ``models``): Acc_f and Acc_r (test),
+    probe Acc_f, recovery (% of the original's Acc_f after head retraining; None without the recovery test) and
+    MIA AUC."""
+    return {"acc_f": m["accuracy"]["acc_f"], "acc_r": m["accuracy"]["acc_r"], "probe_f": m["probe"]["acc_f"],
+            "recovery": _recovered(m), "mia_auc": (m.get("mia") or {}).get("auc")}
+
+
 def model_depth(m: dict, original: dict, retrained: dict, names: dict[int, str]) -> dict:
     """A forgotten model's depth (:func:`depth_fraction`) for probe Acc_f, recovery (Acc_f after head retraining, as %
     of the original's Acc_f) and the membership signal (MIA advantage |AUC − 0.5|), on average and per forgotten

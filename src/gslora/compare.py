@@ -177,13 +177,14 @@ def comparison_depth(comparison: dict, run_dir, out: Path, data: DataBundle | No
     method's probe Acc_f, recovery (Acc_f after 20 epochs of head retraining, % of the original's), MIA AUC and the
     distance of the first two to the retrained model's. ``run_dir(method, run label)``: the method's run folder;
     the audits are written to ``out/<run>/``; ``data``: None reloads the runs' data."""
-    from .audit import AuditConfig, audit_run
+    from .audit import AuditConfig, audit_run, model_numbers
 
+    ok = [e["method"] for e in comparison["methods"] if e["status"] == "ok"]
     runs = {}
     for plan in comparison["plans"]:
         label = plan["label"]
-        ok = [e["method"] for e in comparison["methods"] if e["status"] == "ok"]
-        finished = {m: Path(run_dir(m, label)) for m in ok if (Path(run_dir(m, label)) / "final.safetensors").is_file()}
+        folders = {m: Path(run_dir(m, label)) for m in ok}
+        finished = {m: f for m, f in folders.items() if (f / "final.safetensors").is_file()}
         if not finished:
             continue
         first, *others = finished
@@ -191,16 +192,10 @@ def comparison_depth(comparison: dict, run_dir, out: Path, data: DataBundle | No
                            config=AuditConfig(relearn_epochs=0), data=data, write=True, out_dir=out / label,
                            progress=progress, retrain_full=dict(recipe) if recipe else True)
         models = report["models"]
-
-        def numbers(m: dict) -> dict:
-            rec = (m.get("recovery") or {}).get("recovered_fraction")
-            return {"acc_f": m["accuracy"]["acc_f"], "probe_f": m["probe"]["acc_f"],
-                    "recovery": None if rec is None else 100.0 * rec, "mia_auc": (m.get("mia") or {}).get("auc")}
-
-        ref, orig = numbers(models["retrained"]), numbers(models["original"])
+        ref, orig = model_numbers(models["retrained"]), model_numbers(models["original"])
         methods = {}
         for method in finished:
-            got = numbers(models["forgotten" if method == first else method])
+            got = model_numbers(models["forgotten" if method == first else method])
             got["probe_gap"] = None if got["probe_f"] is None else got["probe_f"] - ref["probe_f"]
             got["recovery_gap"] = (None if got["recovery"] is None or ref["recovery"] is None
                                    else got["recovery"] - ref["recovery"])
