@@ -14,6 +14,10 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
     rmu          GS-LoRA + representation misdirection (RMU) at the middle block's FFN output: forget activations pushed
                  to c x a fixed random direction (c: the original's mean activation norm there), remain activations held
                  at the original's
+    layers       GS-LoRA + the collapse also on the token mean of the block outputs from the middle block on
+    droppath     GS-LoRA trained under stochastic depth (rate W / 100): the forgetting must hold with any block skipped
+    oldapart     with --set old_forget_shots=2: the collapse of this task's classes and of the earlier-forgotten ones
+                 apart (the product's term takes them together)
 
 Every variant but paper-ce runs through the same targets and trial rule, with the probe target --probe (the in-loop
 probe, gslora.depth) added to the forgetting targets (the `defaults` row keeps the shipped target unless --probe-all).
@@ -24,6 +28,8 @@ validation + test images (neither model trained on them), scored on each task's 
 
     .venv/bin/python benchmarks/depth_objectives.py --only orl-4x5
     .venv/bin/python benchmarks/depth_objectives.py --only gt-4x10 --variants defaults,attack
+    .venv/bin/python benchmarks/depth_objectives.py --only gt-4x10 --record-run RUN --label old2 \
+        --set old_forget_shots=2      # a CLI run (`gslora forget ... --set ...`, then `gslora audit`) recorded
 
 Raw numbers: docs/results/depth_objectives.json (merged per dataset and variant).
 """
@@ -138,7 +144,69 @@ def make_variants():
         def state_dict(self):
             return {}
 
-    return {"attack": Attack, "collapse": Collapse, "rmu": RMU}
+    class Layers(GSLoRA):  # the product's collapse, also on the token-mean of every block output from the middle on
+        weight = 20.0
+
+        def prepare(self, model, ctx):
+            peft = super().prepare(model, ctx)
+            blocks = peft.base_model.model.backbone.blocks
+            self.captured = []
+            self.hooks = [blocks[i].register_forward_hook(lambda m, i, o: self.captured.append(o))
+                          for i in range(len(blocks) // 2 - 1, len(blocks) - 1)]
+            return peft
+
+        def loss(self, model, remain, forget, state):
+            self.captured.clear()
+            return super().loss(model, remain, forget, state)
+
+        def feature_term(self, emb_f, y_f, state):
+            from gslora.depth import collapse_loss
+
+            n_f = emb_f.shape[0]
+            terms = [collapse_loss(o[-n_f:].float().mean(1), y_f) for o in self.captured]
+            self.captured.clear()
+            return self.weight * (collapse_loss(emb_f, y_f) + sum(terms)) / (1 + len(terms))
+
+        def finish(self, model, ctx):
+            for hook in self.hooks:
+                hook.remove()
+            return super().finish(model, ctx)
+
+    class DropPath(GSLoRA):  # the product's collapse, trained under stochastic depth (a rate of `weight` / 100)
+        weight = 20.0
+
+        def prepare(self, model, ctx):
+            from timm.layers import DropPath as Drop
+
+            peft = super().prepare(model, ctx)
+            self.saved = []
+            for block in peft.base_model.model.backbone.blocks:
+                self.saved.append((block.drop_path1, block.drop_path2))
+                block.drop_path1, block.drop_path2 = Drop(self.weight / 100), Drop(self.weight / 100)
+            return peft
+
+        def feature_term(self, emb_f, y_f, state):
+            from gslora.depth import collapse_loss
+
+            return self.args.collapse_weight * collapse_loss(emb_f, y_f)
+
+        def finish(self, model, ctx):
+            for block, (a, b) in zip(model.base_model.model.backbone.blocks, self.saved):
+                block.drop_path1, block.drop_path2 = a, b
+            return super().finish(model, ctx)
+
+    class OldApart(GSLoRA):  # with old_forget_shots: η² of this task's classes and of the earlier-forgotten ones apart
+        weight = 20.0
+
+        def feature_term(self, emb_f, y_f, state):
+            from gslora.depth import collapse_loss
+
+            old = torch.isin(y_f, self.old_classes)
+            terms = [collapse_loss(emb_f[m], y_f[m]) for m in (~old, old) if m.any()]
+            return self.weight * sum(terms)
+
+    return {"attack": Attack, "collapse": Collapse, "rmu": RMU, "layers": Layers, "droppath": DropPath,
+            "oldapart": OldApart}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -207,6 +275,8 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default=None, help="another NxK than the dataset's (e.g. 2x10: its first two tasks)")
     p.add_argument("--no-audit", action="store_true", help="per-task numbers only (no audit, no calibration)")
     p.add_argument("--label", default="", help="suffix of the variants' names in the JSON")
+    p.add_argument("--record-run", metavar="FOLDER", help="record a finished, audited run folder (a CLI run with the "
+                   "--set values given) under --label for the --only dataset, instead of running anything")
     p.add_argument("--out", default="runs/depth")
     p.add_argument("--results", default=str(HERE.parent / "docs" / "results" / "depth_objectives.json"))
     args = p.parse_args(argv)
@@ -222,6 +292,16 @@ def main(argv=None) -> int:
     saved = json.loads(path.read_text()) if path.exists() else {"runs": {}}
     saved["machine"] = f"{platform.machine()} {os.cpu_count()}-core CPU, {platform.system()}, 1 torch thread"
     variants = make_variants()
+    if args.record_run:
+        folder = Path(args.record_run)
+        results = json.loads((folder / "results.json").read_text())
+        record = saved["runs"].setdefault((args.only or ["orl-4x5"])[0], {})
+        record[args.label] = {"settings": list(args.overrides), "run": str(folder),
+                              "seconds": sum(t["wall_seconds"] for t in results["tasks"]),
+                              "tasks": summarise(results),
+                              "audit": audit_summary(json.loads((folder / "audit" / "audit.json").read_text()))}
+        save(path, saved, (args.only or ["orl-4x5"])[0], record, [args.label])
+        return 0
     for name in args.only or ["orl-4x5"]:
         data_spec, tasks = RUNS[name]
         tasks = args.tasks or tasks
@@ -240,7 +320,7 @@ def main(argv=None) -> int:
             model, m = load_checkpoint(ckpt)
             sets = list(args.overrides) if variant != "head" else []
             target = "acc_f<=2,acc_r_drop<=2"
-            if variant in ("attack", "collapse", "rmu"):
+            if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":
                 sets.append(f"target={target}")

@@ -173,7 +173,7 @@ def depth_objectives(r: Results) -> str:
     rows = []
     for label, record in _depth_runs(r, "depth_objectives.json"):
         first = next((v for v in record.values() if isinstance(v, dict) and "audit" in v), None)
-        if first is None:
+        if first is None or not any("audit" in (record.get(k) or {}) for k in DEPTH_LABELS):
             continue
         ref = first["audit"]["models"]
         for who in ("retrained", "head"):
@@ -290,6 +290,58 @@ def depth_proof_by_task(r: Results) -> str:
                      per_task(gap, signed)])
     return md_table(["data", "original (classes of task 1 / 2 / 3 / 4)", "GS-LoRA, defaults", "retrained",
                      "GS-LoRA − retrained"], rows)
+
+
+EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forget_shots: 2`), η² with this task's",
+                  "oldapart": "+ 2 images of each earlier-forgotten class, η² of theirs and this task's apart",
+                  "layers": "collapse also on the block outputs from the middle on",
+                  "droppath": "collapse under stochastic depth 0.2",
+                  "anchor30": "embedding anchor 30 (×3 after a retention miss) instead of 10"}
+
+
+@table("depth_erosion")
+def depth_erosion(r: Results) -> str:
+    """benchmarks/probe_gap.py --erosion: per model after each task, the in-loop probe (check images) and the test η²
+    of each task's forgotten classes."""
+    rows = []
+    for key, label in DEPTH_SETS:
+        run = r("probe_gap.json").get(key)
+        if not run or "erosion" not in run:
+            continue
+        for e in run["erosion"]:
+            who = {None: "retrained without them", 0: "original"}.get(e["after_task"], f"after task {e['after_task']}")
+            moved = e.get("test_drift_by_group")
+            rows.append([label, who,
+                         " / ".join(f0(v) for v in e["check_probe_by_group"]),
+                         " / ".join(f"{v:.2f}" for v in e["test_eta2_by_group"]),
+                         " / ".join(f"{v:.2f}" for v in moved) + f" ({e['test_drift_remain']:.2f})" if moved else "-"])
+    return md_table(["data", "model", "probe_f on check images (classes of task 1 / 2 / 3 / 4)",
+                     "η² on test images (same groups)", "embeddings moved by the task (remaining classes)"], rows)
+
+
+@table("depth_erosion_options")
+def depth_erosion_options(r: Results) -> str:
+    """benchmarks/depth_objectives.py: what was tried against the erosion, against the defaults (depth_proof.json)."""
+    rows = []
+    proof = dict(_depth_runs(r, "depth_proof.json"))
+    for label, record in _depth_runs(r, "depth_objectives.json"):
+        if label not in proof or not any(k in record for k in EROSION_LABELS):
+            continue
+        ref = proof[label]["audit"]["models"]
+        for who, name in (("retrained", "model retrained without them"), ("forgotten", "GS-LoRA, defaults")):
+            v = ref[who]
+            ts = proof[label]["tasks"] if who == "forgotten" else None
+            rows.append([label, name, signed(min(t["acc_r_change"] for t in ts)) if ts else "-",
+                         f1(max((t["acc_o"] or 0.0) for t in ts)) if ts else "-", f1(v["probe_f"]), _rec(v),
+                         f"{v['mia_auc']:.3f}"])
+        for variant, name in EROSION_LABELS.items():
+            v = record.get(variant)
+            if not v or "audit" not in v:
+                continue
+            a, ts = v["audit"]["models"]["forgotten"], v["tasks"]
+            rows.append([label, name, signed(min(t["acc_r_change"] for t in ts)),
+                         f1(max((t["acc_o"] or 0.0) for t in ts)), f1(a["probe_f"]), _rec(a), f"{a['mia_auc']:.3f}"])
+    return md_table(["data", "setting", "worst ΔAcc_r", "worst Acc_o", "probe Acc_f", "recovery", "MIA AUC"], rows)
 
 
 # --- forgetting with the defaults (docs/benchmarks.md) ------------------------------------------------------------

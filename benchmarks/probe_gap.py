@@ -1,0 +1,178 @@
+"""Why the audit's probe reads the forgotten classes better than the in-loop probe: several linear read-outs on the
+same embeddings of the original, the forgotten (GS-LoRA), the head-forgetting and the retrained model of one finished
+depth-proof run (benchmarks/depth_proof.py), scored on the forgotten classes' test images.
+
+    .venv/bin/python benchmarks/probe_gap.py runs/depth/proof-orl-4x5 --head runs/depth/proof-orl-4x5-head
+
+Read-outs (all fitted among every class, scored on the forgotten classes):
+    audit        logistic regression on standardised train-split embeddings, test split (the audit's probe)
+    audit_l2     the same on L2-normalised embeddings, no standardisation
+    ncm          nearest class mean (cosine) of the train split, test split
+    loo_test     the in-loop probe (leave-one-out ridge) on the test split alone (held-out images only)
+    loo_all      leave-one-out ridge on train and test split together
+    eta2_train / eta2_test   the collapse term's η² of the forgotten classes on each split (what the loss drives to 0)
+
+With --erosion: the model after each task (the original plus the run's stored adapters, merged in turn) and, per
+group of classes by the task that forgot them, the in-loop probe on that task's check images and η² on their test
+images: whether a later task undoes the depth an earlier one reached; and the cosine between the weight updates of
+every two tasks, per LoRA layer.
+Raw numbers: docs/results/probe_gap.json (one key per run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "docs" / "results" / "probe_gap.json"
+
+
+def readouts(train_emb, train_y, test_emb, test_y, forget) -> dict:
+    from gslora.audit import AuditConfig, _acc, _probe_predict
+    from gslora.depth import collapse_loss, probe_accuracy
+
+    cfg = AuditConfig()
+    out = {"audit": _acc(_probe_predict(train_emb, train_y, test_emb, cfg), test_y, forget)}
+    n_tr, n_te = F.normalize(train_emb, dim=-1), F.normalize(test_emb, dim=-1)
+    from sklearn.linear_model import LogisticRegression
+
+    lr = LogisticRegression(C=cfg.probe_c, max_iter=cfg.probe_max_iter).fit(n_tr.numpy(), train_y.numpy())
+    out["audit_l2"] = _acc(torch.as_tensor(lr.predict(n_te.numpy())), test_y, forget)
+    classes = torch.unique(train_y)
+    means = F.normalize(torch.stack([n_tr[train_y == c].mean(0) for c in classes]), dim=-1)
+    out["ncm"] = _acc(classes[(n_te @ means.T).argmax(1)], test_y, forget)
+    out["loo_test"] = probe_accuracy(test_emb, test_y, forget)["acc"]
+    out["loo_all"] = probe_accuracy(torch.cat([train_emb, test_emb]), torch.cat([train_y, test_y]), forget)["acc"]
+    fset = torch.as_tensor(sorted(forget))
+    for name, e, y in (("eta2_train", train_emb, train_y), ("eta2_test", test_emb, test_y)):
+        m = torch.isin(y, fset)
+        out[name] = float(collapse_loss(e[m], y[m]))
+    return out
+
+
+def by_group(model, data, tasks: list[dict]) -> dict:
+    """Per task group (the classes each task forgot): the in-loop probe on that task's check images and η² on their
+    test images, under ``model``."""
+    from gslora.audit import embed_dataset
+    from gslora.depth import collapse_loss, probe_accuracy
+
+    model.eval()
+    tr_e, tr_y = embed_dataset(model, data.train, "cpu")
+    va_e, va_y = embed_dataset(model, data.val, "cpu")
+    te_e, te_y = embed_dataset(model, data.test, "cpu")
+    probe, eta2 = [], []
+    for t in tasks:
+        classes = torch.as_tensor(sorted(set(t["remain"]) | set(t["forget"]) | set(t.get("old", []))))
+        idx = torch.as_tensor(t["indices"]["check_train"], dtype=torch.long)
+        e, y = torch.cat([va_e, tr_e[idx]]), torch.cat([va_y, tr_y[idx]])
+        keep = torch.isin(y, classes)
+        probe.append(round(probe_accuracy(e[keep], y[keep], t["forget"])["acc"], 1))
+        m = torch.isin(te_y, torch.as_tensor(t["forget"]))
+        eta2.append(round(float(collapse_loss(te_e[m], te_y[m])), 3))
+    return {"check_probe_by_group": probe, "test_eta2_by_group": eta2, "_test": F.normalize(te_e, dim=-1), "_y": te_y}
+
+
+def drift(before: dict, after: dict, tasks: list[dict]) -> dict:
+    """Mean distance the L2-normalised test embeddings moved between two models, per task group and for the classes
+    no task forgot (the anchor's job)."""
+    move = (after["_test"] - before["_test"]).norm(dim=-1)
+    y = after["_y"]
+    forgotten = torch.as_tensor(sorted({c for t in tasks for c in t["forget"]}))
+    return {"test_drift_by_group": [round(float(move[torch.isin(y, torch.as_tensor(t["forget"]))].mean()), 3)
+                                    for t in tasks],
+            "test_drift_remain": round(float(move[~torch.isin(y, forgotten)].mean()), 3)}
+
+
+def erosion(run: str, original, data, tasks: list[dict], retrained=None) -> list[dict]:
+    """The original (after_task 0), the model after each task (its stored adapters merged in turn) and the retrained
+    model (after_task None), each :func:`by_group`, with the :func:`drift` each task caused."""
+    from peft import PeftModel
+
+    rows, model, last = [], original, None
+    for done in range(len(tasks) + 1):
+        if done:
+            model = PeftModel.from_pretrained(model, str(Path(run) / "adapters" / f"task{done}")).merge_and_unload()
+        now = by_group(model, data, tasks)
+        rows.append({"after_task": done, **{k: v for k, v in now.items() if not k.startswith("_")},
+                     **(drift(last, now, tasks) if last is not None else {})})
+        last = now
+        print(rows[-1], flush=True)
+    if retrained is not None:
+        now = by_group(retrained, data, tasks)
+        rows.append({"after_task": None, **{k: v for k, v in now.items() if not k.startswith("_")}})
+        print(rows[-1], flush=True)
+    return rows
+
+
+def adapter_cosines(run: str, n_tasks: int) -> dict:
+    """Per LoRA layer, the cosine between the weight updates (scaling · B · A) of every two tasks that changed it:
+    whether a later task's update undoes an earlier one's."""
+    from safetensors.torch import load_file
+
+    updates = []
+    for t in range(1, n_tasks + 1):
+        folder = Path(run) / "adapters" / f"task{t}"
+        w = load_file(str(folder / "adapter_model.safetensors"))
+        cfg = json.loads((folder / "adapter_config.json").read_text())
+        scale = cfg["lora_alpha"] / cfg["r"]
+        updates.append({k.split("backbone.")[-1].replace(".lora_A.weight", ""):
+                        scale * (w[k.replace("lora_A", "lora_B")] @ w[k]).flatten() for k in w if "lora_A" in k})
+    out = {}
+    for layer in sorted({k for u in updates for k in u}):
+        out[layer] = {f"{i + 1}-{j + 1}": round(float(F.cosine_similarity(updates[i][layer], updates[j][layer], 0)), 3)
+                      for i in range(n_tasks) for j in range(i + 1, n_tasks)
+                      if layer in updates[i] and layer in updates[j]}
+    return out
+
+
+def main() -> None:
+    from gslora.audit import _load_model, embed_dataset, run_classes
+    from gslora.data import load_data
+    from gslora.rundir import RunFolder
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run")
+    p.add_argument("--head", help="the head-forgetting run on the same plan")
+    p.add_argument("--key", help="key in the JSON (default: the run folder's name)")
+    p.add_argument("--erosion", action="store_true", help="also the depth of each task's classes after every task")
+    a = p.parse_args()
+    finished = RunFolder.load(a.run)
+    results, rcfg = finished.results, finished.config
+    report = json.loads((Path(a.run) / "audit" / "audit.json").read_text())
+    paths = {"original": Path(results["source_checkpoint"]), "forgotten": finished.final_checkpoint}
+    if a.head:
+        paths["head"] = Path(a.head) / "final.safetensors"
+    cache = (report.get("retrained_by") or {}).get("cache") or report.get("retrained_checkpoint")
+    if cache:
+        paths["retrained"] = Path(cache)
+    forget, _ = run_classes(results)
+    rows = {}
+    data = None
+    for label, path in paths.items():
+        model, _ = _load_model(path, label)
+        model.config.pop("masked_classes", None)
+        if data is None:
+            data = load_data(rcfg.data, image_size=model.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
+                             val_ratio=rcfg.val_ratio, preprocessing=model.config.get("preprocessing"))
+        tr = embed_dataset(model.eval(), data.train, "cpu")
+        te = embed_dataset(model, data.test, "cpu")
+        rows[label] = {k: (round(v, 4) if v is not None else None) for k, v in readouts(*tr, *te, forget).items()}
+        print(label, rows[label], flush=True)
+    key = a.key or Path(a.run).name
+    saved = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    saved[key] = {"run": a.run, "forgotten_classes": len(forget), "models": rows}
+    if a.erosion:
+        original, _ = _load_model(paths["original"], "original")
+        retrained = _load_model(paths["retrained"], "retrained")[0] if "retrained" in paths else None
+        saved[key]["erosion"] = erosion(a.run, original, data, results["plan"]["tasks"], retrained)
+        saved[key]["adapter_cosines"] = adapter_cosines(a.run, len(results["plan"]["tasks"]))
+    OUT.write_text(json.dumps(saved, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
