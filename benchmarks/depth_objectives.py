@@ -18,6 +18,8 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
     droppath     GS-LoRA trained under stochastic depth (rate W / 100): the forgetting must hold with any block skipped
     oldapart     with --set old_forget_shots=2: the collapse of this task's classes and of the earlier-forgotten ones
                  apart (the product's term takes them together)
+    oldanchor    with --set old_forget_shots=2: the earlier-forgotten images held by the embedding anchor where the
+                 task started (not collapsed with this task's classes)
 
 Every variant but paper-ce runs through the same targets and trial rule, with the probe target --probe (the in-loop
 probe, gslora.depth) added to the forgetting targets (the `defaults` row keeps the shipped target unless --probe-all).
@@ -205,8 +207,30 @@ def make_variants():
             terms = [collapse_loss(emb_f[m], y_f[m]) for m in (~old, old) if m.any()]
             return self.weight * sum(terms)
 
+    class OldAnchor(GSLoRA):  # with old_forget_shots: the earlier-forgotten images held where they are (the
+        # embedding anchor) instead of collapsed with this task's classes
+        weight = 20.0
+
+        def feature_term(self, emb_f, y_f, state):
+            from gslora.depth import collapse_loss
+
+            now = ~torch.isin(y_f, self.old_classes)
+            return self.weight * collapse_loss(emb_f[now], y_f[now]) if now.any() else None
+
+        def loss(self, model, remain, forget, state):
+            from gslora.methods.gslora import embedding_anchor
+
+            total, logs = super().loss(model, remain, forget, state)
+            x_f, y_f = forget
+            old = torch.isin(y_f, self.old_classes)
+            if old.any() and self.anchor > 0:
+                held = self.anchor * embedding_anchor(model, x_f[old], model.embed(x_f[old]))
+                total = total + held
+                logs["old_anchor"] = float(held.detach())
+            return total, logs
+
     return {"attack": Attack, "collapse": Collapse, "rmu": RMU, "layers": Layers, "droppath": DropPath,
-            "oldapart": OldApart}
+            "oldapart": OldApart, "oldanchor": OldAnchor}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -320,7 +344,7 @@ def main(argv=None) -> int:
             model, m = load_checkpoint(ckpt)
             sets = list(args.overrides) if variant != "head" else []
             target = "acc_f<=2,acc_r_drop<=2"
-            if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart"):
+            if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":
                 sets.append(f"target={target}")
