@@ -20,6 +20,8 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
                  apart (the product's term takes them together)
     oldanchor    with --set old_forget_shots=2: the earlier-forgotten images held by the embedding anchor where the
                  task started (not collapsed with this task's classes)
+    strangers    the embedding anchor also on mixes of two remaining people's replay images (a pixel mix, 0.3-0.7):
+                 synthetic people outside the task, whom the update may not move either (no data of the forgotten)
 
 Every variant but paper-ce runs through the same targets and trial rule, with the probe target --probe (the in-loop
 probe, gslora.depth) added to the forgetting targets (the `defaults` row keeps the shipped target unless --probe-all).
@@ -229,8 +231,25 @@ def make_variants():
                 logs["old_anchor"] = float(held.detach())
             return total, logs
 
+    class Strangers(GSLoRA):  # the anchor also on "strangers": mixes of two remaining people's replay images, so
+        # that the update cannot move people outside the task (the earlier-forgotten ones among them) without data
+        def loss(self, model, remain, forget, state):
+            from gslora.methods.gslora import embedding_anchor
+
+            total, logs = super().loss(model, remain, forget, state)
+            x_r, y_r = remain
+            if self.anchor <= 0 or len(x_r) < 2:
+                return total, logs
+            g = torch.Generator().manual_seed(state.step)
+            perm = torch.randperm(len(x_r), generator=g).to(x_r.device)
+            lam = (0.3 + 0.4 * torch.rand(len(x_r), 1, 1, 1, generator=g)).to(x_r.device, x_r.dtype)
+            mixed = lam * x_r + (1 - lam) * x_r[perm]
+            held = self.anchor * embedding_anchor(model, mixed, model.embed(mixed))
+            logs["strangers"] = float(held.detach())
+            return total + held, logs
+
     return {"attack": Attack, "collapse": Collapse, "rmu": RMU, "layers": Layers, "droppath": DropPath,
-            "oldapart": OldApart, "oldanchor": OldAnchor}
+            "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -344,7 +363,7 @@ def main(argv=None) -> int:
             model, m = load_checkpoint(ckpt)
             sets = list(args.overrides) if variant != "head" else []
             target = "acc_f<=2,acc_r_drop<=2"
-            if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor"):
+            if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":
                 sets.append(f"target={target}")
