@@ -181,3 +181,24 @@ def test_embedding_anchor_is_zero_at_the_task_start_and_trains_only_the_adapters
     expected = (torch.nn.functional.normalize(emb.detach(), dim=-1)
                 - torch.nn.functional.normalize(start, dim=-1)).pow(2).sum(-1).mean()
     assert float(loss.detach()) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_each_task_reports_the_probe_of_the_earlier_forgotten_classes_before_and_after_it(micro_model, micro_data):
+    from torch.utils.data import Subset
+
+    from gslora.depth import model_probe
+    from gslora.report.tables import results_csv, task_line
+
+    cfg = _cfg(tasks="2x2", max_steps=8, max_trials=1, eval_every=4, target_checks=1, target="acc_f<=100")
+    result = run_forgetting(copy.deepcopy(micro_model), micro_data.classes, micro_data, cfg)
+    first, second = result.rows
+    assert first["probe_o"] is None and first["probe_o_before"] is None  # nothing forgotten before task 1
+    # task 2 starts from task 1's model and probes the same test images (every class has data): its "before" is
+    # task 1's own probe of the classes it forgot
+    assert second["probe_o_before"] == pytest.approx(first["probe_f"])
+    old = result.plan.tasks[1].old
+    assert old == result.plan.tasks[0].forget
+    assert second["probe_o"] == pytest.approx(model_probe(result.model, Subset(micro_data.test, range(
+        len(micro_data.test))), "cpu", old))
+    assert "earlier-forgotten" in task_line(second, 2) and "earlier-forgotten" not in task_line(first, 2)
+    assert "probe_o_before,probe_o" in results_csv(result.results).splitlines()[0]

@@ -70,6 +70,8 @@ class TaskRow(TaskMetrics):
     missing: list[str]  # their names
     probe_f: float | None  # the in-loop probe (gslora.depth) on the forgotten classes' test images, leave-one-out
     probe_keep: float | None  # probe_f as % of the task-start model's on the same images
+    probe_o: float | None  # the same probe scored on the earlier-forgotten classes' test images (None on a first task)
+    probe_o_before: float | None  # probe_o under the task-start model: probe_o − probe_o_before is depth given back
     val: TaskMetrics  # the same metrics on the validation split
     targets: dict  # the target spec and, per target, whether it held on validation and on test
     trials: list[dict]  # per trial: lr, steps, whether it stopped early, validation metrics, targets met
@@ -552,6 +554,9 @@ def _classification_task(model, task: Task, classes, data: DataBundle, config: R
     probe_sets = {"check": _subset_of_classes(data, check_set, probed),
                   "test": Subset(data.test, [i for i, t in enumerate(data.test.targets) if int(t) in probed])}
     probe_start = {k: model_probe(model, v, device, task.forget) for k, v in probe_sets.items()}
+    # the same probe on the earlier-forgotten classes' test images, at the task start and after it: whether this task
+    # gave back depth an earlier one reached (it moves people no loss term sees; docs/results/DECISIONS.md#depth)
+    probe_o_start = model_probe(model, probe_sets["test"], device, task.old) if task.old else None
 
     def probe(m, where: str = "check") -> dict:
         value = model_probe(m, probe_sets[where], device, task.forget)
@@ -587,7 +592,8 @@ def _classification_task(model, task: Task, classes, data: DataBundle, config: R
     def result(model, record, trials, info, summary, trainable, total_params, start_weights, progress, t0):
         counts_after = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
         test = {**task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre, missing),
-                **probe(model, "test")}
+                **probe(model, "test"), "probe_o_before": probe_o_start,
+                "probe_o": model_probe(model, probe_sets["test"], device, task.old) if task.old else None}
         row: TaskRow = {
             "task": task.index,
             "setting": f"{len(task.remain) + len(task.forget)}-{len(task.forget)}",

@@ -32,7 +32,8 @@ def target_results(row: dict) -> list[tuple[str, float, float | None, bool]]:
 
 def task_line(row: dict, num_tasks: int) -> str:
     """One line saying what a task did: the classes forgotten, the trials and their lr (and retention anchor, when a
-    trial strengthened it), each target on the check set (met or missed, with the value reached), the blocks changed
+    trial strengthened it), each target on the check set (met or missed, with the value reached), the blocks changed,
+    the test numbers (with the probe of the earlier-forgotten classes after and before the task, when there are any)
     and the time."""
     trials = row.get("trials") or []
     lrs = ", ".join(f"{t['lr']:.3g}" + (f" anchor x{t['anchor_scale']:g}" if t.get("anchor_scale", 1.0) != 1.0 else "")
@@ -44,9 +45,11 @@ def task_line(row: dict, num_tasks: int) -> str:
     info = row.get("method_info") or {}
     blocks = info.get("selected_blocks")
     blocks_text = "" if blocks is None else f" | blocks changed: {','.join(map(str, blocks)) or 'none'}"
+    earlier = ("" if row.get("probe_o") is None else
+               f", earlier-forgotten {fmt(row['probe_o'])} (was {fmt(row.get('probe_o_before'))})")
     return (f"task {row['task']}/{num_tasks}: forgot {names_text(row['forget'])} | {trial_text} | check set: "
             f"{targets}{blocks_text} | Acc_f {fmt(row['acc_f'])} Acc_r {fmt(row['acc_r'])} probe_f "
-            f"{fmt(row.get('probe_f'))} (test) | "
+            f"{fmt(row.get('probe_f'))}{earlier} (test) | "
             f"{row['wall_seconds']:.0f} s")
 
 
@@ -84,7 +87,8 @@ def task_table(results: dict) -> str:
     miss = has_missing(results["tasks"])
     lines = [["Task", "Setting", "Acc_f before", "Acc_f", "probe_f", "probe kept", "Drop", "Acc_r",
               "ΔAcc_r vs pre-train"]
-             + (["Acc_m", "Acc_m before"] if miss else []) + ["Acc_o", "H", "Tunable", "Blocks selected", "Time (s)"]]
+             + (["Acc_m", "Acc_m before"] if miss else [])
+             + ["Acc_o", "probe_o (before)", "H", "Tunable", "Blocks selected", "Time (s)"]]
     for r in results["tasks"]:
         info = r.get("method_info", {})
         sel = info.get("selected_blocks")
@@ -92,7 +96,9 @@ def task_table(results: dict) -> str:
         lines.append([
             str(r["task"]), r["setting"], fmt(r["before"]["acc_f"]), fmt(r["acc_f"]), fmt(r.get("probe_f")),
             "-" if r.get("probe_keep") is None else f"{r['probe_keep']:.0f}%", fmt(r["drop"]), fmt(r["acc_r"]),
-            fmt(r["acc_r_change_vs_pretrained"]), *m, fmt(r["acc_o"]), fmt(r["h_mean"]), f"{r['tunable_ratio']:.2f}%",
+            fmt(r["acc_r_change_vs_pretrained"]), *m, fmt(r["acc_o"]),
+            "-" if r.get("probe_o") is None else f"{fmt(r['probe_o'])} ({fmt(r.get('probe_o_before'))})",
+            fmt(r["h_mean"]), f"{r['tunable_ratio']:.2f}%",
             "-" if sel is None else f"{len(sel)}/{len(info['group_norms'])} {sel}", f"{r['wall_seconds']:.1f}",
         ])
     return markdown(lines)
@@ -108,7 +114,7 @@ def markdown(rows: list[list[str]]) -> str:
 
 
 CSV_FIELDS = ["task", "setting", "n_forget", "n_remain", "n_old", "n_missing", "acc_f", "probe_f", "probe_keep",
-              "check_probe_f", "check_probe_keep", "acc_r", "acc_m", "acc_o",
+              "check_probe_f", "check_probe_keep", "probe_o_before", "probe_o", "acc_r", "acc_m", "acc_o",
               "drop", "h_mean", "acc_f_before", "acc_r_pretrained", "acc_m_before", "acc_m_pretrained",
               "acc_r_change_vs_pretrained", "val_acc_f", "val_acc_r", "val_acc_m", "val_acc_o", "val_h_mean",
               "tunable_ratio", "trainable_params", "selected_blocks", "group_norms", "relative_delta_norms",
