@@ -488,21 +488,31 @@ def comparison_single(name: str, r: Results) -> str:
 def comparison_depth(name: str, r: Results) -> str:
     """A comparison run with --depth (comparison_NAME_depth.json): per method mean H over the tasks, worst Acc_f and
     Acc_o, then after the last task probe Acc_f, recovery, MIA AUC and the distance of the first two to the retrained
-    reference; sorted by mean H."""
+    reference; sorted by mean H. With several plans (the single-step setting: one run per C-Y, each audited against
+    its own retrained reference) the depth numbers are means over the plans."""
     comp = r(f"comparison_{name}_depth.json")
-    depth = next(iter(comp["depth"]["runs"].values()))
-    ref = depth["retrained"]
-    rows = [["retrained reference (audit)", "-", "-", "-", f1(ref["probe_f"]), f0(ref["recovery"]) + "%",
-             f"{ref['mia_auc']:.3f}", "0", "0", "-"],
-            ["original", "-", "-", "-", f1(depth["original"]["probe_f"]), "-", f"{depth['original']['mia_auc']:.3f}",
-             "-", "-", "-"]]
+    runs = list(comp["depth"]["runs"].values())
+
+    def avg(values):
+        values = [v for v in values if v is not None]
+        return mean(values) if values else None
+
+    def over(get):
+        return avg(get(run) for run in runs)
+
+    rows = [["retrained reference (audit)", "-", "-", "-", f1(over(lambda d: d["retrained"]["probe_f"])),
+             f0(over(lambda d: d["retrained"]["recovery"])) + "%",
+             f"{over(lambda d: d['retrained']['mia_auc']):.3f}", "0", "0", "-"],
+            ["original", "-", "-", "-", f1(over(lambda d: d["original"]["probe_f"])), "-",
+             f"{over(lambda d: d['original']['mia_auc']):.3f}", "-", "-", "-"]]
     scored = []
     for m in comp["methods"]:
-        d = depth["methods"].get(m["method"])
-        if m["status"] != "ok" or d is None:
+        ds = [run["methods"][m["method"]] for run in runs if m["method"] in run["methods"]]
+        if m["status"] != "ok" or not ds:
             continue
         ts = [t for run in m["runs"] for t in run["tasks"]]
         h = mean(t["h_mean"] or 0.0 for t in ts)
+        d = {k: avg(x[k] for x in ds) for k in ("probe_f", "recovery", "mia_auc", "probe_gap", "recovery_gap")}
         scored.append((h, [LABELS.get(m["method"], m["method"]), f1(h), f1(max(t["acc_f"] for t in ts)),
                            f1(max((t["acc_o"] or 0.0) for t in ts)), f1(d["probe_f"]), f0(d["recovery"]) + "%",
                            f"{d['mia_auc']:.3f}", signed(d["probe_gap"]), signed(d["recovery_gap"]),
