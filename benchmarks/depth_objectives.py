@@ -267,6 +267,7 @@ def summarise(results: dict) -> list[dict]:
         out.append({"task": r["task"], "acc_f": r["acc_f"], "acc_o": r["acc_o"], "acc_r": r["acc_r"],
                     "acc_r_change": r["acc_r_change_vs_pretrained"], "h_mean": r["h_mean"],
                     "probe_f": r.get("probe_f"), "probe_keep": r.get("probe_keep"),
+                    "probe_o": r.get("probe_o"), "probe_o_before": r.get("probe_o_before"),
                     "check": {k: r["check"].get(k) for k in ("acc_f", "acc_r_drop", "probe_f", "probe_keep")},
                     "blocks": (r["method_info"] or {}).get("selected_blocks"), "steps": r["steps"],
                     "steps_all_trials": r["steps_all_trials"], "trials": len(r["trials"]),
@@ -318,8 +319,9 @@ def main(argv=None) -> int:
     p.add_argument("--tasks", default=None, help="another NxK than the dataset's (e.g. 2x10: its first two tasks)")
     p.add_argument("--no-audit", action="store_true", help="per-task numbers only (no audit, no calibration)")
     p.add_argument("--label", default="", help="suffix of the variants' names in the JSON")
-    p.add_argument("--record-run", metavar="FOLDER", help="record a finished, audited run folder (a CLI run with the "
-                   "--set values given) under --label for the --only dataset, instead of running anything")
+    p.add_argument("--record-run", metavar="FOLDER", help="record a finished run folder (a CLI run with the --set "
+                   "values given; its audit too, when it has one) under --label for the --only dataset, instead of "
+                   "running anything")
     p.add_argument("--out", default="runs/depth")
     p.add_argument("--results", default=str(HERE.parent / "docs" / "results" / "depth_objectives.json"))
     args = p.parse_args(argv)
@@ -341,8 +343,9 @@ def main(argv=None) -> int:
         record = saved["runs"].setdefault((args.only or ["orl-4x5"])[0], {})
         record[args.label] = {"settings": list(args.overrides), "run": str(folder),
                               "seconds": sum(t["wall_seconds"] for t in results["tasks"]),
-                              "tasks": summarise(results),
-                              "audit": audit_summary(json.loads((folder / "audit" / "audit.json").read_text()))}
+                              "tasks": summarise(results)}
+        if (folder / "audit" / "audit.json").is_file():
+            record[args.label]["audit"] = audit_summary(json.loads((folder / "audit" / "audit.json").read_text()))
         save(path, saved, (args.only or ["orl-4x5"])[0], record, [args.label])
         return 0
     for name in args.only or ["orl-4x5"]:

@@ -321,6 +321,24 @@ def depth_erosion(r: Results) -> str:
                      "η² on test images (same groups)", "embeddings moved by the task (remaining classes)"], rows)
 
 
+PROBE_O_LABELS = {"defaults-probe-o": "defaults (lr 0.005)", "lr0.0025": "lr 0.0025", "lr0.01": "lr 0.01"}
+
+
+@table("depth_probe_o")
+def depth_probe_o(r: Results) -> str:
+    """The per-task probe of the earlier-forgotten classes (test images) after and before each task, per setting."""
+    rows = []
+    for label, record in _depth_runs(r, "depth_objectives.json"):
+        for key, name in PROBE_O_LABELS.items():
+            v = record.get(key)
+            if not v:
+                continue
+            rows.append([label, name, per_task([t["probe_f"] for t in v["tasks"]], f0),
+                         " / ".join(f"{f0(t['probe_o'])} ({f0(t['probe_o_before'])})" for t in v["tasks"][1:])])
+    return md_table(["data", "setting", "probe_f (task 1 / 2 / 3 / 4)",
+                     "earlier-forgotten after (before) tasks 2 / 3 / 4"], rows)
+
+
 @table("depth_erosion_options")
 def depth_erosion_options(r: Results) -> str:
     """benchmarks/depth_objectives.py: what was tried against the erosion, against the defaults (depth_proof.json)."""
