@@ -321,6 +321,36 @@ def depth_erosion(r: Results) -> str:
                      "η² on test images (same groups)", "embeddings moved by the task (remaining classes)"], rows)
 
 
+def _seeds_cell(refs: list, summ: dict, key: str, fmt) -> str:
+    return (" / ".join(fmt(x["retrained"][key]) for x in refs)
+            + f" (mean {fmt(summ[key]['mean'])}, sd {fmt(summ[key]['sd'])})")
+
+
+@table("floor_seeds")
+def floor_seeds(r: Results) -> str:
+    """benchmarks/floor_seeds.py: the retrained reference with several seeds against the depth proof's GS-LoRA
+    model, and the proof's three distance checks against the seeds' mean."""
+    rows = []
+    for key, label in DEPTH_SETS:
+        run = r("floor_seeds.json").get(f"proof-{key}")
+        if not run:
+            continue
+        refs, summ = run["references"], run["summary"]
+        p_, r_, m_ = summ["probe_f"], summ["recovery"], summ["mia_auc"]
+        checks = [f"probe {signed(p_['forgotten'] - p_['mean'])} "
+                  f"{'met' if p_['forgotten'] <= p_['mean'] + 5 else 'MISSED'}",
+                  f"recovery {signed(r_['forgotten'] - r_['mean'])} "
+                  f"{'met' if r_['forgotten'] <= r_['mean'] + 10 else 'MISSED'}",
+                  f"MIA {m_['forgotten'] - m_['mean']:+.3f} "
+                  f"{'met' if abs(m_['forgotten'] - m_['mean']) <= 0.05 else 'MISSED'}"]
+        rows.append([label, ", ".join(str(x["seed"]) for x in refs), _seeds_cell(refs, summ, "probe_f", f1),
+                     f1(p_["forgotten"]), _seeds_cell(refs, summ, "recovery", f0), f0(r_["forgotten"]),
+                     _seeds_cell(refs, summ, "mia_auc", lambda v: f"{v:.3f}"), f"{m_['forgotten']:.3f}",
+                     "; ".join(checks)])
+    return md_table(["data", "seeds", "retrained probe Acc_f", "GS-LoRA", "retrained recovery (%)", "GS-LoRA",
+                     "retrained MIA AUC", "GS-LoRA", "GS-LoRA against the mean (within 5 / 10 / 0.05)"], rows)
+
+
 PROBE_O_LABELS = {"defaults-probe-o": "defaults (lr 0.005)", "lr0.0025": "lr 0.0025", "lr0.01": "lr 0.01"}
 
 
