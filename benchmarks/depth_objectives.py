@@ -22,6 +22,8 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
                  task started (not collapsed with this task's classes)
     strangers    the embedding anchor also on mixes of two remaining people's replay images (a pixel mix, 0.3-0.7):
                  synthetic people outside the task, whom the update may not move either (no data of the forgotten)
+    robust       the collapse also on the forget batch under a random rank-8 change of two blocks' FFN weights (20%
+                 of their norm, what a later task does), so that it holds when a later task changes those blocks
 
 Every variant but paper-ce runs through the same targets and trial rule, with the probe target --probe (the in-loop
 probe, gslora.depth) added to the forgetting targets (the `defaults` row keeps the shipped target unless --probe-all).
@@ -248,8 +250,41 @@ def make_variants():
             logs["strangers"] = float(held.detach())
             return total + held, logs
 
+    class Robust(GSLoRA):  # the collapse also under a random low-rank change of two blocks' FFN weights (what a
+        # later task does to them: rank 8, about 20% of their norm), so that the next task cannot undo it as easily
+        rel = 0.2
+        blocks_per_step = 2
+
+        def loss(self, model, remain, forget, state):
+            from gslora.depth import collapse_loss
+
+            total, logs = super().loss(model, remain, forget, state)
+            x_f, y_f = forget
+            g = torch.Generator().manual_seed(10_000 + state.step)
+            chosen = torch.randperm(len(self.groups.modules), generator=g)[: self.blocks_per_step].tolist()
+            hooks = []
+            for b in chosen:
+                for layer in self.groups.modules[b]:
+                    w = layer.base_layer.weight
+                    u = torch.randn(w.shape[0], 8, generator=g).to(w)
+                    v = torch.randn(w.shape[1], 8, generator=g).to(w)
+                    scale = self.rel * float(w.norm()) / float((u @ v.T).norm())
+
+                    def add(m, i, o, u=u, v=v, scale=scale):
+                        return o + scale * (i[0] @ v) @ u.T
+
+                    hooks.append(layer.base_layer.register_forward_hook(add))
+            try:
+                emb = model.embed(x_f)
+            finally:
+                for h in hooks:
+                    h.remove()
+            term = self.args.collapse_weight * collapse_loss(emb, y_f)
+            logs["robust"] = float(term.detach())
+            return total + term, logs
+
     return {"attack": Attack, "collapse": Collapse, "rmu": RMU, "layers": Layers, "droppath": DropPath,
-            "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers}
+            "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers, "robust": Robust}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -366,7 +401,8 @@ def main(argv=None) -> int:
             model, m = load_checkpoint(ckpt)
             sets = list(args.overrides) if variant != "head" else []
             target = "acc_f<=2,acc_r_drop<=2"
-            if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers"):
+            if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers",
+                           "robust"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":
                 sets.append(f"target={target}")

@@ -298,7 +298,8 @@ EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forg
                   "droppath": "collapse under stochastic depth 0.2",
                   "anchor30": "embedding anchor 30 (×3 after a retention miss) instead of 10",
                   "oldanchor": "+ 2 images of each earlier-forgotten class, held by the anchor (not collapsed)",
-                  "strangers": "the anchor also on mixes of two remaining people's images (no data of the forgotten)"}
+                  "strangers": "the anchor also on mixes of two remaining people's images (no data of the forgotten)",
+                  "robust": "the collapse also under a random rank-8 change of two blocks (20% of their norm)"}
 
 
 @table("depth_erosion")
