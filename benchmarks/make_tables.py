@@ -352,6 +352,20 @@ def floor_seeds(r: Results) -> str:
                      "retrained MIA AUC", "GS-LoRA", "GS-LoRA against the mean (within 5 / 10 / 0.05)"], rows)
 
 
+@table("depth_by_block")
+def depth_by_block(r: Results) -> str:
+    """benchmarks/probe_gap.py --blocks: task 1's forgotten classes read at the class token of every block's output
+    and at the embedding."""
+    rows = []
+    for key, label in DEPTH_SETS:
+        run = r("probe_gap.json").get(key)
+        if not run or "task1_by_block" not in run:
+            continue
+        for who, v in run["task1_by_block"].items():
+            rows.append([label, who, " / ".join(f0(x) for x in v["class_token"]), f0(v["embedding"])])
+    return md_table(["data", "model", "class token at the output of block 0 / 1 / ... / last", "embedding"], rows)
+
+
 PROBE_O_LABELS = {"defaults-probe-o": "defaults (lr 0.005)", "lr0.0025": "lr 0.0025", "lr0.01": "lr 0.01"}
 
 

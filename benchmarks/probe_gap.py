@@ -15,7 +15,9 @@ Read-outs (all fitted among every class, scored on the forgotten classes):
 With --erosion: the model after each task (the original plus the run's stored adapters, merged in turn) and, per
 group of classes by the task that forgot them, the in-loop probe on that task's check images and η² on their test
 images: whether a later task undoes the depth an earlier one reached; and the cosine between the weight updates of
-every two tasks, per LoRA layer.
+every two tasks, per LoRA layer. With --blocks: task 1's forgotten classes read by the in-loop probe at the output
+of every block (token mean) and at the embedding, under the original, the model after tasks 1 and 2 and the retrained
+model.
 Raw numbers: docs/results/probe_gap.json (one key per run).
 """
 
@@ -130,6 +132,43 @@ def adapter_cosines(run: str, n_tasks: int) -> dict:
     return out
 
 
+def block_probes(model, data, task: dict) -> dict[str, list[float]]:
+    """The in-loop probe of ``task``'s forgotten classes on its check images, read at the output of every block from
+    the class token (the path to the embedding, which is the last block's class token after the final norm) and
+    from the mean of all tokens, and at the embedding: where in the network the forgotten people are still told
+    apart."""
+    from torch.utils.data import ConcatDataset, DataLoader, Subset
+
+    from gslora.depth import probe_accuracy
+
+    model.eval()
+    blocks = model.backbone.blocks
+    captured: list = []
+    hooks = [b.register_forward_hook(lambda m, i, o: captured.append(o.float())) for b in blocks]
+    classes = set(task["remain"]) | set(task["forget"]) | set(task.get("old", []))
+    images = ConcatDataset([data.val, Subset(data.train, task["indices"]["check_train"])])
+    cls, mean_, embs, ys = [], [], [], []
+    try:
+        with torch.no_grad():
+            for x, y in DataLoader(images, batch_size=256):
+                captured.clear()
+                embs.append(model.embed(x).float())
+                cls.append(torch.stack([o[:, 0] for o in captured]))  # blocks × batch × dim
+                mean_.append(torch.stack([o.mean(1) for o in captured]))
+                ys.append(torch.as_tensor(y))
+    finally:
+        for h in hooks:
+            h.remove()
+    y = torch.cat(ys)
+    keep = torch.isin(y, torch.as_tensor(sorted(classes)))
+
+    def read(feats):
+        return [round(probe_accuracy(f[keep], y[keep], task["forget"])["acc"], 1) for f in feats]
+
+    return {"class_token": read(torch.cat(cls, dim=1)), "token_mean": read(torch.cat(mean_, dim=1)),
+            "embedding": read([torch.cat(embs)])[0]}
+
+
 def main() -> None:
     from gslora.audit import _load_model, embed_dataset, run_classes
     from gslora.data import load_data
@@ -140,6 +179,8 @@ def main() -> None:
     p.add_argument("--head", help="the head-forgetting run on the same plan")
     p.add_argument("--key", help="key in the JSON (default: the run folder's name)")
     p.add_argument("--erosion", action="store_true", help="also the depth of each task's classes after every task")
+    p.add_argument("--blocks", action="store_true", help="also task 1's classes read at every block's output, under "
+                   "the original, the model after tasks 1 and 2 and the retrained model")
     a = p.parse_args()
     finished = RunFolder.load(a.run)
     results, rcfg = finished.results, finished.config
@@ -171,6 +212,20 @@ def main() -> None:
         retrained = _load_model(paths["retrained"], "retrained")[0] if "retrained" in paths else None
         saved[key]["erosion"] = erosion(a.run, original, data, results["plan"]["tasks"], retrained)
         saved[key]["adapter_cosines"] = adapter_cosines(a.run, len(results["plan"]["tasks"]))
+    if a.blocks:
+        from peft import PeftModel
+
+        tasks = results["plan"]["tasks"]
+        model, _ = _load_model(paths["original"], "original")
+        rows = {"original": block_probes(model, data, tasks[0])}
+        for done in (1, 2):
+            model = PeftModel.from_pretrained(model, str(Path(a.run) / "adapters" / f"task{done}")).merge_and_unload()
+            rows[f"after task {done}"] = block_probes(model, data, tasks[0])
+        if "retrained" in paths:
+            rows["retrained"] = block_probes(_load_model(paths["retrained"], "retrained")[0], data, tasks[0])
+        for label, values in rows.items():
+            print(label, values, flush=True)
+        saved[key]["task1_by_block"] = rows
     OUT.write_text(json.dumps(saved, indent=1) + "\n")
 
 
