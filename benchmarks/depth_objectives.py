@@ -15,6 +15,7 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
                  to c x a fixed random direction (c: the original's mean activation norm there), remain activations held
                  at the original's
     layers       GS-LoRA + the collapse also on the token mean of the block outputs from the middle block on
+    layerscls    the same on their class token (the path to the embedding: where the forgotten stay readable)
     droppath     GS-LoRA trained under stochastic depth (rate W / 100): the forgetting must hold with any block skipped
     oldapart     with --set old_forget_shots=2: the collapse of this task's classes and of the earlier-forgotten ones
                  apart (the product's term takes them together)
@@ -153,6 +154,10 @@ def make_variants():
     class Layers(GSLoRA):  # the product's collapse, also on the token-mean of every block output from the middle on
         weight = 20.0
 
+        @staticmethod
+        def pool(o):
+            return o.mean(1)
+
         def prepare(self, model, ctx):
             peft = super().prepare(model, ctx)
             blocks = peft.base_model.model.backbone.blocks
@@ -169,7 +174,7 @@ def make_variants():
             from gslora.depth import collapse_loss
 
             n_f = emb_f.shape[0]
-            terms = [collapse_loss(o[-n_f:].float().mean(1), y_f) for o in self.captured]
+            terms = [collapse_loss(self.pool(o[-n_f:].float()), y_f) for o in self.captured]
             self.captured.clear()
             return self.weight * (collapse_loss(emb_f, y_f) + sum(terms)) / (1 + len(terms))
 
@@ -177,6 +182,11 @@ def make_variants():
             for hook in self.hooks:
                 hook.remove()
             return super().finish(model, ctx)
+
+    class LayersClass(Layers):  # the same on the class token (the path to the embedding) of those block outputs
+        @staticmethod
+        def pool(o):
+            return o[:, 0]
 
     class DropPath(GSLoRA):  # the product's collapse, trained under stochastic depth (a rate of `weight` / 100)
         weight = 20.0
@@ -284,7 +294,8 @@ def make_variants():
             return total + term, logs
 
     return {"attack": Attack, "collapse": Collapse, "rmu": RMU, "layers": Layers, "droppath": DropPath,
-            "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers, "robust": Robust}
+            "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers, "robust": Robust,
+            "layerscls": LayersClass}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -402,7 +413,7 @@ def main(argv=None) -> int:
             sets = list(args.overrides) if variant != "head" else []
             target = "acc_f<=2,acc_r_drop<=2"
             if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers",
-                           "robust"):
+                           "robust", "layerscls"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":
                 sets.append(f"target={target}")

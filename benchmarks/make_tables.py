@@ -295,6 +295,7 @@ def depth_proof_by_task(r: Results) -> str:
 EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forget_shots: 2`), η² with this task's",
                   "oldapart": "+ 2 images of each earlier-forgotten class, η² of theirs and this task's apart",
                   "layers": "collapse also on the block outputs from the middle on",
+                  "layerscls": "collapse also on the class token of the block outputs from the middle on",
                   "droppath": "collapse under stochastic depth 0.2",
                   "anchor30": "embedding anchor 30 (×3 after a retention miss) instead of 10",
                   "oldanchor": "+ 2 images of each earlier-forgotten class, held by the anchor (not collapsed)",
