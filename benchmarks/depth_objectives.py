@@ -16,6 +16,7 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
                  at the original's
     layers       GS-LoRA + the collapse also on the token mean of the block outputs from the middle block on
     layerscls    the same on their class token (the path to the embedding: where the forgotten stay readable)
+    layerscls2   the embedding's collapse at full weight plus the mean of those class-token collapses, same weight
     droppath     GS-LoRA trained under stochastic depth (rate W / 100): the forgetting must hold with any block skipped
     oldapart     with --set old_forget_shots=2: the collapse of this task's classes and of the earlier-forgotten ones
                  apart (the product's term takes them together)
@@ -188,6 +189,16 @@ def make_variants():
         def pool(o):
             return o[:, 0]
 
+    class LayersClassPlus(LayersClass):  # the embedding's collapse at full weight plus the mean of the middle blocks'
+        # class-token collapse as a further term of the same weight
+        def feature_term(self, emb_f, y_f, state):
+            from gslora.depth import collapse_loss
+
+            n_f = emb_f.shape[0]
+            terms = [collapse_loss(self.pool(o[-n_f:].float()), y_f) for o in self.captured]
+            self.captured.clear()
+            return self.weight * (collapse_loss(emb_f, y_f) + sum(terms) / max(len(terms), 1))
+
     class DropPath(GSLoRA):  # the product's collapse, trained under stochastic depth (a rate of `weight` / 100)
         weight = 20.0
 
@@ -295,7 +306,7 @@ def make_variants():
 
     return {"attack": Attack, "collapse": Collapse, "rmu": RMU, "layers": Layers, "droppath": DropPath,
             "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers, "robust": Robust,
-            "layerscls": LayersClass}
+            "layerscls": LayersClass, "layerscls2": LayersClassPlus}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -413,7 +424,7 @@ def main(argv=None) -> int:
             sets = list(args.overrides) if variant != "head" else []
             target = "acc_f<=2,acc_r_drop<=2"
             if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers",
-                           "robust", "layerscls"):
+                           "robust", "layerscls", "layerscls2"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":
                 sets.append(f"target={target}")

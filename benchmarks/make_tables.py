@@ -296,6 +296,7 @@ EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forg
                   "oldapart": "+ 2 images of each earlier-forgotten class, η² of theirs and this task's apart",
                   "layers": "collapse also on the block outputs from the middle on",
                   "layerscls": "collapse also on the class token of the block outputs from the middle on",
+                  "layerscls2": "the same as a further term (the embedding's collapse at full weight)",
                   "droppath": "collapse under stochastic depth 0.2",
                   "anchor30": "embedding anchor 30 (×3 after a retention miss) instead of 10",
                   "oldanchor": "+ 2 images of each earlier-forgotten class, held by the anchor (not collapsed)",
