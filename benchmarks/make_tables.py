@@ -167,23 +167,28 @@ def _depth_runs(r: Results, name: str):
     return [(label, runs[key]) for key, label in DEPTH_SETS if runs.get(key)]
 
 
+def _entries(record: dict, labels: dict, need: str | None = None) -> list[tuple[str, dict]]:
+    """(label, entry) for each key of ``labels`` that ``record`` holds (with ``need`` in the entry, when given), in the
+    order of ``labels``."""
+    return [(name, record[key]) for key, name in labels.items()
+            if record.get(key) and (need is None or need in record[key])]
+
+
 @table("depth_objectives")
 def depth_objectives(r: Results) -> str:
     """benchmarks/depth_objectives.py: per objective the worst task and the final audit against the references."""
     rows = []
     for label, record in _depth_runs(r, "depth_objectives.json"):
+        entries = _entries(record, DEPTH_LABELS, "audit")
         first = next((v for v in record.values() if isinstance(v, dict) and "audit" in v), None)
-        if first is None or not any("audit" in (record.get(k) or {}) for k in DEPTH_LABELS):
+        if not entries:
             continue
         ref = first["audit"]["models"]
         for who in ("retrained", "head"):
             v = ref[who]
             rows.append([label, "model retrained without them" if who == "retrained" else "head forgetting", "-",
                          "-", f1(v["probe_f"]), _rec(v), f"{v['mia_auc']:.3f}", "-", "-"])
-        for variant, name in DEPTH_LABELS.items():
-            v = record.get(variant)
-            if not v or "audit" not in v:
-                continue
+        for name, v in entries:
             ts = v["tasks"]
             a = v["audit"]["models"]["forgotten"]
             blocks = sorted({b for t in ts for b in (t["blocks"] or [])})
@@ -207,10 +212,7 @@ def depth_anchor(r: Results) -> str:
     """benchmarks/depth_objectives.py --tasks 2xK: the anchor and the collapse weight, per task (test split)."""
     rows = []
     for label, record in _depth_runs(r, "depth_anchor.json"):
-        for key, name in ANCHOR_LABELS.items():
-            v = record.get(key)
-            if not v:
-                continue
+        for name, v in _entries(record, ANCHOR_LABELS):
             ts = v["tasks"]
             rows.append([label, name, per_task([t["acc_f"] for t in ts]), per_task([t["acc_o"] for t in ts[1:]]),
                          per_task([t["acc_r_change"] for t in ts], signed), per_task([t["probe_f"] for t in ts], f0),
@@ -376,10 +378,7 @@ def depth_probe_o(r: Results) -> str:
     """The per-task probe of the earlier-forgotten classes (test images) after and before each task, per setting."""
     rows = []
     for label, record in _depth_runs(r, "depth_objectives.json"):
-        for key, name in PROBE_O_LABELS.items():
-            v = record.get(key)
-            if not v:
-                continue
+        for name, v in _entries(record, PROBE_O_LABELS):
             rows.append([label, name, per_task([t["probe_f"] for t in v["tasks"]], f0),
                          " / ".join(f"{f0(t['probe_o'])} ({f0(t['probe_o_before'])})" for t in v["tasks"][1:])])
     return md_table(["data", "setting", "probe_f (task 1 / 2 / 3 / 4)",
@@ -389,26 +388,21 @@ def depth_probe_o(r: Results) -> str:
 @table("depth_erosion_options")
 def depth_erosion_options(r: Results) -> str:
     """benchmarks/depth_objectives.py: what was tried against the erosion, against the defaults (depth_proof.json)."""
+    def worst(ts):
+        return ([f1(max(t["acc_f"] for t in ts)), signed(min(t["acc_r_change"] for t in ts)),
+                 f1(max((t["acc_o"] or 0.0) for t in ts))] if ts else ["-", "-", "-"])
+
     rows = []
     proof = dict(_depth_runs(r, "depth_proof.json"))
     for label, record in _depth_runs(r, "depth_objectives.json"):
-        if label not in proof or not any(k in record for k in EROSION_LABELS):
+        entries = _entries(record, EROSION_LABELS, "audit")
+        if label not in proof or not entries:
             continue
-        ref = proof[label]["audit"]["models"]
-        for who, name in (("retrained", "model retrained without them"), ("forgotten", "GS-LoRA, defaults")):
-            v = ref[who]
-            ts = proof[label]["tasks"] if who == "forgotten" else None
-            rows.append([label, name, f1(max(t["acc_f"] for t in ts)) if ts else "-",
-                         signed(min(t["acc_r_change"] for t in ts)) if ts else "-",
-                         f1(max((t["acc_o"] or 0.0) for t in ts)) if ts else "-", f1(v["probe_f"]), _rec(v),
-                         f"{v['mia_auc']:.3f}"])
-        for variant, name in EROSION_LABELS.items():
-            v = record.get(variant)
-            if not v or "audit" not in v:
-                continue
-            a, ts = v["audit"]["models"]["forgotten"], v["tasks"]
-            rows.append([label, name, f1(max(t["acc_f"] for t in ts)), signed(min(t["acc_r_change"] for t in ts)),
-                         f1(max((t["acc_o"] or 0.0) for t in ts)), f1(a["probe_f"]), _rec(a), f"{a['mia_auc']:.3f}"])
+        ref = proof[label]
+        shown = [("model retrained without them", ref["audit"]["models"]["retrained"], None),
+                 ("GS-LoRA, defaults", ref["audit"]["models"]["forgotten"], ref["tasks"])]
+        shown += [(name, v["audit"]["models"]["forgotten"], v["tasks"]) for name, v in entries]
+        rows += [[label, name, *worst(ts), f1(a["probe_f"]), _rec(a), f"{a['mia_auc']:.3f}"] for name, a, ts in shown]
     return md_table(["data", "setting", "worst Acc_f", "worst ΔAcc_r", "worst Acc_o", "probe Acc_f", "recovery",
                      "MIA AUC"], rows)
 

@@ -57,9 +57,14 @@ def readouts(train_emb, train_y, test_emb, test_y, forget) -> dict:
     return out
 
 
-def by_group(model, data, tasks: list[dict]) -> dict:
+def task_classes(task: dict) -> torch.Tensor:
+    """The classes a task's check set holds (and its probe reads): remaining, forgotten now and earlier."""
+    return torch.as_tensor(sorted(set(task["remain"]) | set(task["forget"]) | set(task.get("old", []))))
+
+
+def by_group(model, data, tasks: list[dict]) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
     """Per task group (the classes each task forgot): the in-loop probe on that task's check images and η² on their
-    test images, under ``model``."""
+    test images, under ``model``; and the L2-normalised test embeddings with their labels (for :func:`drift`)."""
     from gslora.audit import embed_dataset
     from gslora.depth import collapse_loss, probe_accuracy
 
@@ -69,44 +74,51 @@ def by_group(model, data, tasks: list[dict]) -> dict:
     te_e, te_y = embed_dataset(model, data.test, "cpu")
     probe, eta2 = [], []
     for t in tasks:
-        classes = torch.as_tensor(sorted(set(t["remain"]) | set(t["forget"]) | set(t.get("old", []))))
         idx = torch.as_tensor(t["indices"]["check_train"], dtype=torch.long)
         e, y = torch.cat([va_e, tr_e[idx]]), torch.cat([va_y, tr_y[idx]])
-        keep = torch.isin(y, classes)
+        keep = torch.isin(y, task_classes(t))
         probe.append(round(probe_accuracy(e[keep], y[keep], t["forget"])["acc"], 1))
         m = torch.isin(te_y, torch.as_tensor(t["forget"]))
         eta2.append(round(float(collapse_loss(te_e[m], te_y[m])), 3))
-    return {"check_probe_by_group": probe, "test_eta2_by_group": eta2, "_test": F.normalize(te_e, dim=-1), "_y": te_y}
+    return {"check_probe_by_group": probe, "test_eta2_by_group": eta2}, (F.normalize(te_e, dim=-1), te_y)
 
 
-def drift(before: dict, after: dict, tasks: list[dict]) -> dict:
-    """Mean distance the L2-normalised test embeddings moved between two models, per task group and for the classes
-    no task forgot (the anchor's job)."""
-    move = (after["_test"] - before["_test"]).norm(dim=-1)
-    y = after["_y"]
+def drift(before: tuple, after: tuple, tasks: list[dict]) -> dict:
+    """Mean distance the L2-normalised test embeddings (``by_group``'s second value) moved between two models, per
+    task group and for the classes no task forgot (the anchor's job)."""
+    move = (after[0] - before[0]).norm(dim=-1)
+    y = after[1]
     forgotten = torch.as_tensor(sorted({c for t in tasks for c in t["forget"]}))
     return {"test_drift_by_group": [round(float(move[torch.isin(y, torch.as_tensor(t["forget"]))].mean()), 3)
                                     for t in tasks],
             "test_drift_remain": round(float(move[~torch.isin(y, forgotten)].mean()), 3)}
 
 
-def erosion(run: str, original, data, tasks: list[dict], retrained=None) -> list[dict]:
-    """The original (after_task 0), the model after each task (its stored adapters merged in turn) and the retrained
-    model (after_task None), each :func:`by_group`, with the :func:`drift` each task caused."""
+def after_each_task(run: str, original_path: Path, upto: int):
+    """(tasks done, model): the original (a fresh copy: merging changes it in place), then after each of the first
+    ``upto`` tasks, the run's stored adapter of that task merged in turn."""
     from peft import PeftModel
 
-    rows, model, last = [], original, None
-    for done in range(len(tasks) + 1):
-        if done:
-            model = PeftModel.from_pretrained(model, str(Path(run) / "adapters" / f"task{done}")).merge_and_unload()
-        now = by_group(model, data, tasks)
-        rows.append({"after_task": done, **{k: v for k, v in now.items() if not k.startswith("_")},
-                     **(drift(last, now, tasks) if last is not None else {})})
+    from gslora.audit import _load_model
+
+    model, _ = _load_model(original_path, "original")
+    yield 0, model
+    for done in range(1, upto + 1):
+        model = PeftModel.from_pretrained(model, str(Path(run) / "adapters" / f"task{done}")).merge_and_unload()
+        yield done, model
+
+
+def erosion(run: str, original_path: Path, data, tasks: list[dict], retrained=None) -> list[dict]:
+    """The original (after_task 0), the model after each task and the retrained model (after_task None), each
+    :func:`by_group`, with the :func:`drift` each task caused."""
+    rows, last = [], None
+    for done, model in after_each_task(run, original_path, len(tasks)):
+        numbers, now = by_group(model, data, tasks)
+        rows.append({"after_task": done, **numbers, **(drift(last, now, tasks) if last is not None else {})})
         last = now
         print(rows[-1], flush=True)
     if retrained is not None:
-        now = by_group(retrained, data, tasks)
-        rows.append({"after_task": None, **{k: v for k, v in now.items() if not k.startswith("_")}})
+        rows.append({"after_task": None, **by_group(retrained, data, tasks)[0]})
         print(rows[-1], flush=True)
     return rows
 
@@ -145,7 +157,6 @@ def block_probes(model, data, task: dict) -> dict[str, list[float]]:
     blocks = model.backbone.blocks
     captured: list = []
     hooks = [b.register_forward_hook(lambda m, i, o: captured.append(o.float())) for b in blocks]
-    classes = set(task["remain"]) | set(task["forget"]) | set(task.get("old", []))
     images = ConcatDataset([data.val, Subset(data.train, task["indices"]["check_train"])])
     cls, mean_, embs, ys = [], [], [], []
     try:
@@ -160,7 +171,7 @@ def block_probes(model, data, task: dict) -> dict[str, list[float]]:
         for h in hooks:
             h.remove()
     y = torch.cat(ys)
-    keep = torch.isin(y, torch.as_tensor(sorted(classes)))
+    keep = torch.isin(y, task_classes(task))
 
     def read(feats):
         return [round(probe_accuracy(f[keep], y[keep], task["forget"])["acc"], 1) for f in feats]
@@ -192,10 +203,11 @@ def main() -> None:
     if cache:
         paths["retrained"] = Path(cache)
     forget, _ = run_classes(results)
-    rows = {}
+    rows, models = {}, {}
     data = None
     for label, path in paths.items():
         model, _ = _load_model(path, label)
+        models[label] = model
         model.config.pop("masked_classes", None)
         if data is None:
             data = load_data(rcfg.data, image_size=model.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
@@ -207,22 +219,16 @@ def main() -> None:
     key = a.key or Path(a.run).name
     saved = json.loads(OUT.read_text()) if OUT.is_file() else {}
     saved[key] = {"run": a.run, "forgotten_classes": len(forget), "models": rows}
+    tasks = results["plan"]["tasks"]
+    retrained = models.get("retrained")
     if a.erosion:
-        original, _ = _load_model(paths["original"], "original")
-        retrained = _load_model(paths["retrained"], "retrained")[0] if "retrained" in paths else None
-        saved[key]["erosion"] = erosion(a.run, original, data, results["plan"]["tasks"], retrained)
-        saved[key]["adapter_cosines"] = adapter_cosines(a.run, len(results["plan"]["tasks"]))
+        saved[key]["erosion"] = erosion(a.run, paths["original"], data, tasks, retrained)
+        saved[key]["adapter_cosines"] = adapter_cosines(a.run, len(tasks))
     if a.blocks:
-        from peft import PeftModel
-
-        tasks = results["plan"]["tasks"]
-        model, _ = _load_model(paths["original"], "original")
-        rows = {"original": block_probes(model, data, tasks[0])}
-        for done in (1, 2):
-            model = PeftModel.from_pretrained(model, str(Path(a.run) / "adapters" / f"task{done}")).merge_and_unload()
-            rows[f"after task {done}"] = block_probes(model, data, tasks[0])
-        if "retrained" in paths:
-            rows["retrained"] = block_probes(_load_model(paths["retrained"], "retrained")[0], data, tasks[0])
+        rows = {"original" if done == 0 else f"after task {done}": block_probes(model, data, tasks[0])
+                for done, model in after_each_task(a.run, paths["original"], 2)}
+        if retrained is not None:
+            rows["retrained"] = block_probes(retrained, data, tasks[0])
         for label, values in rows.items():
             print(label, values, flush=True)
         saved[key]["task1_by_block"] = rows

@@ -74,6 +74,16 @@ def test_collapse_term_is_one_on_class_means_zero_on_equal_means_and_lowers_the_
     assert probe_accuracy(emb2.detach(), y)["acc"] < probe_accuracy(emb, y)["acc"]
 
 
+def test_one_probe_fit_scores_several_groups_as_separate_fits_would():
+    from gslora.depth import probe_accuracies
+
+    emb, y = _blobs(seed=4)
+    got = probe_accuracies(emb, y, {"now": [0, 1], "earlier": [2, 3, 4], "none": [], "all": None})
+    for name, score in (("now", [0, 1]), ("earlier", [2, 3, 4]), ("all", None)):
+        assert got[name] == probe_accuracy(emb, y, score)
+    assert got["none"]["acc"] is None and got["none"]["images"] == 0
+
+
 def test_probe_targets_parse():
     assert parse_target("acc_f<=2,probe_f<=70,probe_keep<=85") == {"acc_f": 2.0, "probe_f": 70.0, "probe_keep": 85.0}
 

@@ -57,15 +57,9 @@ def loo_ridge(x: torch.Tensor, t: torch.Tensor, alpha: float) -> torch.Tensor:
     return (fitted - diag * t) / (1.0 - diag).clamp(min=1e-6)
 
 
-def probe_accuracy(emb: torch.Tensor, y: torch.Tensor, score=None, alphas=RIDGE_ALPHAS) -> dict:
-    """The in-loop probe on fixed embeddings: leave-one-out accuracy (%) of the ridge classifier among all the classes
-    of ``y``, over the images whose class is in ``score`` (default: all), at the ridge strength with the lowest
-    leave-one-out squared error over all images. None without two classes, three images or an image to score."""
-    y = torch.as_tensor(y, dtype=torch.long).cpu()
-    scored = torch.ones_like(y, dtype=torch.bool) if score is None else torch.isin(
-        y, torch.as_tensor(sorted(int(c) for c in score), dtype=torch.long))
-    if len(y) < 3 or len(torch.unique(y)) < 2 or not scored.any():
-        return {"acc": None, "alpha": None, "images": int(scored.sum())}
+def _loo_fit(emb: torch.Tensor, y: torch.Tensor, alphas) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(class ids, leave-one-out ridge predictions, ridge strength) at the strength with the lowest leave-one-out
+    squared error over all images."""
     x = _design(emb.detach().cpu())
     classes, t = _targets(y)
     best = None
@@ -75,8 +69,31 @@ def probe_accuracy(emb: torch.Tensor, y: torch.Tensor, score=None, alphas=RIDGE_
         if best is None or err < best[0] - 1e-12:
             best = (err, alpha, pred)
     _, alpha, pred = best
-    acc = 100.0 * float((classes[pred.argmax(1)] == y)[scored].double().mean())
-    return {"acc": acc, "alpha": alpha, "images": int(scored.sum())}
+    return classes, pred, alpha
+
+
+def probe_accuracies(emb: torch.Tensor, y: torch.Tensor, scores: dict, alphas=RIDGE_ALPHAS) -> dict:
+    """:func:`probe_accuracy` of one fit scored on several groups of classes: ``scores`` maps a name to class ids
+    (None: every class); the name's accuracy is None when no image of ``y`` is in its group."""
+    y = torch.as_tensor(y, dtype=torch.long).cpu()
+    masks = {k: torch.ones_like(y, dtype=torch.bool) if v is None else torch.isin(
+        y, torch.as_tensor(sorted(int(c) for c in v), dtype=torch.long)) for k, v in scores.items()}
+    out = {k: {"acc": None, "alpha": None, "images": int(m.sum())} for k, m in masks.items()}
+    if len(y) < 3 or len(torch.unique(y)) < 2 or not any(m.any() for m in masks.values()):
+        return out
+    classes, pred, alpha = _loo_fit(emb, y, alphas)
+    right = classes[pred.argmax(1)] == y
+    for k, m in masks.items():
+        if m.any():
+            out[k].update(acc=100.0 * float(right[m].double().mean()), alpha=alpha)
+    return out
+
+
+def probe_accuracy(emb: torch.Tensor, y: torch.Tensor, score=None, alphas=RIDGE_ALPHAS) -> dict:
+    """The in-loop probe on fixed embeddings: leave-one-out accuracy (%) of the ridge classifier among all the classes
+    of ``y``, over the images whose class is in ``score`` (default: all), at the ridge strength with the lowest
+    leave-one-out squared error over all images. None without two classes, three images or an image to score."""
+    return probe_accuracies(emb, y, {"acc": score}, alphas)["acc"]
 
 
 def collapse_loss(emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -113,8 +130,13 @@ def embed_images(model, dataset, device, batch_size: int = 256) -> tuple[torch.T
 def model_probe(model, dataset, device, score=None, batch_size: int = 256) -> float | None:
     """The in-loop probe's accuracy (%) under ``model``: fitted leave-one-out on every image of ``dataset``, scored on
     those of the classes ``score`` (the forgotten ones)."""
+    return model_probes(model, dataset, device, {"acc": score}, batch_size)["acc"]
+
+
+def model_probes(model, dataset, device, scores: dict, batch_size: int = 256) -> dict[str, float | None]:
+    """:func:`model_probe` for several groups of classes (name → class ids) from one embedding and one fit."""
     emb, y = embed_images(model, dataset, device, batch_size)
-    return probe_accuracy(emb, y, score)["acc"]
+    return {k: v["acc"] for k, v in probe_accuracies(emb, y, scores).items()}
 
 
 def keep(probe: float | None, start: float | None) -> float | None:

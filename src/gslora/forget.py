@@ -29,7 +29,7 @@ from ._version import __version__
 from .config import RunConfig, to_dict
 from .data.base import DataBundle, check_data_matches  # noqa: F401 (re-exported)
 from .data.plan import Task, TaskPlan, make_plan, select_per_class
-from .depth import keep, model_probe
+from .depth import keep, model_probes
 from .engine import TrainSettings, autocast_dtype, train_task
 from .errors import GsloraError
 from .evaluate import TaskMetrics, accuracy, class_counts, task_metrics, tunable_ratio
@@ -553,14 +553,18 @@ def _classification_task(model, task: Task, classes, data: DataBundle, config: R
     probed = set(task.forget) | set(task.old) | set(replayed)
     probe_sets = {"check": _subset_of_classes(data, check_set, probed),
                   "test": Subset(data.test, [i for i, t in enumerate(data.test.targets) if int(t) in probed])}
-    probe_start = {k: model_probe(model, v, device, task.forget) for k, v in probe_sets.items()}
-    # the same probe on the earlier-forgotten classes' test images, at the task start and after it: whether this task
-    # gave back depth an earlier one reached (it moves people no loss term sees; docs/results/DECISIONS.md#depth)
-    probe_o_start = model_probe(model, probe_sets["test"], device, task.old) if task.old else None
+    # on the test images (the row) also probe_o, the earlier-forgotten classes' (from the same fit), at the task start
+    # and after it: whether this task gave back depth an earlier one reached (it moves people no loss term sees;
+    # docs/results/DECISIONS.md#depth)
+    scores = {"check": {"probe_f": task.forget}, "test": {"probe_f": task.forget, "probe_o": task.old}}
+    probe_start = {k: model_probes(model, v, device, scores[k]) for k, v in probe_sets.items()}
 
     def probe(m, where: str = "check") -> dict:
-        value = model_probe(m, probe_sets[where], device, task.forget)
-        return {"probe_f": value, "probe_keep": keep(value, probe_start[where])}
+        got = model_probes(m, probe_sets[where], device, scores[where])
+        out = {"probe_f": got["probe_f"], "probe_keep": keep(got["probe_f"], probe_start[where]["probe_f"])}
+        if "probe_o" in got:
+            out.update(probe_o=got["probe_o"], probe_o_before=probe_start[where]["probe_o"])
+        return out
 
     def validate(m) -> dict:
         counts = _accuracies(m, data, check_set, nc, config, device)
@@ -592,8 +596,7 @@ def _classification_task(model, task: Task, classes, data: DataBundle, config: R
     def result(model, record, trials, info, summary, trainable, total_params, start_weights, progress, t0):
         counts_after = {s: _accuracies(model, data, s, nc, config, device) for s in ("test", "val")}
         test = {**task_metrics(counts_now["test"], counts_after["test"], counts_orig["test"], task, vs_pre, missing),
-                **probe(model, "test"), "probe_o_before": probe_o_start,
-                "probe_o": model_probe(model, probe_sets["test"], device, task.old) if task.old else None}
+                **probe(model, "test")}
         row: TaskRow = {
             "task": task.index,
             "setting": f"{len(task.remain) + len(task.forget)}-{len(task.forget)}",
