@@ -212,3 +212,113 @@ def test_each_task_reports_the_probe_of_the_earlier_forgotten_classes_before_and
         len(micro_data.test))), "cpu", old))
     assert "earlier-forgotten" in task_line(second, 2) and "earlier-forgotten" not in task_line(first, 2)
     assert "probe_o_before,probe_o" in results_csv(result.results).splitlines()[0]
+
+
+def test_middle_blocks_run_from_the_middle_to_the_one_before_the_last():
+    from gslora.depth import middle_blocks
+
+    assert middle_blocks(6) == [2, 3, 4] and middle_blocks(12) == list(range(5, 11)) and middle_blocks(3) == [0, 1]
+    assert middle_blocks(1) == []
+
+
+def test_block_taps_keep_the_token_the_embedding_reads_only_while_recording():
+    from gslora.depth import BlockTaps, reads_class_token
+    from gslora.models import create_model, locate_ffn
+
+    model = create_model("vit_face_micro", 5, seed=0).eval()
+    assert reads_class_token(model.backbone)
+    blocks = locate_ffn(model)[1]
+    seen = {}
+    model.get_submodule(blocks[1].block).register_forward_hook(lambda m, i, o: seen.__setitem__("out", o.detach()))
+    taps = BlockTaps([model.get_submodule(blocks[1].block)], class_token=True)
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        model.embed(x)
+        assert taps.take() == []  # not recording: nothing kept (the checks' forwards)
+        with taps.recording():
+            model.embed(x)
+        kept = taps.take()
+    assert len(kept) == 1 and torch.equal(kept[0], seen["out"][:, 0])
+    mean_taps = BlockTaps([model.get_submodule(blocks[1].block)], class_token=False)
+    with torch.no_grad(), mean_taps.recording():
+        model.embed(x)
+    assert torch.allclose(mean_taps.take()[0], seen["out"].mean(1))
+    taps.remove()
+    mean_taps.remove()
+    with torch.no_grad(), taps.recording():
+        model.embed(x)
+    assert taps.take() == []  # removed: the hooks are gone
+    avg = create_model("timm:vit_tiny_patch16_224", 5, seed=0, img_size=32, patch_size=8, global_pool="avg")
+    assert not reads_class_token(avg.backbone)
+
+
+def test_hugging_face_blocks_are_tapped_through_their_tuple_outputs():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from gslora.depth import BlockTaps, reads_class_token
+    from gslora.models import locate_ffn
+
+    model = ViTForImageClassification(ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                                intermediate_size=64, image_size=16, patch_size=8, num_labels=4)).eval()
+    blocks = locate_ffn(model)[1]
+    assert reads_class_token(model)
+    taps = BlockTaps([model.get_submodule(b.block) for b in blocks])
+    with torch.no_grad(), taps.recording():
+        out = model(pixel_values=torch.rand(2, 3, 16, 16), output_hidden_states=True)
+    kept = taps.take()
+    assert [k.shape for k in kept] == [(2, 32), (2, 32)]
+    assert torch.allclose(kept[0], out.hidden_states[1][:, 0])  # block 0's output, class token
+
+
+def test_middle_block_terms_train_only_the_adapters_the_anchor_starts_at_zero_and_the_hooks_leave(micro_model,
+                                                                                                   micro_data):
+    cfg = _cfg(tasks="1x4", max_steps=3, method_args={"collapse_weight": 5.0, "anchor_weight": 10.0,
+                                                      "middle_blocks": True})
+    ctx = _ctx(micro_model, micro_data, cfg)
+    method = get_method("gslora", **ctx.config.method_args)
+    before = {k: v.clone() for k, v in micro_model.state_dict().items()}
+    work = method.prepare(micro_model, ctx)
+    assert method.taps is not None and len(method.taps.handles) == 2  # vit_face_micro: 3 blocks, the middle ones 0-1
+    remain = next(iter(torch.utils.data.DataLoader(ctx.remain_data, batch_size=6)))
+    forget = next(iter(torch.utils.data.DataLoader(ctx.forget_data, batch_size=len(ctx.forget_data))))
+    assert len(torch.unique(forget[1])) > 1
+    from gslora.methods.base import StepState
+
+    total, logs = method.loss(work, remain, forget, StepState(epoch=0, step=0, total_steps=3, epochs=1))
+    assert logs["anchor_middle"] == pytest.approx(0.0, abs=1e-10)  # B = 0: the middle blocks did not move yet
+    assert logs["feature_middle"] > 0
+    total.backward()
+    grads = {n for n, p in work.named_parameters() if p.grad is not None and float(p.grad.abs().max()) > 0}
+    assert grads and all("lora_" in n for n in grads)
+    work.zero_grad()
+    summary = train_task(work, method, ctx)
+    assert summary["steps"] == 3 and summary["last_logs"]["anchor_middle"] > 0
+    inner = {n.replace("base_model.model.", "").replace(".base_layer", ""): p for n, p in work.named_parameters()
+             if "lora_" not in n}
+    assert all(torch.equal(before[k], v) for k, v in inner.items() if k in before)
+    merged, _ = method.finish(work, ctx)
+    assert method.taps is None
+    assert not any(m._forward_hooks for m in merged.modules())  # no hook travels with the merged model
+
+
+@pytest.mark.parametrize("middle,trial", [(False, 0), (True, 1)])
+def test_middle_blocks_act_in_a_tasks_first_trial_only(micro_model, micro_data, middle, trial):
+    import dataclasses
+
+    from gslora.methods.base import StepState
+    from gslora.methods.gslora import MIDDLE_BETA
+
+    ctx = _ctx(micro_model, micro_data, _cfg(tasks="1x4", method_args={"collapse_weight": 5.0, "anchor_weight": 10.0,
+                                                                      "middle_blocks": middle}))
+    first = get_method("gslora", **ctx.config.method_args)
+    first.prepare(copy.deepcopy(micro_model), ctx)
+    assert (first.taps is not None) == middle
+    method = get_method("gslora", **ctx.config.method_args)
+    work = method.prepare(micro_model, dataclasses.replace(ctx, trial=trial))
+    remain = next(iter(torch.utils.data.DataLoader(ctx.remain_data, batch_size=6)))
+    forget = next(iter(torch.utils.data.DataLoader(ctx.forget_data, batch_size=6)))
+    _, logs = method.loss(work, remain, forget, StepState(epoch=0, step=0, total_steps=3, epochs=1))
+    assert method.taps is None and "feature_middle" not in logs and "anchor_middle" not in logs
+    assert first.beta == pytest.approx(method.beta * (MIDDLE_BETA if middle else 1.0))  # the first trial's β
+    _, info = method.finish(work, ctx)
+    assert info["middle_blocks"] is False
