@@ -23,8 +23,6 @@ budget) are in benchmarks/depth_objectives.py, with the reasons in docs/results/
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
@@ -112,58 +110,6 @@ def collapse_loss(emb: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     means = means / counts
     between = (counts * (means - mu) ** 2).sum()
     return between / ((x - mu) ** 2).sum().clamp(min=1e-8)
-
-
-def middle_blocks(depth: int) -> list[int]:
-    """The blocks whose output the collapse and the anchor also act on (GS-LoRA's ``middle_blocks``): from the middle
-    one up to the one before the last (6 blocks: 2, 3, 4; 12: 5-10). The forgotten classes stay as readable as before
-    at the class token of every block's output but the last after a task that acts on the embedding alone: the last
-    block cancels them and a later task undoes the cancellation (docs/results/DECISIONS.md#depth)."""
-    return list(range(max(depth // 2 - 1, 0), depth - 1))
-
-
-def reads_class_token(backbone) -> bool:
-    """Whether the embedding is the class token (timm ``global_pool="token"``, Hugging Face ViT / DeiT / Dinov2,
-    torchvision, the Face Transformer) rather than the mean of the tokens (timm ``"avg"``, BEiT's mean pooling)."""
-    inner = getattr(backbone, "model", backbone)  # an imported model wraps the library's module
-    pool = getattr(inner, "global_pool", None)
-    if isinstance(pool, str) and pool not in ("token", ""):
-        return False
-    return not getattr(getattr(inner, "config", None), "use_mean_pooling", False)
-
-
-class BlockTaps:
-    """Forward hooks on the outputs of Transformer blocks that keep, while :meth:`recording`, the token the embedding
-    reads (the class token, or the mean of the tokens for a model that averages them), one tensor per block call in
-    call order. Outside ``recording`` (the checks, evaluation) they keep nothing."""
-
-    def __init__(self, modules, class_token: bool = True):
-        self.class_token = class_token
-        self.outputs: list[torch.Tensor] = []
-        self.active = False
-        self.handles = [m.register_forward_hook(self._keep) for m in modules]
-
-    def _keep(self, module, inputs, output):
-        if self.active:
-            h = output[0] if isinstance(output, (tuple, list)) else output  # Hugging Face 4.x blocks return tuples
-            self.outputs.append(h[:, 0] if self.class_token else h.mean(1))
-
-    @contextmanager
-    def recording(self):
-        self.outputs, self.active = [], True
-        try:
-            yield self
-        finally:
-            self.active = False
-
-    def take(self) -> list[torch.Tensor]:
-        out, self.outputs = self.outputs, []
-        return out
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles, self.outputs, self.active = [], [], False
 
 
 @torch.no_grad()

@@ -482,7 +482,7 @@ def _run_task(model, method: Method, task: Task, position: int, plan: TaskPlan, 
             remain_data=setup.remain_data, forget_data=setup.forget_data,
             train_data=setup.train_data, val_data=setup.val_data, constraint=setup.constraint,
             original_model=original, out_dir=folder.path if folder is not None else None, progress=progress,
-            adapter_dir=adapter_dir, anchor_scale=anchor_scale, trial=k,
+            adapter_dir=adapter_dir, anchor_scale=anchor_scale,
         )
         with dist.seeded(task_seed(config.seed, task.index) + k, device):  # the trial's own random state
             work = method.prepare(model, ctx)

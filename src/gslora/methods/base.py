@@ -57,7 +57,6 @@ class TaskContext:
     #                                    None: see full_training_data
     val_data: Dataset | None = None  # the whole validation split (retrain-full's early stopping); None: none
     anchor_scale: float = 1.0  # this trial's multiplier of the method's retention anchor (gslora.policy.next_trial)
-    trial: int = 0  # 0-based index of this trial within the task (gslora.policy: a new trial after a missed target)
     constraint: str | None = None  # the data the setting withholds (few-shot, missing classes: gslora.practical);
     #                                 None: full data. Under a constraint only the replay / forget subsets exist
 

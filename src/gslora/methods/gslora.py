@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..depth import BlockTaps, collapse_loss, middle_blocks, reads_class_token
+from ..depth import collapse_loss
 from ..errors import GsloraError
 from ..lora import (
     LoraGroups,
@@ -23,10 +23,6 @@ from ..lora import (
 )
 from ..losses import bounded_forget_loss, group_lasso, margin_forget_loss, prototype_terms
 from .base import Method, StepState, TaskContext, per_task, register
-
-
-MIDDLE_BETA = 2.0  # the forgetting term's weight in a middle_blocks trial, x beta: the middle blocks' collapse
-# competes with it (ORL 4x5 at 1x: 1220 steps over the four tasks, Acc_f 6.7 on task 3; at 2x: 410 steps, 0.0)
 
 
 @dataclass
@@ -51,10 +47,6 @@ class GSLoRAArgs:
     anchor_weight: float = 0.0  # weight of the embedding anchor on the replay batch: mean squared distance of its
     # L2-normalised embeddings from the task-start model's (adapters off); a trial after a retention miss multiplies
     # it (gslora.policy.next_trial)
-    middle_blocks: bool = False  # a task's first trial: the collapse and the anchor also on the token the embedding
-    # reads (class token or token mean) at the outputs of the middle blocks (gslora.depth.middle_blocks), each a
-    # further term of the mean over those blocks at the same weight, and the forgetting term at MIDDLE_BETA x beta; a
-    # trial after a missed target (gslora.policy) acts on the embedding only
 
     def validate(self):
         if self.lora_rank < 1:
@@ -84,7 +76,6 @@ class GSLoRA(Method):
     name = "gslora"
     Args = GSLoRAArgs
     off_log = "blocks_off"  # the training log's name for the blocks at zero after the proximal step
-    taps: BlockTaps | None = None  # the middle blocks' outputs while a loss is computed (method_args.middle_blocks)
 
     @property
     def anchored(self) -> bool:
@@ -109,27 +100,13 @@ class GSLoRA(Method):
             # authors' single-step script used a random model): the task's training subsets, remain and forget
             self.prototypes = class_prototypes(model, [ctx.remain_data, ctx.forget_data], ctx.num_classes, ctx.device)
         peft_model, self.groups = attach_lora(model, rank=a.lora_rank, alpha=a.lora_alpha, dropout=a.lora_dropout)
-        self.taps = None
-        if a.middle_blocks and ctx.trial == 0 and (a.collapse_weight > 0 or a.anchor_weight > 0):
-            inner = peft_model.base_model.model
-            blocks = self.groups.blocks
-            chosen = [blocks[i] for i in middle_blocks(len(blocks)) if blocks[i].block]
-            if chosen:
-                self.taps = BlockTaps([inner.get_submodule(b.block) for b in chosen],
-                                      class_token=reads_class_token(getattr(inner, "backbone", inner)))
-                self.beta *= MIDDLE_BETA
         return peft_model
 
     def loss(self, model, remain, forget, state: StepState):
         a = self.args
         (x_r, y_r), (x_f, y_f) = remain, forget
         n_r = x_r.shape[0]
-        if self.taps is not None:
-            with self.taps.recording():
-                emb = model.embed(torch.cat([x_r, x_f]))  # one forward for both batches
-            middle = self.taps.take()  # per middle block: the token the embedding reads, both batches
-        else:
-            emb, middle = model.embed(torch.cat([x_r, x_f])), []
+        emb = model.embed(torch.cat([x_r, x_f]))  # one forward for both batches
         logits = model.head(emb, torch.cat([y_r, y_f]))
         ce_r = F.cross_entropy(logits[:n_r], y_r)
         plain_f = model.head(emb[n_r:]).float() if a.forget_loss == "margin" else None
@@ -143,26 +120,10 @@ class GSLoRA(Method):
         if feature is not None:
             total = total + feature
             logs["feature"] = float(feature.detach())
-        if middle and a.collapse_weight > 0:
-            deep = a.collapse_weight * sum(collapse_loss(h[n_r:], y_f) for h in middle) / len(middle)
-            total = total + deep
-            logs["feature_middle"] = float(deep.detach())
         if self.anchor > 0:
-            with torch.no_grad(), model.disable_adapter():
-                if self.taps is not None:
-                    with self.taps.recording():
-                        start = model.embed(x_r)
-                    start_middle = self.taps.take()
-                else:
-                    start, start_middle = model.embed(x_r), []
-            anchor = self.anchor * normalised_distance(emb[:n_r], start)
+            anchor = self.anchor * embedding_anchor(model, x_r, emb[:n_r])
             total = total + anchor
             logs["anchor"] = float(anchor.detach())
-            if middle and len(start_middle) == len(middle):
-                held = self.anchor * sum(normalised_distance(h[:n_r], s0)
-                                         for h, s0 in zip(middle, start_middle)) / len(middle)
-                total = total + held
-                logs["anchor_middle"] = float(held.detach())
         if self.prototypes is not None:  # GS-LoRA++: on the embedding, so any head (CosFace, linear)
             protos = self.prototypes.to(emb.device, emb.dtype)
             pro, kl_f, kl_r = prototype_terms(emb[n_r:], protos[y_f], emb[:n_r], protos[y_r], self.w_f, self.w_r,
@@ -248,7 +209,6 @@ class GSLoRA(Method):
             "selected_blocks": selected,
             "trainable_params": trainable,
             "beta": self.beta,
-            "middle_blocks": self.taps is not None,
             **self._extra_info(selected),
         }
         if ctx.adapter_dir is not None and selected:  # blocks left exactly zero are not stored
@@ -256,9 +216,6 @@ class GSLoRA(Method):
             info["adapter"] = str(folder.relative_to(ctx.out_dir)) if ctx.out_dir is not None else str(folder)
         elif ctx.adapter_dir is not None:
             info["adapter"] = None  # no block changed: nothing to store
-        if self.taps is not None:
-            self.taps.remove()
-            self.taps = None
         merged = merge_lora(model)
         self.groups = None
         return merged, info
@@ -278,12 +235,7 @@ def embedding_anchor(peft_model, x: torch.Tensor, emb: torch.Tensor) -> torch.Te
     same network with its adapters off, no gradient): 0 at the task start, at most 4."""
     with torch.no_grad(), peft_model.disable_adapter():
         start = peft_model.embed(x)
-    return normalised_distance(emb, start)
-
-
-def normalised_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Mean over rows of the squared distance between the L2-normalised rows of ``a`` and ``b`` (0 to 4)."""
-    return (F.normalize(a.float(), dim=-1) - F.normalize(b.float(), dim=-1)).pow(2).sum(-1).mean()
+    return (F.normalize(emb.float(), dim=-1) - F.normalize(start.float(), dim=-1)).pow(2).sum(-1).mean()
 
 
 def proximal_step(groups: LoraGroups, optimizer, alpha: float, lr: float) -> int:

@@ -42,7 +42,6 @@ class FFNBlock:
     index: int
     fc1: str  # full module name of the first FFN linear
     fc2: str  # full module name of the second FFN linear
-    block: str = ""  # full module name of the Transformer block (its output is the residual stream after it)
 
 
 def locate_ffn(model: nn.Module) -> tuple[str, list[FFNBlock]]:
@@ -53,13 +52,11 @@ def locate_ffn(model: nn.Module) -> tuple[str, list[FFNBlock]]:
         for name in linears:
             m = pattern.match(name)
             if m:
-                d = found.setdefault((m.group("prefix"), int(m.group("i"))), {})
-                d[m.group("which")] = name
-                d["block"] = name[: m.end("i")]  # blocks.3, encoder.layer.3, encoder_layer_3: the block itself
+                found.setdefault((m.group("prefix"), int(m.group("i"))), {})[m.group("which")] = name
         blocks = [(i, d) for (_, i), d in found.items() if first in d and second in d]
         if blocks:
             blocks.sort(key=lambda b: b[0])
-            return family, [FFNBlock(index=i, fc1=d[first], fc2=d[second], block=d["block"]) for i, d in blocks]
+            return family, [FFNBlock(index=i, fc1=d[first], fc2=d[second]) for i, d in blocks]
     raise GsloraError(
         f"found no Transformer FFN linears in {type(model).__name__}; supported layouts are timm ViT "
         "(blocks.i.mlp.fc1/fc2), Hugging Face ViT / DeiT / BEiT / Dinov2 (4.x and 5.x names) and torchvision ViT "
