@@ -17,6 +17,13 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
     layers       GS-LoRA + the collapse also on the token mean of the block outputs from the middle block on
     layerscls    the same on their class token (the path to the embedding: where the forgotten stay readable)
     layerscls2   the embedding's collapse at full weight plus the mean of those class-token collapses, same weight
+    layersclshold  layerscls2, and the replay batch's class tokens at those blocks held where the task started (the
+                 embedding anchor's form and weight)
+    layersclshalf  layersclshold with the middle blocks' collapse at half the weight
+    holdstrangers  layersclshold and the embedding anchor also on strangers (as in `strangers`)
+    firstmiddle  each task's first trial layersclshold with β x2, the later trials (after a missed target) GS-LoRA as
+                 shipped (the JSON's `defaults-mid` entries ran this rule as a product option, `--set
+                 method_args.middle_blocks=true` at commit 392460e, reverted)
     droppath     GS-LoRA trained under stochastic depth (rate W / 100): the forgetting must hold with any block skipped
     oldapart     with --set old_forget_shots=2: the collapse of this task's classes and of the earlier-forgotten ones
                  apart (the product's term takes them together)
@@ -190,14 +197,39 @@ def make_variants():
             return o[:, 0]
 
     class LayersClassPlus(LayersClass):  # the embedding's collapse at full weight plus the mean of the middle blocks'
-        # class-token collapse as a further term of the same weight
+        # class-token collapse as a further term of the same weight (x middle_share)
+        middle_share = 1.0
+
         def feature_term(self, emb_f, y_f, state):
             from gslora.depth import collapse_loss
 
             n_f = emb_f.shape[0]
             terms = [collapse_loss(self.pool(o[-n_f:].float()), y_f) for o in self.captured]
             self.captured.clear()
-            return self.weight * (collapse_loss(emb_f, y_f) + sum(terms) / max(len(terms), 1))
+            return self.weight * (collapse_loss(emb_f, y_f) + self.middle_share * sum(terms) / max(len(terms), 1))
+
+    class LayersClassHold(LayersClassPlus):  # layerscls2 and the remaining classes held at those class tokens too:
+        # the replay batch's middle-block class tokens anchored where the task started (the embedding anchor's form and
+        # weight, grown by the trials like it), so that the collapse below the embedding costs no retention
+        def feature_term(self, emb_f, y_f, state):
+            n_f = emb_f.shape[0]
+            self.live = [o[:-n_f, 0].float() for o in self.captured]
+            return super().feature_term(emb_f, y_f, state)
+
+        def loss(self, model, remain, forget, state):
+            total, logs = super().loss(model, remain, forget, state)  # the anchor's forward filled self.captured
+            start = [o[:, 0].float() for o in self.captured]
+            self.captured.clear()
+            if self.anchor > 0 and len(start) == len(self.live):
+                held = sum((F.normalize(a, dim=-1) - F.normalize(b.detach(), dim=-1)).pow(2).sum(-1).mean()
+                           for a, b in zip(self.live, start)) / max(len(start), 1)
+                total = total + self.anchor * held
+                logs["hold"] = float(self.anchor * held.detach())
+            self.live = []
+            return total, logs
+
+    class LayersClassHoldHalf(LayersClassHold):  # layersclshold with the middle blocks' collapse at half the weight
+        middle_share = 0.5
 
     class DropPath(GSLoRA):  # the product's collapse, trained under stochastic depth (a rate of `weight` / 100)
         weight = 20.0
@@ -257,9 +289,12 @@ def make_variants():
     class Strangers(GSLoRA):  # the anchor also on "strangers": mixes of two remaining people's replay images, so
         # that the update cannot move people outside the task (the earlier-forgotten ones among them) without data
         def loss(self, model, remain, forget, state):
+            total, logs = super().loss(model, remain, forget, state)
+            return self.add_strangers(model, remain, state, total, logs)
+
+        def add_strangers(self, model, remain, state, total, logs):
             from gslora.methods.gslora import embedding_anchor
 
-            total, logs = super().loss(model, remain, forget, state)
             x_r, y_r = remain
             if self.anchor <= 0 or len(x_r) < 2:
                 return total, logs
@@ -270,6 +305,39 @@ def make_variants():
             held = self.anchor * embedding_anchor(model, mixed, model.embed(mixed))
             logs["strangers"] = float(held.detach())
             return total + held, logs
+
+    class FirstMiddle(LayersClassHold):  # each task's first trial layersclshold with the forgetting term's β x2, every
+        # later trial (after a missed target, by the shipped trial rule) GS-LoRA as shipped. The trial counter lives on
+        # the class: the runner restores the method's own attributes before each trial
+        seen: dict = {}
+
+        def prepare(self, model, ctx):
+            key = (id(self), ctx.position)
+            FirstMiddle.seen[key] = FirstMiddle.seen.get(key, -1) + 1
+            self.middle = FirstMiddle.seen[key] == 0
+            if self.middle:
+                peft = super().prepare(model, ctx)
+                self.beta *= 2.0
+                return peft
+            self.hooks, self.captured, self.live = [], [], []
+            return GSLoRA.prepare(self, model, ctx)
+
+        def feature_term(self, emb_f, y_f, state):
+            if self.middle:
+                return super().feature_term(emb_f, y_f, state)
+            return GSLoRA.feature_term(self, emb_f, y_f, state)
+
+        def loss(self, model, remain, forget, state):
+            if self.middle:
+                return super().loss(model, remain, forget, state)
+            return GSLoRA.loss(self, model, remain, forget, state)
+
+    class HoldStrangers(LayersClassHold):  # layersclshold + the embedding anchor also on strangers (as `strangers`)
+        def loss(self, model, remain, forget, state):
+            total, logs = super().loss(model, remain, forget, state)
+            out = Strangers.add_strangers(self, model, remain, state, total, logs)
+            self.captured.clear()  # the strangers' forwards passed the hooks too
+            return out
 
     class Robust(GSLoRA):  # the collapse also under a random low-rank change of two blocks' FFN weights (what a
         # later task does to them: rank 8, about 20% of their norm), so that the next task cannot undo it as easily
@@ -306,7 +374,9 @@ def make_variants():
 
     return {"attack": Attack, "collapse": Collapse, "rmu": RMU, "layers": Layers, "droppath": DropPath,
             "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers, "robust": Robust,
-            "layerscls": LayersClass, "layerscls2": LayersClassPlus}
+            "layerscls": LayersClass, "layerscls2": LayersClassPlus, "layersclshold": LayersClassHold,
+            "layersclshalf": LayersClassHoldHalf, "holdstrangers": HoldStrangers,
+            "firstmiddle": FirstMiddle}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -424,7 +494,8 @@ def main(argv=None) -> int:
             sets = list(args.overrides) if variant != "head" else []
             target = "acc_f<=2,acc_r_drop<=2"
             if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers",
-                           "robust", "layerscls", "layerscls2"):
+                           "robust", "layerscls", "layerscls2", "layersclshold",
+                           "layersclshalf", "holdstrangers", "firstmiddle"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":
                 sets.append(f"target={target}")

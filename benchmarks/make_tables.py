@@ -299,6 +299,13 @@ EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forg
                   "layers": "collapse also on the block outputs from the middle on",
                   "layerscls": "collapse also on the class token of the block outputs from the middle on",
                   "layerscls2": "the same as a further term (the embedding's collapse at full weight)",
+                  "layersclshold": "layerscls2 + the anchor also on those class tokens",
+                  "layersclshalf": "layerscls2 + the anchor on those class tokens, their collapse at half weight",
+                  "layersclshold-b2": "layerscls2 + the anchor on those class tokens, the forgetting term's β x2, "
+                                      "every trial",
+                  "defaults-b2": "the forgetting term's β x2 alone (a control)",
+                  "holdstrangers": "layerscls2 + the anchor on those class tokens and on strangers",
+                  "defaults-mid": "`middle_blocks: true`: the same, β x2, in each task's first trial only",
                   "droppath": "collapse under stochastic depth 0.2",
                   "anchor30": "embedding anchor 30 (×3 after a retention miss) instead of 10",
                   "oldanchor": "+ 2 images of each earlier-forgotten class, held by the anchor (not collapsed)",
@@ -385,13 +392,40 @@ def depth_probe_o(r: Results) -> str:
                      "earlier-forgotten after (before) tasks 2 / 3 / 4"], rows)
 
 
+def _worst(ts):
+    """Worst Acc_f, ΔAcc_r and Acc_o over a run's tasks (dashes without tasks)."""
+    return ([f1(max(t["acc_f"] for t in ts)), signed(min(t["acc_r_change"] for t in ts)),
+             f1(max((t["acc_o"] or 0.0) for t in ts))] if ts else ["-", "-", "-"])
+
+
+SPREAD_LABELS = {"defaults-jitter": "defaults, lr 0.005005", "defaults-jitter2": "defaults, lr 0.004995",
+                 "defaults-mid": "first-trial middle blocks (`firstmiddle`)",
+                 "firstmiddle-jitter": "first-trial middle blocks, lr 0.005005",
+                 "layersclshold-b2": "middle blocks in every trial, β x2"}
+
+
+@table("depth_spread")
+def depth_spread(r: Results) -> str:
+    """How far a single run moves by itself: the defaults (depth_proof.json) and the same with the lr changed by 0.1%,
+    beside the middle-block settings."""
+    rows = []
+    proof = dict(_depth_runs(r, "depth_proof.json"))
+    for label, record in _depth_runs(r, "depth_objectives.json"):
+        entries = _entries(record, SPREAD_LABELS, "audit")
+        if label not in proof or not any(k.startswith("defaults-jitter") for k in record):
+            continue
+        ref = proof[label]
+        shown = [("defaults, lr 0.005 (the proof)", ref["audit"]["models"]["forgotten"], ref["tasks"])]
+        shown += [(name, v["audit"]["models"]["forgotten"], v["tasks"]) for name, v in entries]
+        rows += [[label, name, *_worst(ts), f1(a["probe_f"]), _rec(a), f"{a['mia_auc']:.3f}"] for name, a, ts in shown]
+    return md_table(["data", "run", "worst Acc_f", "worst ΔAcc_r", "worst Acc_o", "probe Acc_f", "recovery",
+                     "MIA AUC"], rows)
+
+
 @table("depth_erosion_options")
 def depth_erosion_options(r: Results) -> str:
     """benchmarks/depth_objectives.py: what was tried against the erosion, against the defaults (depth_proof.json)."""
-    def worst(ts):
-        return ([f1(max(t["acc_f"] for t in ts)), signed(min(t["acc_r_change"] for t in ts)),
-                 f1(max((t["acc_o"] or 0.0) for t in ts))] if ts else ["-", "-", "-"])
-
+    worst = _worst
     rows = []
     proof = dict(_depth_runs(r, "depth_proof.json"))
     for label, record in _depth_runs(r, "depth_objectives.json"):
