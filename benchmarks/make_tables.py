@@ -401,6 +401,7 @@ def _worst(ts):
 SPREAD_LABELS = {"defaults-jitter": "defaults, lr 0.005005", "defaults-jitter2": "defaults, lr 0.004995",
                  "defaults-mid": "first-trial middle blocks (`firstmiddle`)",
                  "firstmiddle-jitter": "first-trial middle blocks, lr 0.005005",
+                 "firstmiddle-jitter2": "first-trial middle blocks, lr 0.004995",
                  "layersclshold-b2": "middle blocks in every trial, β x2"}
 
 
