@@ -423,6 +423,23 @@ def depth_spread(r: Results) -> str:
                      "MIA AUC"], rows)
 
 
+RETENTION_KEYS = (("faces-4x20-retention", "bundled faces 4 × 20, defaults (the proof)"),
+                  ("faces-4x20-firstmiddle-retention", "bundled faces 4 × 20, first-trial middle blocks"))
+
+
+@table("retention_drift")
+def retention_drift(r: Results) -> str:
+    """benchmarks/probe_gap.py --retention: per task, the kept classes' replay images against their test images."""
+    rows = []
+    for key, label in RETENTION_KEYS:
+        for t in (r("probe_gap.json").get(key) or {}).get("retention", []):
+            rows.append([label, t["task"], f"{t['replay_drift']:.2f}", f"{t['test_drift']:.2f}",
+                         f"{f1(t['replay_acc_before'])} → {f1(t['replay_acc_after'])}",
+                         f"{f1(t['test_acc_before'])} → {f1(t['test_acc_after'])}"])
+    return md_table(["run", "task", "replay images moved", "test images moved", "replay accuracy", "test accuracy"],
+                    rows)
+
+
 @table("depth_erosion_options")
 def depth_erosion_options(r: Results) -> str:
     """benchmarks/depth_objectives.py: what was tried against the erosion, against the defaults (depth_proof.json)."""

@@ -17,7 +17,8 @@ group of classes by the task that forgot them, the in-loop probe on that task's 
 images: whether a later task undoes the depth an earlier one reached; and the cosine between the weight updates of
 every two tasks, per LoRA layer. With --blocks: task 1's forgotten classes read by the in-loop probe at the output
 of every block (token mean) and at the embedding, under the original, the model after tasks 1 and 2 and the retrained
-model.
+model. With --retention: per task, how far it moved the kept classes' replay images (what the anchor holds) against
+their test images, and their accuracy on both before and after.
 Raw numbers: docs/results/probe_gap.json (one key per run).
 """
 
@@ -123,6 +124,46 @@ def erosion(run: str, original_path: Path, data, tasks: list[dict], retrained=No
     return rows
 
 
+def retention_drift(run: str, original_path: Path, data, tasks: list[dict]) -> list[dict]:
+    """Per task, for the classes it keeps: how far it moved the L2-normalised embeddings of their replay images (what
+    the anchor holds) and of their test images (what Acc_r reads), and their accuracy (unmasked argmax over every
+    class) on both before and after the task: whether the anchor's hold on the replay images reaches the test
+    images."""
+    from torch.utils.data import DataLoader, Subset
+
+    def embed_and_predict(model, dataset):
+        model.eval()
+        es, ps, ys = [], [], []
+        with torch.no_grad():
+            for x, y in DataLoader(dataset, batch_size=256):
+                e = model.embed(x).float()
+                es.append(F.normalize(e, dim=-1))
+                ps.append(model.head(e).argmax(-1))
+                ys.append(torch.as_tensor(y))
+        return torch.cat(es), torch.cat(ps), torch.cat(ys)
+
+    rows, last = [], None
+    for done, model in after_each_task(run, original_path, len(tasks)):
+        now = {"test": embed_and_predict(model, data.test)}
+        if done < len(tasks):  # the replay images of the next task (its remaining classes), before it
+            now["replay_next"] = embed_and_predict(model, Subset(data.train, tasks[done]["indices"]["replay"]))
+        if last is not None:
+            t = tasks[done - 1]
+            keep = torch.as_tensor(t["remain"])
+            after_replay = embed_and_predict(model, Subset(data.train, t["indices"]["replay"]))
+            row = {"task": done}
+            for name, before, after in (("replay", last["replay_next"], after_replay), ("test", last["test"],
+                                                                                        now["test"])):
+                m = torch.isin(after[2], keep)
+                row[f"{name}_drift"] = round(float((after[0][m] - before[0][m]).norm(dim=-1).mean()), 3)
+                row[f"{name}_acc_before"] = round(100.0 * float((before[1][m] == before[2][m]).double().mean()), 1)
+                row[f"{name}_acc_after"] = round(100.0 * float((after[1][m] == after[2][m]).double().mean()), 1)
+            rows.append(row)
+            print(row, flush=True)
+        last = now
+    return rows
+
+
 def adapter_cosines(run: str, n_tasks: int) -> dict:
     """Per LoRA layer, the cosine between the weight updates (scaling · B · A) of every two tasks that changed it:
     whether a later task's update undoes an earlier one's."""
@@ -190,6 +231,8 @@ def main() -> None:
     p.add_argument("--head", help="the head-forgetting run on the same plan")
     p.add_argument("--key", help="key in the JSON (default: the run folder's name)")
     p.add_argument("--erosion", action="store_true", help="also the depth of each task's classes after every task")
+    p.add_argument("--retention", action="store_true", help="also, per task, the drift and accuracy of the kept "
+                   "classes' replay images against their test images")
     p.add_argument("--blocks", action="store_true", help="also task 1's classes read at every block's output, under "
                    "the original, the model after tasks 1 and 2 and the retrained model")
     a = p.parse_args()
@@ -224,6 +267,8 @@ def main() -> None:
     if a.erosion:
         saved[key]["erosion"] = erosion(a.run, paths["original"], data, tasks, retrained)
         saved[key]["adapter_cosines"] = adapter_cosines(a.run, len(tasks))
+    if a.retention:
+        saved[key]["retention"] = retention_drift(a.run, paths["original"], data, tasks)
     if a.blocks:
         rows = {"original" if done == 0 else f"after task {done}": block_probes(model, data, tasks[0])
                 for done, model in after_each_task(a.run, paths["original"], 2)}
