@@ -21,6 +21,8 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
                  embedding anchor's form and weight)
     layersclshalf  layersclshold with the middle blocks' collapse at half the weight
     holdstrangers  layersclshold and the embedding anchor also on strangers (as in `strangers`)
+    marginhold   GS-LoRA + the replay images' margins (own class's logit against the best other's) held at the
+                 task-start model's: weight x mean max(0, m0 - m)
     firstmiddle  each task's first trial layersclshold with β x2, the later trials (after a missed target) GS-LoRA as
                  shipped (the JSON's `defaults-mid` entries ran this rule as a product option, `--set
                  method_args.middle_blocks=true` at commit 392460e, reverted)
@@ -339,6 +341,27 @@ def make_variants():
             self.captured.clear()  # the strangers' forwards passed the hooks too
             return out
 
+    class MarginHold(GSLoRA):  # the replay images' margins held: weight x mean max(0, m0 - m), m the gap between the
+        # own class's logit and the best other's (over the head's scale: cosines for CosFace), m0 the task start's;
+        # the anchor holds where the embeddings are, this only that they stay as far inside their class
+        weight = 10.0
+
+        @staticmethod
+        def margins(model, x, y):
+            head = model.head
+            logits = head(model.embed(x)).float() / float(getattr(head, "s", 1.0))
+            own = logits.gather(1, y[:, None]).squeeze(1)
+            return own - logits.scatter(1, y[:, None], float("-inf")).amax(1)
+
+        def loss(self, model, remain, forget, state):
+            total, logs = super().loss(model, remain, forget, state)
+            x_r, y_r = remain
+            with torch.no_grad(), model.disable_adapter():
+                start = self.margins(model, x_r, y_r)
+            held = self.weight * F.relu(start - self.margins(model, x_r, y_r)).mean()
+            logs["margin_hold"] = float(held.detach())
+            return total + held, logs
+
     class Robust(GSLoRA):  # the collapse also under a random low-rank change of two blocks' FFN weights (what a
         # later task does to them: rank 8, about 20% of their norm), so that the next task cannot undo it as easily
         rel = 0.2
@@ -375,7 +398,7 @@ def make_variants():
     return {"attack": Attack, "collapse": Collapse, "rmu": RMU, "layers": Layers, "droppath": DropPath,
             "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers, "robust": Robust,
             "layerscls": LayersClass, "layerscls2": LayersClassPlus, "layersclshold": LayersClassHold,
-            "layersclshalf": LayersClassHoldHalf, "holdstrangers": HoldStrangers,
+            "layersclshalf": LayersClassHoldHalf, "holdstrangers": HoldStrangers, "marginhold": MarginHold,
             "firstmiddle": FirstMiddle}
 
 
@@ -495,7 +518,8 @@ def main(argv=None) -> int:
             target = "acc_f<=2,acc_r_drop<=2"
             if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers",
                            "robust", "layerscls", "layerscls2", "layersclshold",
-                           "layersclshalf", "holdstrangers", "firstmiddle"):
+                           "layersclshalf", "holdstrangers", "firstmiddle",
+                           "marginhold"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":
                 sets.append(f"target={target}")
