@@ -23,6 +23,8 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
     holdstrangers  layersclshold and the embedding anchor also on strangers (as in `strangers`)
     marginhold   GS-LoRA + the replay images' margins (own class's logit against the best other's) held at the
                  task-start model's: weight x mean max(0, m0 - m)
+    projected    GS-LoRA with every LoRA A kept out of the input directions holding W % (--weight) of the replay
+                 images' energy at that layer (orthogonal-subspace continual learning)
     firstmiddle  each task's first trial layersclshold with β x2, the later trials (after a missed target) GS-LoRA as
                  shipped (the JSON's `defaults-mid` entries ran this rule as a product option, `--set
                  method_args.middle_blocks=true` at commit 392460e, reverted)
@@ -362,6 +364,59 @@ def make_variants():
             logs["margin_hold"] = float(held.detach())
             return total + held, logs
 
+    class Projected(GSLoRA):  # every LoRA A kept out of the input directions the replay images use at the task
+        # start (as orthogonal-subspace continual learning does): A <- A (I - U U^T) after every step, U the top
+        # eigenvectors of the layer's input covariance over the replay images' tokens that hold `weight` % of its
+        # energy; ΔW = B A then leaves those inputs' outputs unchanged
+        weight = 95.0
+
+        def prepare(self, model, ctx):
+            from torch.utils.data import DataLoader
+
+            peft = super().prepare(model, ctx)
+            layers = [layer for block in self.groups.modules for layer in block]
+            cov = {id(layer): None for layer in layers}
+
+            def keep(layer):
+                def hook(m, inputs, output):
+                    x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+                    c = x.T @ x
+                    cov[id(layer)] = c if cov[id(layer)] is None else cov[id(layer)] + c
+                return hook
+
+            hooks = [layer.base_layer.register_forward_hook(keep(layer)) for layer in layers]
+            try:
+                with torch.no_grad():
+                    for x, _ in DataLoader(ctx.remain_data, batch_size=128):
+                        peft.embed(x.to(ctx.device))
+            finally:
+                for h in hooks:
+                    h.remove()
+            self.projections = []
+            for layer in layers:
+                vals, vecs = torch.linalg.eigh(cov[id(layer)])
+                vals, vecs = vals.flip(0).clamp(min=0), vecs.flip(1)
+                k = int((torch.cumsum(vals, 0) / vals.sum() < self.weight / 100).sum()) + 1
+                u = vecs[:, :k]
+                proj = torch.eye(u.shape[0], device=u.device) - u @ u.T
+                self.projections.append((layer.lora_A["default"].weight, proj))
+            self.project()
+            return peft
+
+        @torch.no_grad()
+        def project(self):
+            for a, proj in self.projections:
+                a.copy_(a @ proj.to(a.dtype))
+
+        def train_step(self, model, remain, forget, optimizer, state):
+            logs = super().train_step(model, remain, forget, optimizer, state)
+            self.project()
+            return logs
+
+        def finish(self, model, ctx):
+            self.projections = []
+            return super().finish(model, ctx)
+
     class Robust(GSLoRA):  # the collapse also under a random low-rank change of two blocks' FFN weights (what a
         # later task does to them: rank 8, about 20% of their norm), so that the next task cannot undo it as easily
         rel = 0.2
@@ -399,6 +454,7 @@ def make_variants():
             "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers, "robust": Robust,
             "layerscls": LayersClass, "layerscls2": LayersClassPlus, "layersclshold": LayersClassHold,
             "layersclshalf": LayersClassHoldHalf, "holdstrangers": HoldStrangers, "marginhold": MarginHold,
+            "projected": Projected,
             "firstmiddle": FirstMiddle}
 
 
@@ -519,7 +575,7 @@ def main(argv=None) -> int:
             if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers",
                            "robust", "layerscls", "layerscls2", "layersclshold",
                            "layersclshalf", "holdstrangers", "firstmiddle",
-                           "marginhold"):
+                           "marginhold", "projected"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":
                 sets.append(f"target={target}")

@@ -307,6 +307,7 @@ EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forg
                   "holdstrangers": "layerscls2 + the anchor on those class tokens and on strangers",
                   "defaults-mid": "`middle_blocks: true`: the same, β x2, in each task's first trial only",
                   "marginhold": "the replay images' margins to the nearest other class held (weight 10)",
+                  "projected": "every LoRA A kept out of the replay images' input directions (95% of their energy)",
                   "droppath": "collapse under stochastic depth 0.2",
                   "anchor30": "embedding anchor 30 (×3 after a retention miss) instead of 10",
                   "oldanchor": "+ 2 images of each earlier-forgotten class, held by the anchor (not collapsed)",
