@@ -308,6 +308,9 @@ EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forg
                   "defaults-mid": "`middle_blocks: true`: the same, β x2, in each task's first trial only",
                   "marginhold": "the replay images' margins to the nearest other class held (weight 10)",
                   "projected": "every LoRA A kept out of the replay images' input directions (95% of their energy)",
+                  "defaults-replay8": "the defaults with 8 replay images per remaining class (`min_replay: 8`, "
+                                      "`min_forget: 4`)",
+                  "firstmiddle-replay8": "first-trial middle blocks with 8 replay images per remaining class",
                   "droppath": "collapse under stochastic depth 0.2",
                   "anchor30": "embedding anchor 30 (×3 after a retention miss) instead of 10",
                   "oldanchor": "+ 2 images of each earlier-forgotten class, held by the anchor (not collapsed)",
