@@ -101,6 +101,23 @@ def ridge_attack_loss(emb, y, alpha=None, margin: float = 0.0):
     return F.relu(pred[own] - other + margin).mean()
 
 
+def stranger_anchor(method, model, remain, state, total, logs):
+    """``total`` plus the method's embedding anchor on "strangers": pixel mixes (0.3-0.7, seeded by the step) of two
+    of the replay batch's images, synthetic people outside the task that the update may not move either."""
+    from gslora.methods.gslora import embedding_anchor
+
+    x_r, _ = remain
+    if method.anchor <= 0 or len(x_r) < 2:
+        return total, logs
+    g = torch.Generator().manual_seed(state.step)
+    perm = torch.randperm(len(x_r), generator=g).to(x_r.device)
+    lam = (0.3 + 0.4 * torch.rand(len(x_r), 1, 1, 1, generator=g)).to(x_r.device, x_r.dtype)
+    mixed = lam * x_r + (1 - lam) * x_r[perm]
+    held = method.anchor * embedding_anchor(model, mixed, model.embed(mixed))
+    logs["strangers"] = float(held.detach())
+    return total + held, logs
+
+
 def make_variants():
     from gslora.methods.gslora import GSLoRA
 
@@ -174,8 +191,9 @@ def make_variants():
             peft = super().prepare(model, ctx)
             blocks = peft.base_model.model.backbone.blocks
             self.captured = []
-            self.hooks = [blocks[i].register_forward_hook(lambda m, i, o: self.captured.append(o))
-                          for i in range(len(blocks) // 2 - 1, len(blocks) - 1)]
+            self.hooks = [blocks[i].register_forward_hook(  # training forwards only (not the checks' evaluation)
+                lambda m, i, o: self.captured.append(o) if m.training else None)
+                for i in range(len(blocks) // 2 - 1, len(blocks) - 1)]
             return peft
 
         def loss(self, model, remain, forget, state):
@@ -294,21 +312,7 @@ def make_variants():
         # that the update cannot move people outside the task (the earlier-forgotten ones among them) without data
         def loss(self, model, remain, forget, state):
             total, logs = super().loss(model, remain, forget, state)
-            return self.add_strangers(model, remain, state, total, logs)
-
-        def add_strangers(self, model, remain, state, total, logs):
-            from gslora.methods.gslora import embedding_anchor
-
-            x_r, y_r = remain
-            if self.anchor <= 0 or len(x_r) < 2:
-                return total, logs
-            g = torch.Generator().manual_seed(state.step)
-            perm = torch.randperm(len(x_r), generator=g).to(x_r.device)
-            lam = (0.3 + 0.4 * torch.rand(len(x_r), 1, 1, 1, generator=g)).to(x_r.device, x_r.dtype)
-            mixed = lam * x_r + (1 - lam) * x_r[perm]
-            held = self.anchor * embedding_anchor(model, mixed, model.embed(mixed))
-            logs["strangers"] = float(held.detach())
-            return total + held, logs
+            return stranger_anchor(self, model, remain, state, total, logs)
 
     class FirstMiddle(LayersClassHold):  # each task's first trial layersclshold with the forgetting term's β x2, every
         # later trial (after a missed target, by the shipped trial rule) GS-LoRA as shipped. The trial counter lives on
@@ -339,7 +343,7 @@ def make_variants():
     class HoldStrangers(LayersClassHold):  # layersclshold + the embedding anchor also on strangers (as `strangers`)
         def loss(self, model, remain, forget, state):
             total, logs = super().loss(model, remain, forget, state)
-            out = Strangers.add_strangers(self, model, remain, state, total, logs)
+            out = stranger_anchor(self, model, remain, state, total, logs)
             self.captured.clear()  # the strangers' forwards passed the hooks too
             return out
 
@@ -482,9 +486,13 @@ def summarise(results: dict) -> list[dict]:
 
 
 def audit_summary(report: dict) -> dict:
+    """The audit's numbers per model and its depth fractions; the per-class depth stays in the run's audit.json (it
+    made this file megabytes)."""
     from gslora.audit import model_numbers
 
-    return {"models": {label: model_numbers(m) for label, m in report["models"].items()}, "depth": report.get("depth"),
+    depth = {label: ({k: v for k, v in d.items() if k != "per_class"} if isinstance(d, dict) else d)
+             for label, d in (report.get("depth") or {}).items()}
+    return {"models": {label: model_numbers(m) for label, m in report["models"].items()}, "depth": depth or None,
             "seconds": report["wall_seconds"]}
 
 

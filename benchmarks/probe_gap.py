@@ -129,18 +129,14 @@ def retention_drift(run: str, original_path: Path, data, tasks: list[dict]) -> l
     the anchor holds) and of their test images (what Acc_r reads), and their accuracy (unmasked argmax over every
     class) on both before and after the task: whether the anchor's hold on the replay images reaches the test
     images."""
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import Subset
+
+    from gslora.audit import embed_dataset
 
     def embed_and_predict(model, dataset):
-        model.eval()
-        es, ps, ys = [], [], []
+        e, y = embed_dataset(model, dataset, "cpu")
         with torch.no_grad():
-            for x, y in DataLoader(dataset, batch_size=256):
-                e = model.embed(x).float()
-                es.append(F.normalize(e, dim=-1))
-                ps.append(model.head(e).argmax(-1))
-                ys.append(torch.as_tensor(y))
-        return torch.cat(es), torch.cat(ps), torch.cat(ys)
+            return F.normalize(e, dim=-1), model.head(e).argmax(-1), y
 
     rows, last = [], None
     for done, model in after_each_task(run, original_path, len(tasks)):
