@@ -2,6 +2,7 @@
 
 import random
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -86,6 +87,33 @@ def test_one_root_folder_is_split_per_class(tmp_path):
     assert torch.equal(x[0], x[1])
     train_paths = set(data.train.paths) | set(data.val.paths)
     assert not train_paths & set(data.test.paths)
+
+
+def test_decoded_images_are_cached_within_the_budget(tmp_path, monkeypatch):
+    from gslora.data import folder
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (30, 20, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    paths = [tmp_path / f"{i}.png" for i in range(3)]
+    monkeypatch.setattr(folder, "DECODED", folder._DecodedCache())
+    monkeypatch.setenv("GSLORA_IMAGE_CACHE_MB", str(2 * 3 * 8 * 8 / 2**20))  # room for two 8 px images
+    first = [folder.load_image(p, 8) for p in paths]
+    assert len(folder.DECODED.images) == 2 and folder.DECODED.nbytes == 2 * 3 * 8 * 8
+    for p, x in zip(paths, first):  # a cached read equals a fresh decode, and hands out its own tensor
+        fresh = folder._decode(p, 8, None).float().div_(255.0)
+        again = folder.load_image(p, 8)
+        assert torch.equal(again, fresh) and torch.equal(x, fresh)
+        again.zero_()
+        assert torch.equal(folder.load_image(p, 8), fresh)
+    assert not torch.equal(folder.load_image(paths[0], 8, {"resize": 12, "crop": 8}), first[0])  # policy in the key
+    monkeypatch.setenv("GSLORA_IMAGE_CACHE_MB", "0")
+    folder.DECODED.clear()
+    folder.load_image(paths[0], 8)
+    assert folder.DECODED.nbytes == 0
+    monkeypatch.setenv("GSLORA_IMAGE_CACHE_MB", "lots")
+    with pytest.raises(GsloraError, match="GSLORA_IMAGE_CACHE_MB"):
+        folder.load_image(paths[1], 8)
 
 
 def test_folder_test_class_without_train_folder_is_an_error(tmp_path):
