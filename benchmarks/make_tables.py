@@ -236,6 +236,24 @@ def depth_timing(r: Results) -> str:
                      "probe_f before", "time ratio"], rows)
 
 
+@table("depth_timing_then")
+def depth_timing_then(r: Results) -> str:
+    """benchmarks/depth_timing.py --then REV: the defaults against the code the depth work started from."""
+    then = r("depth_timing.json").get("then", {})
+    rows = []
+    for key, label in DEPTH_SETS:
+        rec = then.get(key)
+        if not rec:
+            continue
+        now, before = rec["now"], rec["before"]
+        rows.append([label, rec["before_code"], per_task([t["wall_seconds"] for t in now["tasks"]], f0),
+                     per_task([t["wall_seconds"] for t in before["tasks"]], f0),
+                     f"{sum(t['steps_all_trials'] for t in now['tasks'])} / "
+                     f"{sum(t['steps_all_trials'] for t in before['tasks'])}", f"{rec['ratio']:.2f}"])
+    return md_table(["data", "then (commit)", "s per task, now", "s per task, then", "steps now / then",
+                     "time ratio"], rows)
+
+
 @table("depth_calibration")
 def depth_calibration(r: Results) -> str:
     """The in-loop probe of the original and of a model retrained without the forgotten classes."""
