@@ -657,8 +657,9 @@ def comparison_depth(name: str, r: Results) -> str:
                      "probe − retrained", "recovery − retrained", "time (s)"], rows)
 
 
-for _name in ("orl", "faces"):
+for _name in ("orl", "orl_single", "faces", "faces_single"):  # the --depth comparisons (the current defaults)
     TABLES[f"comparison_{_name}_depth"] = partial(comparison_depth, _name)
+for _name in ("orl", "faces"):
     TABLES[f"comparison_{_name}_continual"] = partial(comparison_continual, _name)
     TABLES[f"comparison_{_name}_single"] = partial(comparison_single, _name)
 

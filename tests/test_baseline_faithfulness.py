@@ -382,3 +382,19 @@ def test_no_method_claims_to_be_lirf():
     assert "uniform-kd" in METHODS
     doc = __import__(METHODS["uniform-kd"].__module__, fromlist=["_"]).__doc__
     assert "not** LIRF" in doc
+
+
+def test_per_sample_importance_of_a_cosface_model_is_vectorised(micro_data):
+    """The CosFace head's margin (applied when labels are given) traces under torch.func.vmap: EWC / MAS on gslora's
+    own face models take the vectorised pass, not the per-sample loop."""
+    from gslora.methods.common import _per_sample_grads_vmap
+
+    model = create_model("vit_face_micro", micro_data.num_classes, seed=0).eval()
+    assert type(model.head).__name__ == "CosFace"
+    names = [n for n, _ in model.named_parameters() if n.startswith(("backbone.blocks.0.", "head."))]
+    params = {n: p.detach() for n, p in model.named_parameters()}
+    x, y = next(iter(batches_of(Subset(micro_data.train, list(range(6))), 6)))
+    per = _per_sample_grads_vmap(model, params, x, y, "fisher")  # raised under vmap with F.one_hot
+    expected = _per_sample_scores(model, Subset(micro_data.train, list(range(6))), names, "fisher")
+    for n in names:
+        torch.testing.assert_close(per[n].float().pow(2).sum(0) / 6, expected[n], rtol=RTOL, atol=1e-12)

@@ -21,8 +21,9 @@ class CosFace(nn.Module):
 
     def forward(self, emb: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         cos = self.cosine(emb)
-        if labels is not None:
-            cos = cos - self.m * F.one_hot(labels, cos.shape[-1]).to(cos.dtype)
+        if labels is not None:  # a comparison, not F.one_hot, whose range check torch.func.vmap cannot trace
+            is_true = torch.arange(cos.shape[-1], device=cos.device) == labels.unsqueeze(-1)
+            cos = cos - self.m * is_true.to(cos.dtype)
         return self.s * cos
 
     def extra_repr(self) -> str:
