@@ -899,6 +899,26 @@ def cli_startup(r: Results) -> str:
 # --- the summary (README) ------------------------------------------------------------------------------------------
 
 
+def _comparison_headline(r: Results, name: str) -> str:
+    """GS-LoRA in a --depth comparison: its rank by mean H, and its probe / recovery against the references'."""
+    comp = r(f"comparison_{name}_depth.json")
+    runs = list(comp["depth"]["runs"].values())
+    ok = [m for m in comp["methods"] if m["status"] == "ok"]
+    h = {m["method"]: mean(t["h_mean"] or 0.0 for run in m["runs"] for t in run["tasks"]) for m in ok}
+    rank = sorted(h, key=lambda k: -h[k]).index("gslora") + 1
+    best = max(h, key=h.get)
+
+    def avg(get):
+        return mean(get(run) for run in runs)
+
+    nth = f"{rank}{'th' if 10 <= rank % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(rank % 10, 'th')}"
+    return (f"GS-LoRA {nth} of {len(h)} by mean H ({f1(h['gslora'])}; best {LABELS.get(best, best)} "
+            f"{f1(h[best])}); probe Acc_f {f1(avg(lambda d: d['methods']['gslora']['probe_f']))} (retrained "
+            f"{f1(avg(lambda d: d['retrained']['probe_f']))}), recovery "
+            f"{f0(avg(lambda d: d['methods']['gslora']['recovery']))}% "
+            f"({f0(avg(lambda d: d['retrained']['recovery']))}%)")
+
+
 @table("summary")
 def summary(r: Results) -> str:
     """One line per benchmark with its headline figures; the details are on the linked pages."""
@@ -925,7 +945,10 @@ def summary(r: Results) -> str:
         pre = rec["pretrain"].get("test_acc")
         rows.append([f"defaults only, {label} (pre-trained {f1(pre)}% test)", result, f"{cpu}, 1 thread, shared",
                      "[audit](docs/audit.md#depth-with-the-defaults)"])
-    # (the tuned comparisons predate the current defaults: docs/results/ARCHIVE.md, not this summary)
+    for key, label in (("orl", "ORL, continual 4 × 8"), ("orl_single", "ORL, single step 40-2/4/20/36")):
+        rows.append([f"16 methods tuned alike (3 trials), depth columns: {label}", _comparison_headline(r, key),
+                     f"{cpu}, 1 thread, shared", "[comparisons](docs/benchmarks.md#the-tuned-comparisons)"])
+    # (the earlier comparisons predate the current defaults: docs/results/ARCHIVE.md, not this summary)
     plus = r("gslora_plus.json")["datasets"]
     cells = []
     for ds, label in (("orl", "ORL"), ("faces", "faces")):
