@@ -20,6 +20,9 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
     layersclshold  layerscls2, and the replay batch's class tokens at those blocks held where the task started (the
                  embedding anchor's form and weight)
     layersclshalf  layersclshold with the middle blocks' collapse at half the weight
+    layershold   the product's loss and the replay batch's middle-block class tokens held where the task started
+                 (layersclshold without the middle blocks' collapse): less drift above the last block, so that an
+                 earlier task's cancellation there may hold
     holdstrangers  layersclshold and the embedding anchor also on strangers (as in `strangers`)
     marginhold   GS-LoRA + the replay images' margins (own class's logit against the best other's) held at the
                  task-start model's: weight x mean max(0, m0 - m)
@@ -253,6 +256,9 @@ def make_variants():
     class LayersClassHoldHalf(LayersClassHold):  # layersclshold with the middle blocks' collapse at half the weight
         middle_share = 0.5
 
+    class LayersHold(LayersClassHold):  # layersclshold without the middle blocks' collapse: only their hold
+        middle_share = 0.0
+
     class DropPath(GSLoRA):  # the product's collapse, trained under stochastic depth (a rate of `weight` / 100)
         weight = 20.0
 
@@ -457,8 +463,8 @@ def make_variants():
     return {"attack": Attack, "collapse": Collapse, "rmu": RMU, "layers": Layers, "droppath": DropPath,
             "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers, "robust": Robust,
             "layerscls": LayersClass, "layerscls2": LayersClassPlus, "layersclshold": LayersClassHold,
-            "layersclshalf": LayersClassHoldHalf, "holdstrangers": HoldStrangers, "marginhold": MarginHold,
-            "projected": Projected,
+            "layersclshalf": LayersClassHoldHalf, "layershold": LayersHold, "holdstrangers": HoldStrangers,
+            "marginhold": MarginHold, "projected": Projected,
             "firstmiddle": FirstMiddle}
 
 
@@ -582,7 +588,7 @@ def main(argv=None) -> int:
             target = "acc_f<=2,acc_r_drop<=2"
             if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers",
                            "robust", "layerscls", "layerscls2", "layersclshold",
-                           "layersclshalf", "holdstrangers", "firstmiddle",
+                           "layersclshalf", "layershold", "holdstrangers", "firstmiddle",
                            "marginhold", "projected"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":

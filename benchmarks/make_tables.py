@@ -319,6 +319,8 @@ EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forg
                   "layerscls2": "the same as a further term (the embedding's collapse at full weight)",
                   "layersclshold": "layerscls2 + the anchor also on those class tokens",
                   "layersclshalf": "layerscls2 + the anchor on those class tokens, their collapse at half weight",
+                  "layershold": "the anchor also on the replay batch's class tokens from the middle on (no collapse "
+                                "there)",
                   "layersclshold-b2": "layerscls2 + the anchor on those class tokens, the forgetting term's β x2, "
                                       "every trial",
                   "defaults-b2": "the forgetting term's β x2 alone (a control)",
