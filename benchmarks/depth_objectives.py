@@ -20,6 +20,7 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
     layersclshold  layerscls2, and the replay batch's class tokens at those blocks held where the task started (the
                  embedding anchor's form and weight)
     layersclshalf  layersclshold with the middle blocks' collapse at half the weight
+    fc2only      GS-LoRA with LoRA on each FFN's output projection only (fc1's adapter held at zero)
     layershold   the product's loss and the replay batch's middle-block class tokens held where the task started
                  (layersclshold without the middle blocks' collapse): less drift above the last block, so that an
                  earlier task's cancellation there may hold
@@ -374,6 +375,16 @@ def make_variants():
             logs["margin_hold"] = float(held.detach())
             return total + held, logs
 
+    class Fc2Only(GSLoRA):  # LoRA on each FFN's output projection only (fc1's adapter frozen at zero): a block's
+        # update is then linear in its hidden activations, so a later task's update adds to an earlier one's
+        # cancellation instead of changing the GELU gating it relies on
+        def prepare(self, model, ctx):
+            peft = super().prepare(model, ctx)
+            for a_fc1, b_fc1, *_ in self.groups.params:  # gradients zeroed, not switched off: Adam keeps a state
+                for q in (a_fc1, b_fc1):  # for every B, which the proximal step's per-block weights read
+                    q.register_hook(torch.zeros_like)
+            return peft
+
     class Projected(GSLoRA):  # every LoRA A kept out of the input directions the replay images use at the task
         # start (as orthogonal-subspace continual learning does): A <- A (I - U U^T) after every step, U the top
         # eigenvectors of the layer's input covariance over the replay images' tokens that hold `weight` % of its
@@ -464,7 +475,7 @@ def make_variants():
             "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers, "robust": Robust,
             "layerscls": LayersClass, "layerscls2": LayersClassPlus, "layersclshold": LayersClassHold,
             "layersclshalf": LayersClassHoldHalf, "layershold": LayersHold, "holdstrangers": HoldStrangers,
-            "marginhold": MarginHold, "projected": Projected,
+            "marginhold": MarginHold, "projected": Projected, "fc2only": Fc2Only,
             "firstmiddle": FirstMiddle}
 
 
@@ -588,7 +599,7 @@ def main(argv=None) -> int:
             target = "acc_f<=2,acc_r_drop<=2"
             if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers",
                            "robust", "layerscls", "layerscls2", "layersclshold",
-                           "layersclshalf", "layershold", "holdstrangers", "firstmiddle",
+                           "layersclshalf", "layershold", "holdstrangers", "firstmiddle", "fc2only",
                            "marginhold", "projected"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":

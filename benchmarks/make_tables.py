@@ -321,6 +321,7 @@ EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forg
                   "layersclshalf": "layerscls2 + the anchor on those class tokens, their collapse at half weight",
                   "layershold": "the anchor also on the replay batch's class tokens from the middle on (no collapse "
                                 "there)",
+                  "fc2only": "LoRA on each FFN's output projection only (fc1's adapter held at zero)",
                   "layersclshold-b2": "layerscls2 + the anchor on those class tokens, the forgetting term's β x2, "
                                       "every trial",
                   "defaults-b2": "the forgetting term's β x2 alone (a control)",
