@@ -20,6 +20,7 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
     layersclshold  layerscls2, and the replay batch's class tokens at those blocks held where the task started (the
                  embedding anchor's form and weight)
     layersclshalf  layersclshold with the middle blocks' collapse at half the weight
+    keeplast     GS-LoRA with the last block's adapter held at zero from task 2 on (a diagnostic of the erosion)
     fc2only      GS-LoRA with LoRA on each FFN's output projection only (fc1's adapter held at zero)
     layershold   the product's loss and the replay batch's middle-block class tokens held where the task started
                  (layersclshold without the middle blocks' collapse): less drift above the last block, so that an
@@ -385,6 +386,15 @@ def make_variants():
                     q.register_hook(torch.zeros_like)
             return peft
 
+    class KeepLast(GSLoRA):  # a diagnostic: from task 2 on the last block's adapter is held at zero (gradients
+        # zeroed), so a later task cannot change the block where an earlier task's cancellation lives
+        def prepare(self, model, ctx):
+            peft = super().prepare(model, ctx)
+            if ctx.position > 0:
+                for q in self.groups.params[-1]:
+                    q.register_hook(torch.zeros_like)
+            return peft
+
     class Projected(GSLoRA):  # every LoRA A kept out of the input directions the replay images use at the task
         # start (as orthogonal-subspace continual learning does): A <- A (I - U U^T) after every step, U the top
         # eigenvectors of the layer's input covariance over the replay images' tokens that hold `weight` % of its
@@ -476,6 +486,7 @@ def make_variants():
             "layerscls": LayersClass, "layerscls2": LayersClassPlus, "layersclshold": LayersClassHold,
             "layersclshalf": LayersClassHoldHalf, "layershold": LayersHold, "holdstrangers": HoldStrangers,
             "marginhold": MarginHold, "projected": Projected, "fc2only": Fc2Only,
+            "keeplast": KeepLast,
             "firstmiddle": FirstMiddle}
 
 
@@ -600,6 +611,7 @@ def main(argv=None) -> int:
             if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers",
                            "robust", "layerscls", "layerscls2", "layersclshold",
                            "layersclshalf", "layershold", "holdstrangers", "firstmiddle", "fc2only",
+                           "keeplast",
                            "marginhold", "projected"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":

@@ -322,6 +322,7 @@ EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forg
                   "layershold": "the anchor also on the replay batch's class tokens from the middle on (no collapse "
                                 "there)",
                   "fc2only": "LoRA on each FFN's output projection only (fc1's adapter held at zero)",
+                  "keeplast": "the last block's adapter held at zero from task 2 on (a diagnostic)",
                   "layersclshold-b2": "layerscls2 + the anchor on those class tokens, the forgetting term's β x2, "
                                       "every trial",
                   "defaults-b2": "the forgetting term's β x2 alone (a control)",
