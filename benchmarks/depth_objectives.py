@@ -20,6 +20,7 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
     layersclshold  layerscls2, and the replay batch's class tokens at those blocks held where the task started (the
                  embedding anchor's form and weight)
     layersclshalf  layersclshold with the middle blocks' collapse at half the weight
+    lastonly     GS-LoRA with only the last block's adapter trained from task 2 on (the converse diagnostic)
     keeplast     GS-LoRA with the last block's adapter held at zero from task 2 on (a diagnostic of the erosion)
     fc2only      GS-LoRA with LoRA on each FFN's output projection only (fc1's adapter held at zero)
     layershold   the product's loss and the replay batch's middle-block class tokens held where the task started
@@ -395,6 +396,16 @@ def make_variants():
                     q.register_hook(torch.zeros_like)
             return peft
 
+    class LastOnly(GSLoRA):  # the converse diagnostic: from task 2 on only the last block's adapter trains, so a later
+        # task cannot move the earlier-forgotten people's input to the last block
+        def prepare(self, model, ctx):
+            peft = super().prepare(model, ctx)
+            if ctx.position > 0:
+                for block in self.groups.params[:-1]:
+                    for q in block:
+                        q.register_hook(torch.zeros_like)
+            return peft
+
     class Projected(GSLoRA):  # every LoRA A kept out of the input directions the replay images use at the task
         # start (as orthogonal-subspace continual learning does): A <- A (I - U U^T) after every step, U the top
         # eigenvectors of the layer's input covariance over the replay images' tokens that hold `weight` % of its
@@ -486,7 +497,7 @@ def make_variants():
             "layerscls": LayersClass, "layerscls2": LayersClassPlus, "layersclshold": LayersClassHold,
             "layersclshalf": LayersClassHoldHalf, "layershold": LayersHold, "holdstrangers": HoldStrangers,
             "marginhold": MarginHold, "projected": Projected, "fc2only": Fc2Only,
-            "keeplast": KeepLast,
+            "keeplast": KeepLast, "lastonly": LastOnly,
             "firstmiddle": FirstMiddle}
 
 
@@ -611,7 +622,7 @@ def main(argv=None) -> int:
             if variant in ("attack", "collapse", "rmu", "layers", "droppath", "oldapart", "oldanchor", "strangers",
                            "robust", "layerscls", "layerscls2", "layersclshold",
                            "layersclshalf", "layershold", "holdstrangers", "firstmiddle", "fc2only",
-                           "keeplast",
+                           "keeplast", "lastonly",
                            "marginhold", "projected"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":

@@ -323,6 +323,7 @@ EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forg
                                 "there)",
                   "fc2only": "LoRA on each FFN's output projection only (fc1's adapter held at zero)",
                   "keeplast": "the last block's adapter held at zero from task 2 on (a diagnostic)",
+                  "lastonly": "only the last block's adapter trained from task 2 on (the converse diagnostic)",
                   "layersclshold-b2": "layerscls2 + the anchor on those class tokens, the forgetting term's β x2, "
                                       "every trial",
                   "defaults-b2": "the forgetting term's β x2 alone (a control)",
