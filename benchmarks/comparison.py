@@ -69,9 +69,10 @@ def main(argv=None) -> int:
         if args.dry_run:
             print(f"shard {name}: {script}")
             continue
-        log = open(Path(args.work) / f"{name}.log", "a")
-        procs[name] = subprocess.Popen(["bash", "-c", script], env=env, stdout=log, stderr=subprocess.STDOUT)
-        print(f"shard {name}: {len(commands)} step(s), log {log.name}", flush=True)
+        log = Path(args.work) / f"{name}.log"
+        with open(log, "a") as out:  # the child keeps its own handle
+            procs[name] = subprocess.Popen(["bash", "-c", script], env=env, stdout=out, stderr=subprocess.STDOUT)
+        print(f"shard {name}: {len(commands)} step(s), log {log}", flush=True)
     if args.dry_run:
         return 0
     failed = [name for name, proc in procs.items() if proc.wait() != 0]

@@ -220,18 +220,19 @@ def depth_anchor(r: Results) -> str:
     return md_table(["data", "setting", "Acc_f", "Acc_o (task 2 on)", "ΔAcc_r", "probe_f", "s"], rows)
 
 
+def _timing_cells(rec: dict) -> list[str]:
+    """A depth_timing.json record: seconds per task now and before, steps now / before."""
+    now, before = rec["now"]["tasks"], rec["before"]["tasks"]
+    return [per_task([t["wall_seconds"] for t in now], f0), per_task([t["wall_seconds"] for t in before], f0),
+            f"{sum(t['steps_all_trials'] for t in now)} / {sum(t['steps_all_trials'] for t in before)}"]
+
+
 @table("depth_timing")
 def depth_timing(r: Results) -> str:
     """benchmarks/depth_timing.py: the defaults against the ones before the depth work, started together."""
-    rows = []
-    for label, rec in _depth_runs(r, "depth_timing.json"):
-        now, before = rec["now"], rec["before"]
-        rows.append([label, per_task([t["wall_seconds"] for t in now["tasks"]], f0),
-                     per_task([t["wall_seconds"] for t in before["tasks"]], f0),
-                     f"{sum(t['steps_all_trials'] for t in now['tasks'])} / "
-                     f"{sum(t['steps_all_trials'] for t in before['tasks'])}",
-                     per_task([t["probe_f"] for t in now["tasks"]], f0),
-                     per_task([t["probe_f"] for t in before["tasks"]], f0), f"{rec['ratio']:.2f}"])
+    rows = [[label, *_timing_cells(rec), per_task([t["probe_f"] for t in rec["now"]["tasks"]], f0),
+             per_task([t["probe_f"] for t in rec["before"]["tasks"]], f0), f"{rec['ratio']:.2f}"]
+            for label, rec in _depth_runs(r, "depth_timing.json")]
     return md_table(["data", "s per task, now", "s per task, before", "steps now / before", "probe_f now",
                      "probe_f before", "time ratio"], rows)
 
@@ -240,16 +241,8 @@ def depth_timing(r: Results) -> str:
 def depth_timing_then(r: Results) -> str:
     """benchmarks/depth_timing.py --then REV: the defaults against the code the depth work started from."""
     then = r("depth_timing.json").get("then", {})
-    rows = []
-    for key, label in DEPTH_SETS:
-        rec = then.get(key)
-        if not rec:
-            continue
-        now, before = rec["now"], rec["before"]
-        rows.append([label, rec["before_code"], per_task([t["wall_seconds"] for t in now["tasks"]], f0),
-                     per_task([t["wall_seconds"] for t in before["tasks"]], f0),
-                     f"{sum(t['steps_all_trials'] for t in now['tasks'])} / "
-                     f"{sum(t['steps_all_trials'] for t in before['tasks'])}", f"{rec['ratio']:.2f}"])
+    rows = [[label, then[key]["before_code"], *_timing_cells(then[key]), f"{then[key]['ratio']:.2f}"]
+            for key, label in DEPTH_SETS if then.get(key)]
     return md_table(["data", "then (commit)", "s per task, now", "s per task, then", "steps now / then",
                      "time ratio"], rows)
 
@@ -471,7 +464,6 @@ def retention_drift(r: Results) -> str:
 @table("depth_erosion_options")
 def depth_erosion_options(r: Results) -> str:
     """benchmarks/depth_objectives.py: what was tried against the erosion, against the defaults (depth_proof.json)."""
-    worst = _worst
     rows = []
     proof = dict(_depth_runs(r, "depth_proof.json"))
     for label, record in _depth_runs(r, "depth_objectives.json"):
@@ -482,7 +474,7 @@ def depth_erosion_options(r: Results) -> str:
         shown = [("model retrained without them", ref["audit"]["models"]["retrained"], None),
                  ("GS-LoRA, defaults", ref["audit"]["models"]["forgotten"], ref["tasks"])]
         shown += [(name, v["audit"]["models"]["forgotten"], v["tasks"]) for name, v in entries]
-        rows += [[label, name, *worst(ts), f1(a["probe_f"]), _rec(a), f"{a['mia_auc']:.3f}"] for name, a, ts in shown]
+        rows += [[label, name, *_worst(ts), f1(a["probe_f"]), _rec(a), f"{a['mia_auc']:.3f}"] for name, a, ts in shown]
     return md_table(["data", "setting", "worst Acc_f", "worst ΔAcc_r", "worst Acc_o", "probe Acc_f", "recovery",
                      "MIA AUC"], rows)
 
@@ -624,40 +616,47 @@ def comparison_single(name: str, r: Results) -> str:
     return md_table(header, [row for _, row in sorted(scored, key=lambda s: -s[0])])
 
 
-def comparison_depth(name: str, r: Results) -> str:
-    """A comparison run with --depth (comparison_NAME_depth.json): per method mean H over the tasks, worst Acc_f and
-    Acc_o, then after the last task probe Acc_f, recovery, MIA AUC and the distance of the first two to the retrained
-    reference; sorted by mean H. With several plans (the single-step setting: one run per C-Y, each audited against
-    its own retrained reference) the depth numbers are means over the plans."""
-    comp = r(f"comparison_{name}_depth.json")
+def _avg(values):
+    """The mean of the values that are not None (None if none are)."""
+    values = [v for v in values if v is not None]
+    return mean(values) if values else None
+
+
+def depth_scores(comp: dict) -> tuple[dict, dict, dict]:
+    """A --depth comparison's retrained reference and original (each number the mean over the runs), and per method
+    with depth numbers: its tasks, mean H over them and its depth numbers averaged over the runs."""
     runs = list(comp["depth"]["runs"].values())
-
-    def avg(values):
-        values = [v for v in values if v is not None]
-        return mean(values) if values else None
-
-    def over(get):
-        return avg(get(run) for run in runs)
-
-    rows = [["retrained reference (audit)", "-", "-", "-", f1(over(lambda d: d["retrained"]["probe_f"])),
-             f0(over(lambda d: d["retrained"]["recovery"])) + "%",
-             f"{over(lambda d: d['retrained']['mia_auc']):.3f}", "0", "0", "-"],
-            ["original", "-", "-", "-", f1(over(lambda d: d["original"]["probe_f"])), "-",
-             f"{over(lambda d: d['original']['mia_auc']):.3f}", "-", "-", "-"]]
-    scored = []
+    ref, orig = ({k: _avg(run[which][k] for run in runs) for k in ("probe_f", "recovery", "mia_auc")}
+                 for which in ("retrained", "original"))
+    scores = {}
     for m in comp["methods"]:
         ds = [run["methods"][m["method"]] for run in runs if m["method"] in run["methods"]]
         if m["status"] != "ok" or not ds:
             continue
         ts = [t for run in m["runs"] for t in run["tasks"]]
-        h = mean(t["h_mean"] or 0.0 for t in ts)
-        d = {k: avg(x[k] for x in ds) for k in ("probe_f", "recovery", "mia_auc", "probe_gap", "recovery_gap")}
-        scored.append((h, [LABELS.get(m["method"], m["method"]), f1(h), f1(max(t["acc_f"] for t in ts)),
-                           f1(max((t["acc_o"] or 0.0) for t in ts)), f1(d["probe_f"]), f0(d["recovery"]) + "%",
-                           f"{d['mia_auc']:.3f}", signed(d["probe_gap"]), signed(d["recovery_gap"]),
-                           f0(sum(run["wall_seconds"] for run in m["runs"]))]))  # the runs' own time: a
-        # comparison resumed from its run folders reads them back in no time
-    rows += [row for _, row in sorted(scored, key=lambda s: -s[0])]
+        scores[m["method"]] = {"tasks": ts, "h": mean(t["h_mean"] or 0.0 for t in ts),
+                               "seconds": sum(run["wall_seconds"] for run in m["runs"]),
+                               **{k: _avg(x[k] for x in ds)
+                                  for k in ("probe_f", "recovery", "mia_auc", "probe_gap", "recovery_gap")}}
+    return ref, orig, scores
+
+
+def comparison_depth(name: str, r: Results) -> str:
+    """A comparison run with --depth (comparison_NAME_depth.json): per method mean H over the tasks, worst Acc_f and
+    Acc_o, then after the last task probe Acc_f, recovery, MIA AUC and the distance of the first two to the retrained
+    reference; sorted by mean H. With several plans (the single-step setting: one run per C-Y, each audited against
+    its own retrained reference) the depth numbers are means over the plans."""
+    ref, orig, scores = depth_scores(r(f"comparison_{name}_depth.json"))
+    rows = [["retrained reference (audit)", "-", "-", "-", f1(ref["probe_f"]), f0(ref["recovery"]) + "%",
+             f"{ref['mia_auc']:.3f}", "0", "0", "-"],
+            ["original", "-", "-", "-", f1(orig["probe_f"]), "-", f"{orig['mia_auc']:.3f}", "-", "-", "-"]]
+    for method, d in sorted(scores.items(), key=lambda kv: -kv[1]["h"]):
+        ts = d["tasks"]
+        rows.append([LABELS.get(method, method), f1(d["h"]), f1(max(t["acc_f"] for t in ts)),
+                     f1(max((t["acc_o"] or 0.0) for t in ts)), f1(d["probe_f"]), f0(d["recovery"]) + "%",
+                     f"{d['mia_auc']:.3f}", signed(d["probe_gap"]), signed(d["recovery_gap"]),
+                     f0(d["seconds"])])  # the runs' own time: a comparison resumed from its run folders reads
+        # them back in no time
     return md_table(["Method", "mean H", "worst Acc_f", "worst Acc_o", "probe Acc_f", "recovery", "MIA AUC",
                      "probe − retrained", "recovery − retrained", "time (s)"], rows)
 
@@ -906,22 +905,13 @@ def cli_startup(r: Results) -> str:
 
 def _comparison_headline(r: Results, name: str) -> str:
     """GS-LoRA in a --depth comparison: its rank by mean H, and its probe / recovery against the references'."""
-    comp = r(f"comparison_{name}_depth.json")
-    runs = list(comp["depth"]["runs"].values())
-    ok = [m for m in comp["methods"] if m["status"] == "ok"]
-    h = {m["method"]: mean(t["h_mean"] or 0.0 for run in m["runs"] for t in run["tasks"]) for m in ok}
-    rank = sorted(h, key=lambda k: -h[k]).index("gslora") + 1
-    best = max(h, key=h.get)
-
-    def avg(get):
-        return mean(get(run) for run in runs)
-
+    ref, _, scores = depth_scores(r(f"comparison_{name}_depth.json"))
+    ranked = sorted(scores, key=lambda k: -scores[k]["h"])
+    rank, best, g = ranked.index("gslora") + 1, ranked[0], scores["gslora"]
     nth = f"{rank}{'th' if 10 <= rank % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(rank % 10, 'th')}"
-    return (f"GS-LoRA {nth} of {len(h)} by mean H ({f1(h['gslora'])}; best {LABELS.get(best, best)} "
-            f"{f1(h[best])}); probe Acc_f {f1(avg(lambda d: d['methods']['gslora']['probe_f']))} (retrained "
-            f"{f1(avg(lambda d: d['retrained']['probe_f']))}), recovery "
-            f"{f0(avg(lambda d: d['methods']['gslora']['recovery']))}% "
-            f"({f0(avg(lambda d: d['retrained']['recovery']))}%)")
+    return (f"GS-LoRA {nth} of {len(scores)} by mean H ({f1(g['h'])}; best {LABELS.get(best, best)} "
+            f"{f1(scores[best]['h'])}); probe Acc_f {f1(g['probe_f'])} (retrained {f1(ref['probe_f'])}), recovery "
+            f"{f0(g['recovery'])}% ({f0(ref['recovery'])}%)")
 
 
 @table("summary")
