@@ -9,8 +9,10 @@ after an interruption (a session's end, a killed process). When every shard has 
     .venv/bin/python benchmarks/comparison.py --name faces --data faces \\
         --checkpoint runs/depth/faces.safetensors --setting continual
 
-writes docs/results/comparison_faces_depth.{json,md} and tune_faces_depth.{yaml,md} (NAME: the raw files' name,
-`comparison_NAME_depth`; benchmarks/make_tables.py has a table for orl, orl_single, faces and faces_single).
+`--shards a` runs one shard only (when one core is free); the merge then waits for a run that finds every shard
+finished. It writes docs/results/comparison_faces_depth.{json,md} and tune_faces_depth.{yaml,md} (NAME: the raw
+files' name, `comparison_NAME_depth`; benchmarks/make_tables.py has a table for orl, orl_single, faces and
+faces_single).
 """
 
 from __future__ import annotations
@@ -55,14 +57,19 @@ def main(argv=None) -> int:
     p.add_argument("--setting", required=True, choices=["continual", "single"])
     p.add_argument("--budget", type=int, default=3, help="tuning trials per method (default 3, as on ORL)")
     p.add_argument("--work", default=None, help="folder of the shards' runs (default runs/cmp/NAME)")
+    p.add_argument("--shards", default=",".join(SHARDS),
+                   help="the shards to run now (default all: %(default)s); the merge waits until every shard finished")
     p.add_argument("--dry-run", action="store_true", help="print each shard's commands, run nothing")
     args = p.parse_args(argv)
+    shards = args.shards.split(",")
+    if unknown := sorted(set(shards) - set(SHARDS)):
+        p.error(f"unknown shard(s) {', '.join(unknown)}; the shards are {', '.join(SHARDS)}")
     args.work = args.work or f"runs/cmp/{args.name}"
     Path(args.work).mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     procs = {}
-    for name, methods in SHARDS.items():
-        commands = shard_script(args, name, methods)
+    for name in shards:
+        commands = shard_script(args, name, SHARDS[name])
         if not commands:
             continue
         script = " && ".join(subprocess.list2cmdline(c) for c in commands)
@@ -79,6 +86,9 @@ def main(argv=None) -> int:
     if failed:
         raise SystemExit(f"shard(s) {', '.join(failed)} failed: see their logs in {args.work}")
     work = Path(args.work)
+    if waiting := [n for n in SHARDS if not (work / f"bench-{n}" / "comparison.json").is_file()]:
+        print(f"not merged yet: shard(s) {', '.join(waiting)} unfinished (run them with --shards)", flush=True)
+        return 0
     subprocess.run([sys.executable, str(HERE / "merge_comparisons.py"), *(str(work / f"bench-{n}") for n in SHARDS),
                     "--out", str(RESULTS / f"comparison_{args.name}_depth"),
                     "--tuning", *(str(work / f"tune-{n}") for n in SHARDS),
