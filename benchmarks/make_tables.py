@@ -384,6 +384,33 @@ def floor_seeds(r: Results) -> str:
                      "retrained MIA AUC", "GS-LoRA", "GS-LoRA against the mean (within 5 / 10 / 0.05)"], rows)
 
 
+@table("generic_probe")
+def generic_probe(r: Results) -> str:
+    """benchmarks/generic_probe.py: the in-loop probe on the other face datasets' people (whom no model here saw)
+    under the depth proof's models, and the same gap on the forgotten people (the proof's audit) beside it."""
+    from statistics import mean
+
+    names = {"orl": "ORL", "gt": "Georgia Tech", "faces": "bundled faces"}
+    rows = []
+    for key, label in DEPTH_SETS:
+        run = r("generic_probe.json").get(f"proof-{key}")
+        if not run:
+            continue
+        audit = r("depth_proof.json")["runs"][key]["audit"]["models"]
+        forgot = audit["original"]["probe_f"] - audit["retrained"]["probe_f"]
+        for other, got in run["sets"].items():
+            probe = got["probe"]
+            refs = [v for k, v in probe.items() if k.startswith("retrained")]
+            rows.append([f"{label} ({run['remain']} of {run['classes']} kept)",
+                         f"{names.get(other, other)} ({got['classes']} people)", f1(probe["original"]),
+                         f1(probe["forgotten"]), f1(probe.get("head")),
+                         f"{mean(refs):.1f} ({min(refs):.1f}-{max(refs):.1f})",
+                         signed(probe["original"] - mean(refs)), signed(forgot)])
+    return md_table(["model trained on", "probed on (people no model saw)", "original", "GS-LoRA, defaults",
+                     "head forgetting", "retrained, 3 seeds (range)", "original − retrained, these people",
+                     "original − retrained, the forgotten (audit)"], rows)
+
+
 @table("depth_by_block")
 def depth_by_block(r: Results) -> str:
     """benchmarks/probe_gap.py --blocks: task 1's forgotten classes read at the class token of every block's output

@@ -1,0 +1,88 @@
+"""How well each model of a depth audit reads people that none of them ever saw: the generic part of the floor.
+
+The depth proof's reference is a model retrained without the forgotten people, on the remaining ones only (20 of
+ORL's 40, 10 of Georgia Tech's 50, 20 of the bundled faces' 100). It reads the forgotten people less well than the
+original partly because it never saw them and partly because it learnt faces from fewer people. This script
+separates the two: for each run folder it scores the in-loop probe (`gslora.depth.probe_accuracy`: leave-one-out
+ridge over every image of a set) on the *other* face datasets, whose people no model here trained on, under the
+original, the run's final model, the head-forgetting run's final model (RUN-head, when it exists) and the
+retrain-full references with the run's seed and --seeds (cached by `gslora audit --retrain-full`; trained here
+when missing). The gap original − retrained on strangers is what a model trained on fewer people loses in general.
+
+    .venv/bin/python benchmarks/generic_probe.py runs/depth/proof-orl-4x5 runs/depth/proof-gt-4x10 \\
+        runs/depth/proof-faces-4x20
+
+Raw numbers: docs/results/generic_probe.json (one key per run folder's name).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE.parent / "docs" / "results" / "generic_probe.json"
+SHARED = HERE.parent.parent / "shared" / "data"
+FACE_SETS = {"orl": str(SHARED / "orl-faces"), "gt": str(SHARED / "gt-faces"), "faces": "faces"}
+
+
+def _same(spec_a: str, spec_b: str) -> bool:
+    return Path(spec_a).name == Path(spec_b).name
+
+
+def main() -> None:
+    import torch
+    from torch.utils.data import ConcatDataset
+
+    from gslora.audit import _load_model, cached_reference, run_classes
+    from gslora.data import load_data
+    from gslora.depth import embed_images, probe_accuracy
+    from gslora.rundir import RunFolder
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--seeds", default="1,2", help="retrained references' seeds besides the run's own")
+    a = p.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    saved = json.loads(OUT.read_text()) if OUT.is_file() else {}
+    for run in a.runs:
+        t0 = time.perf_counter()
+        finished = RunFolder.load(run)
+        results, rcfg = finished.results, finished.config
+        src = results["source_checkpoint"]
+        original, _ = _load_model(Path(src), "original")
+        data = load_data(rcfg.data, image_size=original.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
+                         val_ratio=rcfg.val_ratio, preprocessing=original.config.get("preprocessing"))
+        _, remain = run_classes(results)
+        models = {"original": original, "forgotten": _load_model(Path(run) / "final.safetensors", "forgotten")[0]}
+        head = Path(f"{run}-head") / "final.safetensors"
+        if head.is_file():
+            models["head"] = _load_model(head, "head")[0]
+        for seed in [rcfg.seed] + [int(s) for s in a.seeds.split(",") if s]:
+            models[f"retrained seed {seed}"] = cached_reference(original, src, rcfg.data, data, remain, seed, {},
+                                                                "cpu", False)[0]
+        sets = {}
+        for name, spec in FACE_SETS.items():
+            if _same(spec, rcfg.data):
+                continue
+            strangers = load_data(spec, image_size=original.image_size, seed=1337,
+                                  preprocessing=original.config.get("preprocessing"))
+            images = ConcatDataset([strangers.train, strangers.val, strangers.test])
+            sets[name] = {"images": len(images), "classes": len(strangers.classes), "probe": {}}
+            for label, model in models.items():
+                emb, y = embed_images(model.eval(), images, "cpu")
+                sets[name]["probe"][label] = probe_accuracy(emb, y)["acc"]
+            print(Path(run).name, "on", name, {k: round(v, 1) for k, v in sets[name]["probe"].items()}, flush=True)
+        saved = json.loads(OUT.read_text()) if OUT.is_file() else {}  # as it is now: another run may have written
+        saved["machine"] = f"{platform.machine()} {os.cpu_count()}-core CPU, {platform.system()}"
+        saved[Path(run).name] = {"run": run, "data": rcfg.data, "remain": len(remain), "classes": len(data.classes),
+                                 "sets": sets, "seconds": time.perf_counter() - t0}
+        OUT.write_text(json.dumps(saved, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
