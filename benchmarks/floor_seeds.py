@@ -26,12 +26,25 @@ HERE = Path(__file__).resolve().parent
 OUT = HERE.parent / "docs" / "results" / "floor_seeds.json"
 
 
+def load_finished(run: str):
+    """A finished run's (results, RunConfig, source checkpoint path, original model, its data, remaining classes)."""
+    from gslora.audit import _load_model, run_classes
+    from gslora.data import load_data
+    from gslora.rundir import RunFolder
+
+    finished = RunFolder.load(run)
+    results, rcfg = finished.results, finished.config
+    src = results["source_checkpoint"]
+    original, _ = _load_model(Path(src), "original")
+    data = load_data(rcfg.data, image_size=original.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
+                     val_ratio=rcfg.val_ratio, preprocessing=original.config.get("preprocessing"))
+    return results, rcfg, src, original, data, run_classes(results)[1]
+
+
 def main() -> None:
     import torch
 
-    from gslora.audit import _load_model, audit_run, cached_reference, model_numbers, run_classes
-    from gslora.data import load_data
-    from gslora.rundir import RunFolder
+    from gslora.audit import audit_run, cached_reference, model_numbers
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")
@@ -39,13 +52,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     for run in a.runs:
-        finished = RunFolder.load(run)
-        results, rcfg = finished.results, finished.config
-        src = results["source_checkpoint"]
-        original, _ = _load_model(Path(src), "original")
-        data = load_data(rcfg.data, image_size=original.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
-                         val_ratio=rcfg.val_ratio, preprocessing=original.config.get("preprocessing"))
-        _, remain = run_classes(results)
+        results, rcfg, src, original, data, remain = load_finished(run)
         seeds = [rcfg.seed] + [int(s) for s in a.seeds.split(",") if s]
         rows = []
         for seed in seeds:

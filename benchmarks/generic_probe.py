@@ -36,12 +36,12 @@ def _same(spec_a: str, spec_b: str) -> bool:
 
 def main() -> None:
     import torch
+    from floor_seeds import load_finished
     from torch.utils.data import ConcatDataset
 
-    from gslora.audit import _load_model, cached_reference, run_classes
+    from gslora.audit import _load_model, cached_reference
     from gslora.data import load_data
     from gslora.depth import embed_images, probe_accuracy
-    from gslora.rundir import RunFolder
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")
@@ -51,13 +51,7 @@ def main() -> None:
     saved = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for run in a.runs:
         t0 = time.perf_counter()
-        finished = RunFolder.load(run)
-        results, rcfg = finished.results, finished.config
-        src = results["source_checkpoint"]
-        original, _ = _load_model(Path(src), "original")
-        data = load_data(rcfg.data, image_size=original.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
-                         val_ratio=rcfg.val_ratio, preprocessing=original.config.get("preprocessing"))
-        _, remain = run_classes(results)
+        results, rcfg, src, original, data, remain = load_finished(run)
         models = {"original": original, "forgotten": _load_model(Path(run) / "final.safetensors", "forgotten")[0]}
         head = Path(f"{run}-head") / "final.safetensors"
         if head.is_file():
