@@ -3,8 +3,9 @@
 The depth proof's reference is a model retrained without the forgotten people, on the remaining ones only (20 of
 ORL's 40, 10 of Georgia Tech's 50, 20 of the bundled faces' 100). It reads the forgotten people less well than the
 original partly because it never saw them and partly because it learnt faces from fewer people. This script
-separates the two: for each run folder it scores the in-loop probe (`gslora.depth.probe_accuracy`: leave-one-out
-ridge over every image of a set) on the *other* face datasets, whose people no model here trained on, under the
+separates the two: for each run folder it scores the audit's probe (`gslora.audit.strangers_probe`, what `gslora
+audit --strangers` reports: the logistic regression of the audit's probe Acc_f, fit on a set's train split, scored
+on its test split) on the *other* face datasets, whose people no model here trained on, under the
 original, the run's final model, the head-forgetting run's final model (RUN-head, when it exists) and the
 retrain-full references with the run's seed and --seeds (cached by `gslora audit --retrain-full`; trained here
 when missing). The gap original − retrained on strangers is what a model trained on fewer people loses in general.
@@ -37,11 +38,9 @@ def _same(spec_a: str, spec_b: str) -> bool:
 def main() -> None:
     import torch
     from floor_seeds import load_finished
-    from torch.utils.data import ConcatDataset
 
-    from gslora.audit import _load_model, cached_reference
+    from gslora.audit import AuditConfig, _load_model, cached_reference, strangers_probe
     from gslora.data import load_data
-    from gslora.depth import embed_images, probe_accuracy
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+")
@@ -63,13 +62,11 @@ def main() -> None:
         for name, spec in FACE_SETS.items():
             if _same(spec, rcfg.data):
                 continue
-            strangers = load_data(spec, image_size=original.image_size, seed=1337,
-                                  preprocessing=original.config.get("preprocessing"))
-            images = ConcatDataset([strangers.train, strangers.val, strangers.test])
-            sets[name] = {"images": len(images), "classes": len(strangers.classes), "probe": {}}
+            strangers = load_data(spec, image_size=original.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
+                                  val_ratio=rcfg.val_ratio, preprocessing=original.config.get("preprocessing"))
+            sets[name] = {**strangers.describe(), "probe": {}}
             for label, model in models.items():
-                emb, y = embed_images(model.eval(), images, "cpu")
-                sets[name]["probe"][label] = probe_accuracy(emb, y)["acc"]
+                sets[name]["probe"][label] = strangers_probe(model.eval(), strangers, AuditConfig(), "cpu")["acc"]
             print(Path(run).name, "on", name, {k: round(v, 1) for k, v in sets[name]["probe"].items()}, flush=True)
         saved = json.loads(OUT.read_text()) if OUT.is_file() else {}  # as it is now: another run may have written
         saved["machine"] = f"{platform.machine()} {os.cpu_count()}-core CPU, {platform.system()}"

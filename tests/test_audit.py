@@ -3,6 +3,7 @@ membership attack finds training members and nothing in random labels, outputs a
 
 import copy
 import json
+import re
 import shutil
 
 import numpy as np
@@ -21,6 +22,8 @@ from gslora.audit import (
     run_classes,
 )
 from gslora.cli import main
+from gslora.data.base import DataBundle, TensorImages
+from gslora.data.faces import bundled_faces
 
 
 def mask_head(model, forget):
@@ -333,3 +336,49 @@ def test_the_retrained_reference_is_trained_once_per_plan(tmp_path, micro_model,
     other = audit_run(tmp_path / "a", data=micro_data, write=False, config=audit_cfg,
                       retrain_full={**recipe, "max_steps": 21})  # another recipe: another reference
     assert len(calls) == 2 and other["retrained_by"]["cached"] is False
+
+
+def _strangers(num_faces: int = 20) -> DataBundle:
+    """Bundled photos after the micro set's first ``num_faces`` (conftest.NUM_FACES): people no micro model saw."""
+    many = bundled_faces(image_size=16, seed=5, views={"train": 12, "val": 2, "test": 6}, num_faces=2 * num_faces)
+
+    def later(split):
+        keep = [i for i, t in enumerate(split.targets) if t >= num_faces]
+        return TensorImages(split.images[keep], [split.targets[i] - num_faces for i in keep],
+                            split.classes[num_faces:])
+
+    return DataBundle(train=later(many.train), val=later(many.val), test=later(many.test), name="strangers")
+
+
+def test_the_strangers_probe_is_the_audits_probe_on_people_no_model_saw(run_dir, _micro_pretrained, micro_data):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    strangers = _strangers()
+    assert not set(strangers.classes) & set(micro_data.classes)
+    cfg = AuditConfig(epochs=1, relearn_epochs=0, device="cpu")
+    report = audit_run(run_dir, data=micro_data, config=cfg, write=False, strangers=strangers)
+    original = _micro_pretrained[0].eval()
+    tr_x, tr_y = embed_dataset(original, strangers.train, "cpu")
+    te_x, te_y = embed_dataset(original, strangers.test, "cpu")
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=cfg.probe_c, max_iter=cfg.probe_max_iter))
+    expected = 100.0 * float((probe.fit(tr_x.numpy(), tr_y.numpy()).predict(te_x.numpy()) == te_y.numpy()).mean())
+    assert report["models"]["original"]["strangers_probe"]["acc"] == pytest.approx(expected)
+    assert 100.0 / strangers.num_classes < expected  # the original tells strangers apart above chance
+    assert report["models"]["forgotten"]["strangers_probe"]["acc"] is not None
+    assert report["strangers"]["classes"] == strangers.num_classes
+    text = audit_markdown(report)
+    assert "## People no model saw" in text
+    assert re.search(r"\| original +\| [0-9.]+ +\| 0\.0 +\| [0-9.]+ +\| 0\.0 +\|", text)  # its own distance: 0
+
+
+def test_the_strangers_must_be_other_data_than_the_runs(run_dir, micro_data, tmp_path):
+    cfg = AuditConfig(epochs=1, relearn_epochs=0, device="cpu")
+    with pytest.raises(GsloraError, match="does not exist"):
+        audit_run(run_dir, data=micro_data, config=cfg, write=False, strangers=str(tmp_path / "nowhere"))
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    with pytest.raises(GsloraError, match="the run's own data"):
+        audit_run(run_dir, data=micro_data, config=cfg, write=False, strangers=str(folder),
+                  data_spec=str(tmp_path / "." / "faces"))

@@ -201,6 +201,18 @@ def linear_probe(train_emb, train_y, test_emb, test_y, forget, remain, cfg: Audi
     }
 
 
+def strangers_probe(model, strangers: DataBundle, cfg: AuditConfig, device) -> dict:
+    """The audit's probe (:func:`linear_probe`'s logistic regression) on ``strangers``, classes none of the audited
+    models trained on: fit on their train split, accuracy on their test split. How well a model tells apart people
+    it never saw; a model trained on fewer classes (the retrained reference) is often weaker here too, and that part
+    of its distance from the original on the forgotten classes is not forgetting (docs/audit.md)."""
+    train_emb, train_y = embed_dataset(model, strangers.train, device, cfg.batch_size)
+    test_emb, test_y = embed_dataset(model, strangers.test, device, cfg.batch_size)
+    pred = _probe_predict(train_emb, train_y, test_emb, cfg)
+    return {"split": f"probe fit on the strangers' train split ({len(train_y)} images), accuracy on their test split "
+                     f"({len(test_y)} images)", "acc": _acc(pred, test_y, range(strangers.num_classes))}
+
+
 def per_class_accuracy(pred: torch.Tensor, y: torch.Tensor, classes) -> dict[int, float | None]:
     """Top-1 accuracy (%) of each class in ``classes`` on its own samples (None: the class has none)."""
     return {int(c): _acc(pred, y, [c]) for c in sorted(classes)}
@@ -473,13 +485,15 @@ def retrain_gap(forgotten: dict, retrained: dict) -> dict:
 
 def audit(model, original, data: DataBundle, forget, remain, retrained=None, compare: dict | None = None,
           config: AuditConfig | None = None, progress: bool = False, extra: dict | None = None,
-          seen: set[int] | None = None) -> dict:
+          seen: set[int] | None = None, strangers: DataBundle | None = None) -> dict:
     """Audit ``model`` (forgotten) against ``original``; class ids ``forget`` / ``remain`` index ``data``'s classes.
 
     ``compare`` maps labels to other forgotten models (e.g. head forgetting) that get the same recovery test.
     ``retrained`` (a model never taught the forgotten classes) adds the retrain gap. ``seen``: the training indices
     the forgetting run used (:func:`run_subset_indices`); the recovery and relearn images are drawn outside them
-    (None: from all training images, and the report says the run's subsets were unknown). Models are not modified.
+    (None: from all training images, and the report says the run's subsets were unknown). ``strangers``: other
+    classes than ``data``'s, which no model here trained on: every model also gets :func:`strangers_probe`. Models are
+    not modified.
     """
     from .distributed import resolve_device
 
@@ -517,6 +531,8 @@ def audit(model, original, data: DataBundle, forget, remain, retrained=None, com
             models[label] = _audit_one(work, data, forget, remain, cfg, device, original_acc_f,
                                        recovery_idx, forget_idx, deep, unseen_note,
                                        relearn=label not in ("original", "retrained"))
+            if strangers is not None:
+                models[label]["strangers_probe"] = strangers_probe(work, strangers, cfg, device)
         models[label]["seconds"] = time.perf_counter() - t0
         if label == "original":
             original_acc_f = models[label]["accuracy"]["acc_f"]
@@ -536,6 +552,7 @@ def audit(model, original, data: DataBundle, forget, remain, retrained=None, com
         "depth": ({label: model_depth(models[label], models["original"], models["retrained"],
                                       {c: data.classes[c] for c in forget})
                    for label in ("forgotten", *compare)} if retrained is not None else None),
+        "strangers": strangers.describe() if strangers is not None else None,
         "wall_seconds": time.perf_counter() - start,
         **(extra or {}),
     }
@@ -669,7 +686,8 @@ def run_classes(results: dict) -> tuple[list[int], list[int]]:
 def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original: str | Path | None = None,
               compare: dict | None = None, config: AuditConfig | None = None, data: DataBundle | None = None,
               out_dir: str | Path | None = None, write: bool = True, progress: bool = False,
-              retrain_full: bool | dict = False, data_spec: str | None = None) -> dict:
+              retrain_full: bool | dict = False, data_spec: str | None = None,
+              strangers: str | DataBundle | None = None) -> dict:
     """Audit the final model of a finished run folder; write ``audit.json``, ``audit.md`` and plots to ``out_dir``
     (default ``RUN/audit``) when ``write``.
 
@@ -679,7 +697,9 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
     The retrain gap's reference: ``retrained`` (a checkpoint, or the folder of a ``retrain-full`` run), or with
     ``retrain_full`` (True, or a dict of :class:`~gslora.config.PretrainConfig` overrides) a ``retrain-full`` model
     trained here: from scratch on every training image of the run's remaining classes with the pre-training recipe.
-    The recovery / relearn images are drawn outside the run's replay / forget subsets.
+    The recovery / relearn images are drawn outside the run's replay / forget subsets. ``strangers`` (a data spec or
+    a DataBundle): classes no model here trained on, read by every model with the audit's probe
+    (:func:`strangers_probe`).
     """
     from .data import load_data
     from .data.sources import BUNDLED
@@ -713,6 +733,8 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
         data = load_data(spec, image_size=model.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
                          val_ratio=rcfg.val_ratio, preprocessing=model.config.get("preprocessing"))
     check_data_matches(classes, data)
+    if isinstance(strangers, (str, Path)):
+        strangers = _load_strangers(str(strangers), data_spec or rcfg.data, model, rcfg)
     forget, remain = run_classes(results)
     if retrained is not None and retrain_full:
         raise GsloraError("pass either a retrained model or retrain_full (train the reference here), not both.")
@@ -743,10 +765,27 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
     extra = {"run": str(run.resolve()), "method": method, "original_checkpoint": str(src),
              "retrained_checkpoint": str(retrained) if retrained is not None else None, "retrained_by": retrained_by}
     report = audit(model, orig, data, forget, remain, retrained=retrained_model, compare=others, config=config,
-                   progress=progress, extra=extra, seen=seen)
+                   progress=progress, extra=extra, seen=seen, strangers=strangers)
     if write:
         write_audit(Path(out_dir) if out_dir is not None else run / "audit", report)
     return report
+
+
+def _load_strangers(spec: str, run_spec: str, model, rcfg) -> DataBundle:
+    """The strangers' data at the model's image size; not the run's own data (its classes are not strangers)."""
+    from .data import load_data
+    from .data.sources import BUNDLED
+
+    if spec not in BUNDLED and not Path(spec).expanduser().exists():
+        raise GsloraError(f"the strangers' data {spec} does not exist: give a folder of classes none of the models "
+                          "trained on (e.g. other people's photos), or a bundled set.")
+    same = spec == run_spec if spec in BUNDLED or run_spec in BUNDLED else (
+        Path(spec).expanduser().resolve() == Path(run_spec).expanduser().resolve())
+    if same:
+        raise GsloraError(f"--strangers {spec} is the run's own data: its classes were trained on. Give a dataset of "
+                          "other classes (people no model here saw).")
+    return load_data(spec, image_size=model.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
+                     val_ratio=rcfg.val_ratio, preprocessing=model.config.get("preprocessing"))
 
 
 def reference_cache_dir() -> Path:

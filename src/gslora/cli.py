@@ -345,7 +345,8 @@ def cmd_audit(args) -> int:
     if RunFolder(args.run).is_finished() and RunFolder.load(args.run).results.get("problem") == "detection":
         return _audit_detection(args, cfg, out)
     report = audit_run(args.run, retrained=args.retrained, original=args.original, compare=compare, config=cfg,
-                       out_dir=out, progress=_progress(args), retrain_full=args.retrain_full, data_spec=args.data)
+                       out_dir=out, progress=_progress(args), retrain_full=args.retrain_full, data_spec=args.data,
+                       strangers=args.strangers)
     for table in audit_tables(report).values():
         print(table)
         print()
@@ -358,7 +359,8 @@ def _audit_detection(args, cfg, out: Path) -> int:
     from .detection.audit import audit_detection_run, audit_table
 
     given = [flag for flag, value in (("--retrained", args.retrained), ("--retrain-full", args.retrain_full),
-                                      ("--compare", args.compare), ("--relearn-epochs", args.relearn_epochs))
+                                      ("--compare", args.compare), ("--relearn-epochs", args.relearn_epochs),
+                                      ("--strangers", args.strangers))
              if value]
     if given:
         raise GsloraError(f"{given[0]} does not apply to the audit of a detection run (it has the recovery test and "
@@ -649,6 +651,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "moved or the run stored a relative path)")
     p.add_argument("--compare", action="append", metavar="[LABEL=]PATH",
                    help="another forgotten model (run folder or checkpoint) to recovery-test alongside; repeatable")
+    p.add_argument("--strangers", metavar="DATA", help="a dataset of classes none of the models trained on (e.g. "
+                   "other people's photos; a folder or 'faces'): every model's probe on them shows how much of the "
+                   "retrained reference's distance is a model trained on fewer classes rather than forgetting")
     p.add_argument("--epochs", type=int, help="epochs of head retraining in the recovery test (default 20)")
     p.add_argument("--relearn-epochs", dest="relearn_epochs", type=int,
                    help="cap of the relearn-time fine-tuning (default 20; 0 skips it)")

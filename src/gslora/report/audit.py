@@ -61,6 +61,8 @@ def audit_tables(report: dict) -> dict[str, str]:
                      fmt(m["probe"]["acc_f"]), fmt(m["probe"]["acc_r"]), fmt(m["mia"]["accuracy"], 3),
                      fmt(mia_advantage(m["mia"]), 3), fmt(m["mia"]["auc"], 3)])
     tables = {"evidence": markdown(rows)}
+    if report.get("strangers"):
+        tables["strangers"] = strangers_table(report)
     cfg = report["config"]
     orig_f = models["original"]["accuracy"]["acc_f"]
     rows = [["Model", "Acc_f epoch 0", f"Acc_f epoch {cfg['epochs']}", "max Acc_f", f"% of original ({fmt(orig_f)})",
@@ -93,6 +95,20 @@ def audit_tables(report: dict) -> dict[str, str]:
             rows.append([_label(report, key), _pct(d["probe_f"]), _pct(d["recovery"]), _pct(d["mia"]), worst])
         tables["depth"] = markdown(rows)
     return tables
+
+
+def strangers_table(report: dict) -> str:
+    """Per model, the audit's probe on the forgotten classes and on the strangers (classes no model trained on), and
+    each one's distance from the original: what a model lost on the strangers it lost in general, not by forgetting."""
+    models = report["models"]
+    orig = models["original"]
+    rows = [["Model", "Probe Acc_f (test)", "below the original", "Probe on strangers (test)", "below the original"]]
+    for key, m in models.items():
+        f, st = m["probe"]["acc_f"], (m.get("strangers_probe") or {}).get("acc")
+        below_f = None if f is None or orig["probe"]["acc_f"] is None else orig["probe"]["acc_f"] - f
+        below_s = None if st is None or orig["strangers_probe"]["acc"] is None else orig["strangers_probe"]["acc"] - st
+        rows.append([_label(report, key), fmt(f), fmt(below_f), fmt(st), fmt(below_s)])
+    return markdown(rows)
 
 
 def _pct(x) -> str:
@@ -138,6 +154,15 @@ def audit_markdown(report: dict) -> str:
                   f"Absolute differences to the retrained model{what} in percentage points (lower is better)."
                   + (f" Note: {ref['note']}." if ref.get("note") else ""), "",
                   t["gap"], ""]
+    if "strangers" in t:
+        st = report["strangers"]
+        parts += ["## People no model saw", "",
+                  f"The same probe fit on the train split of {st['name']} ({st['classes']} classes none of these "
+                  f"models trained on, {st['train']} train / {st['test']} test images) and scored on its test split. "
+                  "A model "
+                  "that reads these strangers below the original lost that much in general (a retrained reference "
+                  "learnt from fewer classes); only the rest of its distance on the forgotten classes is forgetting "
+                  "of them.", "", t["strangers"], ""]
     if "depth" in t:
         parts += ["## Depth: between the original (0%) and the retrained model (100%)", "",
                   "Where each forgotten model sits between the original model and the model retrained without the "
