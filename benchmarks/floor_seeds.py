@@ -41,16 +41,21 @@ def load_finished(run: str):
     return results, rcfg, src, original, data, run_classes(results)[1]
 
 
-def main() -> None:
+def runs_and_seeds(doc: str) -> argparse.Namespace:
+    """The command line of floor_seeds and generic_probe (run folders, --seeds); torch's threads: OMP_NUM_THREADS."""
     import torch
 
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--seeds", default="1,2", help="the retrained references' seeds besides the run's own")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    return p.parse_args()
+
+
+def main() -> None:
     from gslora.audit import audit_run, cached_reference, model_numbers
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+")
-    p.add_argument("--seeds", default="1,2", help="seeds besides the run's own")
-    a = p.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    a = runs_and_seeds(__doc__)
     for run in a.runs:
         results, rcfg, src, original, data, remain = load_finished(run)
         seeds = [rcfg.seed] + [int(s) for s in a.seeds.split(",") if s]

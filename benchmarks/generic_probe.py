@@ -18,7 +18,6 @@ Raw numbers: docs/results/generic_probe.json (one key per run folder's name).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -36,17 +35,12 @@ def _same(spec_a: str, spec_b: str) -> bool:
 
 
 def main() -> None:
-    import torch
-    from floor_seeds import load_finished
+    from floor_seeds import load_finished, runs_and_seeds
 
     from gslora.audit import AuditConfig, _load_model, cached_reference, strangers_probe
     from gslora.data import load_data
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+")
-    p.add_argument("--seeds", default="1,2", help="retrained references' seeds besides the run's own")
-    a = p.parse_args()
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    a = runs_and_seeds(__doc__)
     saved = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for run in a.runs:
         t0 = time.perf_counter()
