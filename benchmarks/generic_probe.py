@@ -30,18 +30,12 @@ SHARED = HERE.parent.parent / "shared" / "data"
 FACE_SETS = {"orl": str(SHARED / "orl-faces"), "gt": str(SHARED / "gt-faces"), "faces": "faces"}
 
 
-def _same(spec_a: str, spec_b: str) -> bool:
-    return Path(spec_a).name == Path(spec_b).name
-
-
 def main() -> None:
     from floor_seeds import load_finished, runs_and_seeds
 
-    from gslora.audit import AuditConfig, _load_model, cached_reference, strangers_probe
-    from gslora.data import load_data
+    from gslora.audit import AuditConfig, _load_model, cached_reference, load_strangers, same_data, strangers_probe
 
     a = runs_and_seeds(__doc__)
-    saved = json.loads(OUT.read_text()) if OUT.is_file() else {}
     for run in a.runs:
         t0 = time.perf_counter()
         results, rcfg, src, original, data, remain = load_finished(run)
@@ -54,10 +48,9 @@ def main() -> None:
                                                                 "cpu", False)[0]
         sets = {}
         for name, spec in FACE_SETS.items():
-            if _same(spec, rcfg.data):
+            if same_data(spec, rcfg.data):
                 continue
-            strangers = load_data(spec, image_size=original.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,
-                                  val_ratio=rcfg.val_ratio, preprocessing=original.config.get("preprocessing"))
+            strangers = load_strangers(spec, rcfg.data, original, rcfg)  # as `gslora audit --strangers` loads them
             sets[name] = {**strangers.describe(), "probe": {}}
             for label, model in models.items():
                 sets[name]["probe"][label] = strangers_probe(model.eval(), strangers, AuditConfig(), "cpu")["acc"]

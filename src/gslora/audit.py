@@ -734,7 +734,7 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
                          val_ratio=rcfg.val_ratio, preprocessing=model.config.get("preprocessing"))
     check_data_matches(classes, data)
     if isinstance(strangers, (str, Path)):
-        strangers = _load_strangers(str(strangers), data_spec or rcfg.data, model, rcfg)
+        strangers = load_strangers(str(strangers), data_spec or rcfg.data, model, rcfg)
     forget, remain = run_classes(results)
     if retrained is not None and retrain_full:
         raise GsloraError("pass either a retrained model or retrain_full (train the reference here), not both.")
@@ -771,17 +771,25 @@ def audit_run(run_dir: str | Path, retrained: str | Path | None = None, original
     return report
 
 
-def _load_strangers(spec: str, run_spec: str, model, rcfg) -> DataBundle:
-    """The strangers' data at the model's image size; not the run's own data (its classes are not strangers)."""
+def same_data(spec: str, other: str) -> bool:
+    """Whether two data specs name the same data: the same bundled set, or the same folder however written."""
+    from .data.sources import BUNDLED
+
+    if spec in BUNDLED or other in BUNDLED:
+        return spec == other
+    return Path(spec).expanduser().resolve() == Path(other).expanduser().resolve()
+
+
+def load_strangers(spec: str, run_spec: str, model, rcfg) -> DataBundle:
+    """The strangers' data (``--strangers``) at ``model``'s image size, split as the run ``rcfg`` split its own; never
+    the run's own data ``run_spec`` (its classes are not strangers)."""
     from .data import load_data
     from .data.sources import BUNDLED
 
     if spec not in BUNDLED and not Path(spec).expanduser().exists():
         raise GsloraError(f"the strangers' data {spec} does not exist: give a folder of classes none of the models "
                           "trained on (e.g. other people's photos), or a bundled set.")
-    same = spec == run_spec if spec in BUNDLED or run_spec in BUNDLED else (
-        Path(spec).expanduser().resolve() == Path(run_spec).expanduser().resolve())
-    if same:
+    if same_data(spec, run_spec):
         raise GsloraError(f"--strangers {spec} is the run's own data: its classes were trained on. Give a dataset of "
                           "other classes (people no model here saw).")
     return load_data(spec, image_size=model.image_size, seed=rcfg.seed, split_ratio=rcfg.split_ratio,

@@ -159,10 +159,9 @@ def audit_markdown(report: dict) -> str:
         parts += ["## People no model saw", "",
                   f"The same probe fit on the train split of {st['name']} ({st['classes']} classes none of these "
                   f"models trained on, {st['train']} train / {st['test']} test images) and scored on its test split. "
-                  "A model "
-                  "that reads these strangers below the original lost that much in general (a retrained reference "
-                  "learnt from fewer classes); only the rest of its distance on the forgotten classes is forgetting "
-                  "of them.", "", t["strangers"], ""]
+                  "A model that reads these strangers below the original lost that much in general (a retrained "
+                  "reference learnt from fewer classes); only the rest of its distance on the forgotten classes is "
+                  "forgetting of them.", "", t["strangers"], ""]
     if "depth" in t:
         parts += ["## Depth: between the original (0%) and the retrained model (100%)", "",
                   "Where each forgotten model sits between the original model and the model retrained without the "
