@@ -373,19 +373,11 @@ def _audit_detection(args, cfg, out: Path) -> int:
 
 def cmd_benchmark(args) -> int:
     from .compare import run_comparison
-    from .data import load_data
-    from .models.loading import classes_for_run
     from .report.comparison import comparison_markdown_table
 
     base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device,
                        missing_check_data=args.missing_check_data, data=args.data)  # recorded: audits reload it
-    shared = from_dict(RunConfig, base, where="comparison config").validate()  # bad shared keys fail first
-    method_args = _method_overrides(args.method_overrides)
-    model, meta = _load_model_input(args, shared.preprocessing)
-    _warn_if_not_learned(meta, args.checkpoint)
-    data = load_data(args.data, image_size=model.image_size, seed=shared.seed, split_ratio=shared.split_ratio,
-                     val_ratio=shared.val_ratio, preprocessing=model.config.get("preprocessing"))
-    classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
+    method_args, model, data, classes = _methods_inputs(args, base, "comparison config")
 
     def done(entry):
         state = "ok" if entry["status"] == "ok" else f"{entry['status'].upper()} ({entry['error']})"
@@ -417,6 +409,22 @@ def cmd_benchmark(args) -> int:
     return 0 if any(e["status"] == "ok" for e in comparison["methods"]) else 1
 
 
+def _methods_inputs(args, base: dict, where: str):
+    """What `benchmark` and `tune` share: the validated config (bad shared keys fail first), the per-method
+    overrides, the model, the data and the run's classes, as ``(method_args, model, data, classes)``."""
+    from .data import load_data
+    from .models.loading import classes_for_run
+
+    shared = from_dict(RunConfig, base, where=where).validate()
+    method_args = _method_overrides(args.method_overrides)
+    model, meta = _load_model_input(args, shared.preprocessing)
+    _warn_if_not_learned(meta, args.checkpoint)
+    data = load_data(args.data, image_size=model.image_size, seed=shared.seed, split_ratio=shared.split_ratio,
+                     val_ratio=shared.val_ratio, preprocessing=model.config.get("preprocessing"))
+    classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
+    return method_args, model, data, classes
+
+
 def _method_overrides(items: list[str] | None) -> dict:
     """``--method-set METHOD.KEY=VALUE`` items as ``{method: {key: value}}``."""
     method_args: dict = {}
@@ -430,19 +438,11 @@ def _method_overrides(items: list[str] | None) -> dict:
 
 
 def cmd_tune(args) -> int:
-    from .data import load_data
-    from .models.loading import classes_for_run
     from .report.tuning import trial_line, values_text
     from .tune import TUNED_FILE, run_tuning
 
     base = config_data(args.config, args.overrides, epochs=args.epochs, seed=args.seed, device=args.device)
-    shared = from_dict(RunConfig, base, where="tuning config").validate()  # bad shared keys fail first
-    method_args = _method_overrides(args.method_overrides)
-    model, meta = _load_model_input(args, shared.preprocessing)
-    _warn_if_not_learned(meta, args.checkpoint)
-    data = load_data(args.data, image_size=model.image_size, seed=shared.seed, split_ratio=shared.split_ratio,
-                     val_ratio=shared.val_ratio, preprocessing=model.config.get("preprocessing"))
-    classes = classes_for_run(model, meta, data.classes, head_subset=args.head_subset)
+    method_args, model, data, classes = _methods_inputs(args, base, "tuning config")
 
     def trial_done(method, trial):
         print(trial_line(method, trial, args.budget), flush=True)
