@@ -41,6 +41,8 @@ For each dataset: `gslora pretrain` with defaults (cached in --out), then on one
                  task started (not collapsed with this task's classes)
     strangers    the embedding anchor also on mixes of two remaining people's replay images (a pixel mix, 0.3-0.7):
                  synthetic people outside the task, whom the update may not move either (no data of the forgotten)
+    earlierout   GS-LoRA with every LoRA A kept out of the input directions the earlier tasks' merged updates read in
+                 that layer (99% of each update's energy; --weight): a later task cannot feed back what they read
     robust       the collapse also on the forget batch under a random rank-8 change of two blocks' FFN weights (20%
                  of their norm, what a later task does), so that it holds when a later task changes those blocks
 
@@ -459,6 +461,49 @@ def make_variants():
             self.projections = []
             return super().finish(model, ctx)
 
+    class EarlierOut(GSLoRA):  # every LoRA A kept out of the input directions an earlier task's update reads in
+        # that layer (the right singular vectors of its merged B A holding 99% of its energy): a later task's update
+        # then ignores what the earlier ones read, so it cannot feed it back through its own change; the bases are
+        # the model's own updates, no data of the forgotten
+        weight = 99.0
+
+        def prepare(self, model, ctx):
+            peft = super().prepare(model, ctx)
+            if not hasattr(self, "earlier"):
+                self.earlier = {}
+            layers = [layer for block in self.groups.modules for layer in block]
+            self.projections = []
+            for i, layer in enumerate(layers):
+                if self.earlier.get(i):
+                    q, _ = torch.linalg.qr(torch.cat(self.earlier[i], dim=1))
+                    proj = torch.eye(q.shape[0], device=q.device) - q @ q.T
+                    self.projections.append((layer.lora_A["default"].weight, proj))
+            self.project()
+            return peft
+
+        @torch.no_grad()
+        def project(self):
+            for a, proj in self.projections:
+                a.copy_(a @ proj.to(a.dtype))
+
+        def train_step(self, model, remain, forget, optimizer, state):
+            logs = super().train_step(model, remain, forget, optimizer, state)
+            self.project()
+            return logs
+
+        @torch.no_grad()
+        def finish(self, model, ctx):
+            layers = [layer for block in self.groups.modules for layer in block]
+            for i, layer in enumerate(layers):
+                delta = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).float()
+                if float(delta.norm()) == 0.0:
+                    continue
+                _, sv, vh = torch.linalg.svd(delta, full_matrices=False)
+                k = int((torch.cumsum(sv ** 2, 0) / (sv ** 2).sum() < self.weight / 100).sum()) + 1
+                self.earlier.setdefault(i, []).append(vh[:k].T.clone())
+            self.projections = []
+            return super().finish(model, ctx)
+
     class Robust(GSLoRA):  # the collapse also under a random low-rank change of two blocks' FFN weights (what a
         # later task does to them: rank 8, about 20% of their norm), so that the next task cannot undo it as easily
         rel = 0.2
@@ -496,7 +541,7 @@ def make_variants():
             "oldapart": OldApart, "oldanchor": OldAnchor, "strangers": Strangers, "robust": Robust,
             "layerscls": LayersClass, "layerscls2": LayersClassPlus, "layersclshold": LayersClassHold,
             "layersclshalf": LayersClassHoldHalf, "layershold": LayersHold, "holdstrangers": HoldStrangers,
-            "marginhold": MarginHold, "projected": Projected, "fc2only": Fc2Only,
+            "marginhold": MarginHold, "projected": Projected, "earlierout": EarlierOut, "fc2only": Fc2Only,
             "keeplast": KeepLast, "lastonly": LastOnly,
             "firstmiddle": FirstMiddle}
 
@@ -623,7 +668,7 @@ def main(argv=None) -> int:
                            "robust", "layerscls", "layerscls2", "layersclshold",
                            "layersclshalf", "layershold", "holdstrangers", "firstmiddle", "fc2only",
                            "keeplast", "lastonly",
-                           "marginhold", "projected"):
+                           "marginhold", "projected", "earlierout"):
                 target += "," + args.probe
             if variant != "head" and variant != "defaults":
                 sets.append(f"target={target}")

@@ -331,7 +331,9 @@ EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forg
                   "anchor30": "embedding anchor 30 (×3 after a retention miss) instead of 10",
                   "oldanchor": "+ 2 images of each earlier-forgotten class, held by the anchor (not collapsed)",
                   "strangers": "the anchor also on mixes of two remaining people's images (no data of the forgotten)",
-                  "robust": "the collapse also under a random rank-8 change of two blocks (20% of their norm)"}
+                  "robust": "the collapse also under a random rank-8 change of two blocks (20% of their norm)",
+                  "earlierout": "every LoRA A kept out of the directions the earlier tasks' updates read (99% of "
+                                "their energy; no data)"}
 
 
 @table("depth_erosion")
