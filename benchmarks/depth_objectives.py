@@ -461,14 +461,14 @@ def make_variants():
             self.projections = []
             return super().finish(model, ctx)
 
-    class EarlierOut(GSLoRA):  # every LoRA A kept out of the input directions an earlier task's update reads in
+    class EarlierOut(Projected):  # every LoRA A kept out of the input directions an earlier task's update reads in
         # that layer (the right singular vectors of its merged B A holding 99% of its energy): a later task's update
         # then ignores what the earlier ones read, so it cannot feed it back through its own change; the bases are
         # the model's own updates, no data of the forgotten
         weight = 99.0
 
-        def prepare(self, model, ctx):
-            peft = super().prepare(model, ctx)
+        def prepare(self, model, ctx):  # Projected's projection and step, these bases instead of the replay's
+            peft = GSLoRA.prepare(self, model, ctx)
             if not hasattr(self, "earlier"):
                 self.earlier = {}
             layers = [layer for block in self.groups.modules for layer in block]
@@ -482,16 +482,6 @@ def make_variants():
             return peft
 
         @torch.no_grad()
-        def project(self):
-            for a, proj in self.projections:
-                a.copy_(a @ proj.to(a.dtype))
-
-        def train_step(self, model, remain, forget, optimizer, state):
-            logs = super().train_step(model, remain, forget, optimizer, state)
-            self.project()
-            return logs
-
-        @torch.no_grad()
         def finish(self, model, ctx):
             layers = [layer for block in self.groups.modules for layer in block]
             for i, layer in enumerate(layers):
@@ -501,7 +491,6 @@ def make_variants():
                 _, sv, vh = torch.linalg.svd(delta, full_matrices=False)
                 k = int((torch.cumsum(sv ** 2, 0) / (sv ** 2).sum() < self.weight / 100).sum()) + 1
                 self.earlier.setdefault(i, []).append(vh[:k].T.clone())
-            self.projections = []
             return super().finish(model, ctx)
 
     class Robust(GSLoRA):  # the collapse also under a random low-rank change of two blocks' FFN weights (what a
