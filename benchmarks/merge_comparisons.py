@@ -35,6 +35,9 @@ def merge_comparisons(folders: list[Path]) -> dict:
             if d.get(key) != first.get(key):
                 raise SystemExit(f"{f}: {key} differs from {folders[0]} ({d.get(key)!r} vs {first.get(key)!r})")
     merged = {**first, "methods": [e for d in docs for e in d["methods"]], "merged_from": [str(f) for f in folders]}
+    for e in merged["methods"]:  # folders written before gslora counted a resumed method's earlier runs (0 s)
+        if e["runs"]:
+            e["wall_seconds"] = sum(r["wall_seconds"] for r in e["runs"])
     tunings = [d.get("tuning") for d in docs if d.get("tuning")]
     if tunings:
         tuning = {**tunings[0], "file": ", ".join(t["file"] for t in tunings if t.get("file")), "methods": {}}

@@ -156,6 +156,8 @@ def test_a_killed_comparison_resumes_without_redoing_finished_runs(micro_model, 
     reference = compare.run_comparison(copy.deepcopy(micro_model), *args, out_dir=tmp_path / "ref", **kw)
     assert _numbers(resumed["methods"]) == _numbers(reference["methods"])
     assert json.loads((out / "comparison.json").read_text())["methods"][0]["status"] == "ok"
+    read_back = resumed["methods"][0]  # its run was read back: its time is the run's, not the 0 s of reading it
+    assert read_back["wall_seconds"] == pytest.approx(sum(r["wall_seconds"] for r in read_back["runs"]))
 
 
 def test_depth_columns_audit_every_method_against_one_retrained_reference(micro_model, micro_data, micro_checkpoint,

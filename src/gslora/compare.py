@@ -143,7 +143,9 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
             entry["error"] = f"{type(e).__name__}: {e}"
             entry["traceback"] = traceback.format_exc(limit=8)
             log.warning("method %s failed: %s", name, entry["error"])
-        entry["wall_seconds"] = time.perf_counter() - t0
+        # a run read back or resumed brings the seconds it spent before: a method's time is its runs' time
+        elapsed = time.perf_counter() - t0
+        entry["wall_seconds"] = sum(r["wall_seconds"] for r in entry["runs"]) if entry["runs"] else elapsed
         entries.append(entry)
         if on_method_done is not None:
             on_method_done(entry)
