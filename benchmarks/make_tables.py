@@ -973,7 +973,8 @@ def summary(r: Results) -> str:
         rows.append([f"defaults only, {label} (pre-trained {f1(pre)}% test)", result, f"{cpu}, 1 thread, shared",
                      "[audit](docs/audit.md#depth-with-the-defaults)"])
     for key, label in (("orl", "ORL, continual 4 × 8"), ("orl_single", "ORL, single step 40-2/4/20/36"),
-                       ("faces", "bundled faces, continual 4 × 20")):
+                       ("faces", "bundled faces, continual 4 × 20"),
+                       ("faces_single", "bundled faces, single step 100-5/10/50/90")):
         rows.append([f"16 methods tuned alike (3 trials), depth columns: {label}", _comparison_headline(r, key),
                      f"{cpu}, 1 thread, shared", "[comparisons](docs/benchmarks.md#the-tuned-comparisons)"])
     # (the earlier comparisons predate the current defaults: docs/results/ARCHIVE.md, not this summary)
