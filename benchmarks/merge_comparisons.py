@@ -40,7 +40,8 @@ def merge_comparisons(folders: list[Path]) -> dict:
             e["wall_seconds"] = sum(r["wall_seconds"] for r in e["runs"])
     tunings = [d.get("tuning") for d in docs if d.get("tuning")]
     if tunings:
-        tuning = {**tunings[0], "file": ", ".join(dict.fromkeys(t["file"] for t in tunings if t.get("file"))), "methods": {}}
+        files = dict.fromkeys(t["file"] for t in tunings if t.get("file"))  # each once, in order
+        tuning = {**tunings[0], "file": ", ".join(files), "methods": {}}
         for t in tunings:
             if (t["budget"], t.get("sampler"), t.get("plan")) != (tuning["budget"], tuning.get("sampler"),
                                                                   tuning.get("plan")):
