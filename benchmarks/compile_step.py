@@ -16,6 +16,8 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,6 +30,7 @@ def measure(checkpoint: str, compiled: bool, steps: int) -> dict:
 
     from gslora import load_checkpoint
     from gslora.lora import attach_lora
+    from gslora.methods.gslora import embedding_anchor
 
     torch.manual_seed(0)
     model, meta = load_checkpoint(checkpoint)
@@ -40,10 +43,7 @@ def measure(checkpoint: str, compiled: bool, steps: int) -> dict:
 
     def step():
         emb = embed(x)
-        loss = F.cross_entropy(peft.head(emb, y), y)
-        with torch.no_grad(), peft.disable_adapter():
-            start = peft.embed(x[:48])
-        loss = loss + (F.normalize(emb[:48]) - F.normalize(start)).pow(2).sum(-1).mean()
+        loss = F.cross_entropy(peft.head(emb, y), y) + embedding_anchor(peft, x[:48], emb[:48])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -66,16 +66,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", default=str(HERE.parent / "docs" / "results" / "compile_step.json"))
     args = ap.parse_args()
-    import tempfile
-
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="compile_step-")  # a cold first compilation
     import torch
 
     torch.set_num_threads(1)
     out = {"machine": f"{platform.machine()} {os.cpu_count()}-core CPU, 1 torch thread",
            "torch": torch.__version__, "checkpoint": Path(args.checkpoint).name, "steps": args.steps}
-    import statistics
-
     for name in ("eager", "compiled"):
         out[name] = []
     for _ in range(args.repeats):

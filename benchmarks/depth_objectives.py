@@ -471,9 +471,8 @@ def make_variants():
             peft = GSLoRA.prepare(self, model, ctx)
             if not hasattr(self, "earlier"):
                 self.earlier = {}
-            layers = [layer for block in self.groups.modules for layer in block]
             self.projections = []
-            for i, layer in enumerate(layers):
+            for i, layer in enumerate(self.layers()):
                 if self.earlier.get(i):
                     q, _ = torch.linalg.qr(torch.cat(self.earlier[i], dim=1))
                     proj = torch.eye(q.shape[0], device=q.device) - q @ q.T
@@ -481,10 +480,12 @@ def make_variants():
             self.project()
             return peft
 
+        def layers(self):  # the LoRA layers in block order, the keys of self.earlier
+            return [layer for block in self.groups.modules for layer in block]
+
         @torch.no_grad()
         def finish(self, model, ctx):
-            layers = [layer for block in self.groups.modules for layer in block]
-            for i, layer in enumerate(layers):
+            for i, layer in enumerate(self.layers()):
                 delta = (layer.lora_B["default"].weight @ layer.lora_A["default"].weight).float()
                 if float(delta.norm()) == 0.0:
                     continue

@@ -144,8 +144,8 @@ def run_comparison(model, classes: list[str], data: DataBundle, setting: str, me
             entry["traceback"] = traceback.format_exc(limit=8)
             log.warning("method %s failed: %s", name, entry["error"])
         # a run read back or resumed brings the seconds it spent before: a method's time is its runs' time
-        elapsed = time.perf_counter() - t0
-        entry["wall_seconds"] = sum(r["wall_seconds"] for r in entry["runs"]) if entry["runs"] else elapsed
+        entry["wall_seconds"] = (sum(r["wall_seconds"] for r in entry["runs"]) if entry["runs"]
+                                 else time.perf_counter() - t0)
         entries.append(entry)
         if on_method_done is not None:
             on_method_done(entry)
