@@ -71,6 +71,10 @@ def f0(x, none: str = "-") -> str:
     return none if x is None else f"{x:.0f}"
 
 
+def f2(x, none: str = "-") -> str:
+    return none if x is None else f"{x:.2f}"
+
+
 def signed(x, none: str = "-") -> str:
     """One decimal with its sign (+1.3, -2.7); zero as 0.0."""
     if x is None:
@@ -239,12 +243,21 @@ def depth_timing(r: Results) -> str:
 
 @table("depth_timing_then")
 def depth_timing_then(r: Results) -> str:
-    """benchmarks/depth_timing.py --then REV: the defaults against the code the depth work started from."""
-    then = r("depth_timing.json").get("then", {})
-    rows = [[label, then[key]["before_code"], *_timing_cells(then[key]), f"{then[key]['ratio']:.2f}"]
-            for key, label in DEPTH_SETS if then.get(key)]
-    return md_table(["data", "then (commit)", "s per task, now", "s per task, then", "steps now / then",
-                     "time ratio"], rows)
+    """benchmarks/depth_timing.py --then REV: the defaults against the code the depth work started from, on the
+    machine of depth_timing.json and on the one of the proof from zero (depth_timing_rerun.json)."""
+    rows = []
+    for name, machine in (("depth_timing.json", "earlier (the proof's)"),
+                          ("depth_timing_rerun.json", "Intel Xeon, AVX-512 (the proof from zero)")):
+        then = r(name).get("then", {})
+        for key, label in DEPTH_SETS:
+            if then.get(key):
+                rec = then[key]
+                ratios = [a["wall_seconds"] / b["wall_seconds"]
+                          for a, b in zip(rec["now"]["tasks"], rec["before"]["tasks"])]
+                rows.append([label, machine, rec["before_code"], *_timing_cells(rec), per_task(ratios, f2),
+                             f"{rec['ratio']:.2f}"])
+    return md_table(["data", "machine", "then (commit)", "s per task, now", "s per task, then", "steps now / then",
+                     "ratio per task", "time ratio"], rows)
 
 
 @table("depth_calibration")
@@ -260,11 +273,10 @@ def depth_calibration(r: Results) -> str:
                      "images"], rows)
 
 
-@table("depth_proof")
-def depth_proof(r: Results) -> str:
-    """benchmarks/depth_proof.py: the defaults from the CLI, per task, with each check met or missed."""
+def _proof_tasks(r: Results, name: str) -> str:
+    """Per task of each proof run in the results file ``name``, with each check met or missed."""
     rows = []
-    for label, rec in _depth_runs(r, "depth_proof.json"):
+    for label, rec in _depth_runs(r, name):
         for t in rec["tasks"]:
             missed = [k for k, ok in t["checks"].items() if not ok]
             rows.append([label, str(t["task"]), f1(t["acc_f"]), f1(t["acc_o"]), signed(t["acc_r_change"]),
@@ -274,27 +286,25 @@ def depth_proof(r: Results) -> str:
     return md_table(["data", "task", "Acc_f", "Acc_o", "ΔAcc_r", "H (head)", "probe_f", "s (head)", "checks"], rows)
 
 
-@table("depth_proof_audit")
-def depth_proof_audit(r: Results) -> str:
-    """The audit after the last task of each proof run, against the retrained model and head forgetting."""
+def _proof_audit(r: Results, name: str) -> str:
+    """The audit after the last task of each proof run in ``name``, against the retrained model and head forgetting."""
     rows = []
-    for label, rec in _depth_runs(r, "depth_proof.json"):
+    for label, rec in _depth_runs(r, name):
         m = rec["audit"]["models"]
-        for who, name in (("original", "original"), ("forgotten", "GS-LoRA, defaults"), ("head", "head forgetting"),
-                          ("retrained", "retrained without them")):
+        for who, model in (("original", "original"), ("forgotten", "GS-LoRA, defaults"), ("head", "head forgetting"),
+                           ("retrained", "retrained without them")):
             v = m[who]
-            rows.append([label, name, f1(v["acc_f"]), f1(v["acc_r"]), f1(v["probe_f"]),
+            rows.append([label, model, f1(v["acc_f"]), f1(v["acc_r"]), f1(v["probe_f"]),
                          _rec(v) if who != "original" else "-", f"{v['mia_auc']:.3f}"])
         missed = [k for k, ok in rec["audit"]["checks"].items() if not ok]
         rows.append([label, "checks", "", "", "", "", "all met" if not missed else "MISSED: " + "; ".join(missed)])
     return md_table(["data", "model", "Acc_f", "Acc_r", "probe Acc_f", "recovery", "MIA AUC"], rows)
 
 
-@table("depth_proof_by_task")
-def depth_proof_by_task(r: Results) -> str:
+def _proof_by_task(r: Results, name: str) -> str:
     """The final audit's probe Acc_f per group of classes, by the task that forgot them."""
     rows = []
-    for label, rec in _depth_runs(r, "depth_proof.json"):
+    for label, rec in _depth_runs(r, name):
         by = rec["audit"].get("probe_by_task")
         if not by:
             continue
@@ -303,6 +313,42 @@ def depth_proof_by_task(r: Results) -> str:
                      per_task(gap, signed)])
     return md_table(["data", "original (classes of task 1 / 2 / 3 / 4)", "GS-LoRA, defaults", "retrained",
                      "GS-LoRA − retrained"], rows)
+
+
+@table("depth_proof")
+def depth_proof(r: Results) -> str:
+    """benchmarks/depth_proof.py: the defaults from the CLI, per task, with each check met or missed."""
+    return _proof_tasks(r, "depth_proof.json")
+
+
+@table("depth_proof_audit")
+def depth_proof_audit(r: Results) -> str:
+    """The audit after the last task of each proof run, against the retrained model and head forgetting."""
+    return _proof_audit(r, "depth_proof.json")
+
+
+@table("depth_proof_by_task")
+def depth_proof_by_task(r: Results) -> str:
+    """The final audit's probe Acc_f per group of classes, by the task that forgot them."""
+    return _proof_by_task(r, "depth_proof.json")
+
+
+@table("depth_rerun")
+def depth_rerun(r: Results) -> str:
+    """benchmarks/depth_proof.py --results docs/results/depth_proof_rerun.json: the proof from zero on another machine."""
+    return _proof_tasks(r, "depth_proof_rerun.json")
+
+
+@table("depth_rerun_audit")
+def depth_rerun_audit(r: Results) -> str:
+    """The audit of the proof from zero on another machine."""
+    return _proof_audit(r, "depth_proof_rerun.json")
+
+
+@table("depth_rerun_by_task")
+def depth_rerun_by_task(r: Results) -> str:
+    """The audit's probe per group of classes, the proof from zero on another machine."""
+    return _proof_by_task(r, "depth_proof_rerun.json")
 
 
 EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forget_shots: 2`), η² with this task's",
@@ -960,7 +1006,7 @@ def summary(r: Results) -> str:
                  f"{signed(min(t['acc_r_change_vs_pretrained'] for t in ts))} to "
                  f"{signed(max(t['acc_r_change_vs_pretrained'] for t in ts))}",
                  f"{cpu}, 2 threads", "[above](#the-demo)"])
-    for label, rec in _depth_runs(r, "depth_proof.json"):
+    for label, rec in _depth_runs(r, "depth_proof_rerun.json"):  # the proof from zero on the current code
         ts, m = rec["tasks"], rec["audit"]["models"]
         bar = sum(1 for t in ts if not bar_misses(t["acc_f"], t["acc_o"], t["acc_r_change"]))
         acc_o = [t["acc_o"] for t in ts if t["acc_o"] is not None]
@@ -970,7 +1016,8 @@ def summary(r: Results) -> str:
                   f"{f1(m['head']['probe_f'])}), recovery {_rec(m['forgotten'])} ({_rec(m['retrained'])}, "
                   f"{_rec(m['head'])}); {sum(t['wall_seconds'] for t in ts):.0f} s")
         pre = rec["pretrain"].get("test_acc")
-        rows.append([f"defaults only, {label} (pre-trained {f1(pre)}% test)", result, f"{cpu}, 1 thread, shared",
+        rows.append([f"defaults only, {label} (pre-trained {f1(pre)}% test)", result,
+                     "2-core x86_64 CPU (Intel Xeon, AVX-512), 1 thread, shared",
                      "[audit](docs/audit.md#depth-with-the-defaults)"])
     for key, label in (("orl", "ORL, continual 4 × 8"), ("orl_single", "ORL, single step 40-2/4/20/36"),
                        ("faces", "bundled faces, continual 4 × 20"),
