@@ -260,6 +260,31 @@ def depth_timing_then(r: Results) -> str:
                      "ratio per task", "time ratio"], rows)
 
 
+@table("trial_carry")
+def trial_carry(r: Results) -> str:
+    """benchmarks/trial_carry.py: each task's first trial at the lr its predecessor kept, against the defaults on the
+    same checkpoint (the proof from zero, depth_proof_rerun.json; a second pair with the lr moved by 0.1%)."""
+    proof = r("depth_proof_rerun.json")["runs"]
+    labels = dict(DEPTH_SETS)
+    rows = []
+    for key, rec in r("trial_carry.json")["runs"].items():
+        name = key.removesuffix("-lr5005")
+        label = labels[name] + (" (lr 0.005005)" if key != name else "")
+        base = rec.get("defaults") or {"tasks": proof[name]["tasks"], "audit": proof[name]["audit"],
+                                       **{k: rec["proof"][k] for k in ("steps_all_trials", "trials")}}
+        carry = {"tasks": rec["tasks"], "audit": rec["audit"], "steps_all_trials": [t["steps_all_trials"]
+                                                                                     for t in rec["tasks"]],
+                 "trials": [len(t["lr_scales"]) for t in rec["tasks"]]}
+        for setting, run in (("defaults", base), ("first trial at the lr the task before kept", carry)):
+            steps, audit = run["steps_all_trials"], run["audit"]["models"]["forgotten"]
+            missed = [f"{t['task']}: {', '.join(k for k, ok in t['checks'].items() if not ok)}" for t in run["tasks"]
+                      if not all(t["checks"].values())]
+            rows.append([label, setting, per_task(steps, f0), f"{sum(steps)} ({sum(run['trials'])})",
+                         "; ".join(missed) or "none", f1(audit["probe_f"]), _rec(audit), f"{audit['mia_auc']:.3f}"])
+    return md_table(["data", "first trial", "steps per task (all trials)", "steps (trials)", "per-task checks missed",
+                     "probe Acc_f", "recovery", "MIA AUC"], rows)
+
+
 @table("depth_calibration")
 def depth_calibration(r: Results) -> str:
     """The in-loop probe of the original and of a model retrained without the forgotten classes."""
@@ -335,7 +360,7 @@ def depth_proof_by_task(r: Results) -> str:
 
 @table("depth_rerun")
 def depth_rerun(r: Results) -> str:
-    """benchmarks/depth_proof.py --results docs/results/depth_proof_rerun.json: the proof from zero on another machine."""
+    """benchmarks/depth_proof.py --results docs/results/depth_proof_rerun.json: the proof from zero, another machine."""
     return _proof_tasks(r, "depth_proof_rerun.json")
 
 
