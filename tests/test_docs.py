@@ -85,12 +85,17 @@ def test_a_changed_number_in_a_raw_file_fails_the_check(tmp_path):
     data = json.loads(proof.read_text(encoding="utf-8"))
     data["runs"]["orl-4x5"]["tasks"][2]["acc_r_change"] -= 10.0
     proof.write_text(json.dumps(data), encoding="utf-8")
+    rerun = tmp_path / "docs" / "results" / "depth_proof_rerun.json"
+    data = json.loads(rerun.read_text(encoding="utf-8"))
+    data["runs"]["orl-4x5"]["tasks"][2]["acc_r_change"] -= 10.0
+    rerun.write_text(json.dumps(data), encoding="utf-8")
 
     result = make_tables("--check", "--root", str(tmp_path))
     assert result.returncode == 1
     assert "table:forget_defaults_orl_4x5" in result.stderr
     assert "table:depth_proof" in result.stderr
-    assert "table:summary" in result.stderr  # the README's line for ORL 4 x 5 reads the proof run
+    assert "table:depth_rerun" in result.stderr
+    assert "table:summary" in result.stderr  # the README's line for ORL 4 x 5 reads the proof from zero
     assert "table:forget_defaults_orl_4x8" not in result.stderr
 
     # the repository's files are untouched; rewriting the copy brings it in line with its raw files
