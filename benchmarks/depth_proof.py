@@ -92,6 +92,17 @@ def read_audit(run: Path) -> dict:
     return audit_checks(report, json.loads((run / "results.json").read_text())["plan"]["tasks"])
 
 
+def print_record(name: str, record: dict, extra=lambda task: "") -> None:
+    """One line per task (its checks met or missed; ``extra(task)`` first) and one for the audit's models."""
+    for t in record["tasks"]:
+        missed = [k for k, ok in t["checks"].items() if not ok]
+        print(f"{name} task {t['task']}: {extra(t)}Acc_f {t['acc_f']:.1f} Acc_o {t['acc_o']} dAcc_r "
+              f"{t['acc_r_change']:+.1f} H {t['h_mean']:.1f} (head {t['head_h_mean']:.1f}) probe_f {t['probe_f']} "
+              f"{'met' if not missed else 'MISSED ' + ', '.join(missed)}", flush=True)
+    print(f"{name} audit: " + "; ".join(f"{k} probe {v['probe_f']:.1f} rec {v['recovery']} mia {v['mia_auc']:.3f}"
+                                        for k, v in record["audit"]["models"].items()), flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", action="append", choices=sorted(RUNS))
@@ -146,14 +157,8 @@ def main(argv=None) -> int:
         record["commands"] = [f"gslora forget --checkpoint CKPT --data {data} --tasks {tasks}",
                               f"gslora forget --checkpoint CKPT --data {data} --tasks {tasks} --method head",
                               "gslora audit RUN --retrain-full --compare head=HEAD_RUN/final.safetensors"]
-        for t in record["tasks"]:
-            missed = [k for k, ok in t["checks"].items() if not ok]
-            print(f"{name} task {t['task']}: Acc_f {t['acc_f']:.1f} Acc_o {t['acc_o']} dAcc_r {t['acc_r_change']:+.1f}"
-                  f" H {t['h_mean']:.1f} (head {t['head_h_mean']:.1f}) probe_f {t['probe_f']} "
-                  f"{'met' if not missed else 'MISSED ' + ', '.join(missed)}", flush=True)
+        print_record(name, record)
         a = record["audit"]
-        print(f"{name} audit: " + "; ".join(f"{k} probe {v['probe_f']:.1f} rec {v['recovery']} mia {v['mia_auc']:.3f}"
-                                            for k, v in a["models"].items()), flush=True)
         print(f"{name} audit checks: " + ", ".join(f"{k} {'met' if ok else 'MISSED'}"
                                                    for k, ok in a["checks"].items()), flush=True)
         saved = json.loads(path.read_text()) if path.exists() else {"runs": {}}

@@ -298,7 +298,7 @@ def depth_calibration(r: Results) -> str:
                      "images"], rows)
 
 
-def _proof_tasks(r: Results, name: str) -> str:
+def _proof_tasks(name: str, r: Results) -> str:
     """Per task of each proof run in the results file ``name``, with each check met or missed."""
     rows = []
     for label, rec in _depth_runs(r, name):
@@ -311,7 +311,7 @@ def _proof_tasks(r: Results, name: str) -> str:
     return md_table(["data", "task", "Acc_f", "Acc_o", "ΔAcc_r", "H (head)", "probe_f", "s (head)", "checks"], rows)
 
 
-def _proof_audit(r: Results, name: str) -> str:
+def _proof_audit(name: str, r: Results) -> str:
     """The audit after the last task of each proof run in ``name``, against the retrained model and head forgetting."""
     rows = []
     for label, rec in _depth_runs(r, name):
@@ -326,7 +326,7 @@ def _proof_audit(r: Results, name: str) -> str:
     return md_table(["data", "model", "Acc_f", "Acc_r", "probe Acc_f", "recovery", "MIA AUC"], rows)
 
 
-def _proof_by_task(r: Results, name: str) -> str:
+def _proof_by_task(name: str, r: Results) -> str:
     """The final audit's probe Acc_f per group of classes, by the task that forgot them."""
     rows = []
     for label, rec in _depth_runs(r, name):
@@ -340,40 +340,11 @@ def _proof_by_task(r: Results, name: str) -> str:
                      "GS-LoRA − retrained"], rows)
 
 
-@table("depth_proof")
-def depth_proof(r: Results) -> str:
-    """benchmarks/depth_proof.py: the defaults from the CLI, per task, with each check met or missed."""
-    return _proof_tasks(r, "depth_proof.json")
-
-
-@table("depth_proof_audit")
-def depth_proof_audit(r: Results) -> str:
-    """The audit after the last task of each proof run, against the retrained model and head forgetting."""
-    return _proof_audit(r, "depth_proof.json")
-
-
-@table("depth_proof_by_task")
-def depth_proof_by_task(r: Results) -> str:
-    """The final audit's probe Acc_f per group of classes, by the task that forgot them."""
-    return _proof_by_task(r, "depth_proof.json")
-
-
-@table("depth_rerun")
-def depth_rerun(r: Results) -> str:
-    """benchmarks/depth_proof.py --results docs/results/depth_proof_rerun.json: the proof from zero, another machine."""
-    return _proof_tasks(r, "depth_proof_rerun.json")
-
-
-@table("depth_rerun_audit")
-def depth_rerun_audit(r: Results) -> str:
-    """The audit of the proof from zero on another machine."""
-    return _proof_audit(r, "depth_proof_rerun.json")
-
-
-@table("depth_rerun_by_task")
-def depth_rerun_by_task(r: Results) -> str:
-    """The audit's probe per group of classes, the proof from zero on another machine."""
-    return _proof_by_task(r, "depth_proof_rerun.json")
+# benchmarks/depth_proof.py, per task / the audit after the last task / its probe by group: the first run
+# (depth_proof.json, which the DECISIONS experiments measure against) and the one from zero (depth_proof_rerun.json)
+for _prefix, _file in (("depth_proof", "depth_proof.json"), ("depth_rerun", "depth_proof_rerun.json")):
+    for _suffix, _make in (("", _proof_tasks), ("_audit", _proof_audit), ("_by_task", _proof_by_task)):
+        TABLES[_prefix + _suffix] = partial(_make, _file)
 
 
 EROSION_LABELS = {"old2": "+ 2 images of each earlier-forgotten class (`old_forget_shots: 2`), η² with this task's",

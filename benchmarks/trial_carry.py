@@ -31,7 +31,7 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from depth_proof import RUNS, read_audit, task_checks  # noqa: E402
+from depth_proof import RUNS, print_record, read_audit, task_checks  # noqa: E402
 
 from gslora.policy import TargetPolicy, next_trial  # noqa: E402
 
@@ -103,15 +103,7 @@ def main(argv=None) -> int:
                             "steps_all_trials": [t["steps_all_trials"] for t in proof_rows],
                             "trials": [len(t["trials"]) for t in proof_rows],
                             "wall_seconds": [t["wall_seconds"] for t in proof_rows]}}
-        for t in rows:
-            missed = [k for k, ok in t["checks"].items() if not ok]
-            verdict = "met" if not missed else "MISSED " + ", ".join(missed)
-            print(f"{name} task {t['task']}: lr {t['lr_scales']} steps {t['steps_all_trials']} Acc_f {t['acc_f']:.1f} "
-                  f"Acc_o {t['acc_o']} dAcc_r {t['acc_r_change']:+.1f} H {t['h_mean']:.1f} (head "
-                  f"{t['head_h_mean']:.1f}) probe_f {t['probe_f']} {verdict}", flush=True)
-        a = record["audit"]
-        print(f"{name} audit: " + "; ".join(f"{k} probe {v['probe_f']:.1f} rec {v['recovery']} mia {v['mia_auc']:.3f}"
-                                            for k, v in a["models"].items()), flush=True)
+        print_record(name, record, lambda t: f"lr {t['lr_scales']} steps {t['steps_all_trials']} ")
         saved = json.loads(path.read_text()) if path.exists() else {"runs": {}}
         saved["machine"] = f"{platform.machine()} {os.cpu_count()}-core CPU, {platform.system()}, 1 torch thread"
         saved["runs"][name + args.label] = record
