@@ -98,7 +98,9 @@ def main(argv=None) -> int:
             row["lr_scales"] = [t["lr_scale"] for t in full["trials"]]
             row["steps_all_trials"] = full["steps_all_trials"]
         proof_rows = json.loads((out / f"proof-{name}" / "results.json").read_text())["tasks"]
-        record = {"settings": args.overrides, "seconds": seconds, "tasks": rows, "audit": read_audit(folder),
+        audit = read_audit(folder)
+        record = {"settings": args.overrides, "seconds": seconds, "tasks": rows,
+                  "audit": {k: audit[k] for k in ("models", "checks")},  # the per-class depth stays in the run folder
                   "proof": {"audit": proof[name]["audit"]["models"]["forgotten"],
                             "steps_all_trials": [t["steps_all_trials"] for t in proof_rows],
                             "trials": [len(t["trials"]) for t in proof_rows],
