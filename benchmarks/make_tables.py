@@ -265,11 +265,10 @@ def trial_carry(r: Results) -> str:
     """benchmarks/trial_carry.py: each task's first trial at the lr its predecessor kept, against the defaults on the
     same checkpoint (the proof from zero, depth_proof_rerun.json; a second pair with the lr moved by 0.1%)."""
     proof = r("depth_proof_rerun.json")["runs"]
-    labels = dict(DEPTH_SETS)
     rows = []
-    for key, rec in r("trial_carry.json")["runs"].items():
-        name = key.removesuffix("-lr5005")
-        label = labels[name] + (" (lr 0.005005)" if key != name else "")
+    for key, rec in r("trial_carry.json")["runs"].items():  # a dataset's key, + --label for a run with --set
+        name, label = next((k, v) for k, v in DEPTH_SETS if key.startswith(k))
+        label += f" ({', '.join(rec['settings'])})" if rec.get("settings") else ""
         base = rec.get("defaults") or {"tasks": proof[name]["tasks"], "audit": proof[name]["audit"],
                                        **{k: rec["proof"][k] for k in ("steps_all_trials", "trials")}}
         carry = {"tasks": rec["tasks"], "audit": rec["audit"], "steps_all_trials": [t["steps_all_trials"]

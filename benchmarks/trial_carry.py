@@ -38,22 +38,17 @@ from gslora.policy import TargetPolicy, next_trial  # noqa: E402
 
 @dataclasses.dataclass
 class CarryPolicy(TargetPolicy):
-    """The default policy, but a task's first trial runs at the lr multiplier of the trial the task before kept."""
+    """The default policy, but a task's first trial runs at the lr multiplier of the trial the task before kept
+    (:meth:`on_task`, the runner's call with each finished task's row)."""
 
-    previous: list = dataclasses.field(default_factory=list)  # the last task's trials (the runner's own list)
     start: float = 1.0
+
+    def on_task(self, row: dict, n_tasks: int) -> None:
+        self.start = row["trials"][row["chosen_trial"] - 1]["lr_scale"]
 
     def next_trial(self, trials: list[dict], method=None):
         if not trials:
-            if self.previous:
-                kept = None
-                for record in self.previous:  # the runner's choice: the first meeting every target, else the best
-                    if kept is None or self.better(record, kept):
-                        kept = record
-                self.start = kept["lr_scale"]
-            self.previous = trials
             return self.start, 1.0
-        self.previous = trials
         return next_trial(trials, anchored=bool(getattr(method, "anchored", False)))
 
 
@@ -87,8 +82,9 @@ def main(argv=None) -> int:
                          val_ratio=cfg.val_ratio)
         folder = out / f"carry-{name}{args.label}"
         t0 = time.perf_counter()
+        policy = CarryPolicy.from_config(cfg)
         result = run_forgetting(model, meta["classes"], data, cfg, out_dir=folder, overwrite=True,
-                                source_checkpoint=ckpt, policy=CarryPolicy.from_config(cfg))
+                                source_checkpoint=ckpt, policy=policy, on_task=policy.on_task)
         seconds = time.perf_counter() - t0
         head = out / f"proof-{name}-head"
         audit_run(folder, compare={"head": head / "final.safetensors"}, retrain_full=True, write=True)
